@@ -1,0 +1,424 @@
+"""The link: one thread that owns the port, the codec and the host session.
+
+Callers on other threads put intents in an outbox and wait on the answer; only the link thread
+reads or writes the port. The link never sends heartbeats on its own: the controller's loop
+calls ``heartbeat()``, so a hung controller lets the device's watchdog close the valve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from firmware_bridge.clock import SYSTEM_CLOCK, Clock
+from firmware_bridge.codec import DecoderStats, FrameDecoder
+from firmware_bridge.errors import (
+    BridgeError,
+    CommandRejected,
+    CommandTimeout,
+    DeviceRebooted,
+    LinkLost,
+    NotAGivreDevice,
+    VersionMismatch,
+    WrongDeviceKind,
+)
+from firmware_bridge.messages import (
+    PROTO_MAJOR,
+    PROTO_MINOR,
+    SCHEMA_HASH,
+    Ack,
+    CalData,
+    CalRead,
+    CalWrite,
+    Capability,
+    ClearFault,
+    Counters,
+    Cryogen,
+    DeviceKind,
+    EndIn,
+    Freeze,
+    FreezeMode,
+    GetCounters,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    Message,
+    Result,
+    Stop,
+    Telemetry,
+    TriggerMode,
+)
+from firmware_bridge.session import (
+    DeviceEventReceived,
+    ForeignVersion,
+    HostSession,
+    NotAllowed,
+    Output,
+    RebootDetected,
+    Reply,
+    RequestExpired,
+    SessionStats,
+    TelemetryReceived,
+)
+from firmware_bridge.transport import SerialTransport
+
+HANDSHAKE_TIMEOUT_S = 1.5
+REQUEST_TIMEOUT_S = 2.0  # outer bound; the session gives up earlier after its retries
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    port: str
+    kind: DeviceKind
+    cryogen: Cryogen
+    firmware: str
+    serial: str
+    protocol: str
+    boot_count: int
+    max_freeze_ms: int
+    watchdog_ms: int
+    capabilities: Capability
+    fault_flags: int
+
+    @classmethod
+    def from_hello_ack(cls, port: str, ack: HelloAck) -> DeviceIdentity:
+        return cls(
+            port=port,
+            kind=ack.kind,
+            cryogen=ack.cryogen,
+            firmware=f"{ack.fw_major}.{ack.fw_minor}.{ack.fw_patch}",
+            serial=ack.serial,
+            protocol=f"{ack.proto_major}.{ack.proto_minor}",
+            boot_count=ack.boot_count,
+            max_freeze_ms=ack.max_freeze_ms,
+            watchdog_ms=ack.watchdog_ms,
+            capabilities=ack.capabilities,
+            fault_flags=ack.fault_flags,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """Delivered on the event queue when the port failed; the link is finished."""
+
+    error: LinkLost
+
+
+LinkEvent = DeviceEventReceived | RebootDetected | LinkDown
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    bytes_received: int
+    decoder: DecoderStats
+    session: SessionStats
+
+
+class _Waiter:
+    __slots__ = ("done", "reply", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: Reply | None = None
+        self.error: BridgeError | None = None
+
+
+_REJECTION_ADVICE: dict[Result, str] = {
+    Result.BUSY: "Wait for the current freeze to end, or STOP it",
+    Result.OVER_CAP: "Ask for a shorter freeze: the device's cap is in its identity",
+    Result.FAULT_LATCHED: "Read the fault, fix its cause, then clear it before freezing again",
+    Result.BAD_REQUEST: "This is a Givre bug: report it with the wire log",
+    Result.UNSUPPORTED: "This device lacks that feature; pick a profile or mode it supports",
+    Result.NOT_FREEZING: "Nothing to end: the freeze is already over",
+    Result.NO_SESSION: "Reconnect: the device has no session (it may have rebooted)",
+    Result.CARTRIDGE_EMPTY: "Load a new cartridge",
+    Result.VERSION_MISMATCH: "Update Givre or the device firmware",
+}
+
+
+class Link:
+    def __init__(self, transport: SerialTransport, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.port = transport.url
+        self._transport = transport
+        self._clock = clock
+        self._session = HostSession()
+        self._decoder = FrameDecoder()
+        self._outbox: queue.SimpleQueue[tuple[Message, _Waiter | None]] = queue.SimpleQueue()
+        self._waiters: dict[int, _Waiter] = {}
+        self._events: queue.SimpleQueue[LinkEvent] = queue.SimpleQueue()
+        self._foreign: ForeignVersion | None = None
+        self._bytes_received = 0
+        self._telemetry_lock = threading.Lock()
+        self._latest: TelemetryReceived | None = None
+        self._lost: LinkLost | None = None
+        self._closing = threading.Event()
+        self.identity: DeviceIdentity | None = None
+        self.on_telemetry: Callable[[TelemetryReceived], None] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"givre-link {self.port}", daemon=True)
+        self._thread.start()
+
+    # ---- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        watchdog_ms: int = 0,
+        expect_kind: DeviceKind | None = None,
+    ) -> Link:
+        """Open the port and handshake; on any failure the port is closed again."""
+        link = cls(SerialTransport(url), clock)
+        try:
+            link.handshake(watchdog_ms=watchdog_ms, expect_kind=expect_kind)
+        except BaseException:
+            link.close()
+            raise
+        return link
+
+    def handshake(self, *, watchdog_ms: int = 0, expect_kind: DeviceKind | None = None) -> DeviceIdentity:
+        nonce = random.getrandbits(32)
+        try:
+            reply = self._request(Hello(PROTO_MAJOR, PROTO_MINOR, watchdog_ms, nonce), HANDSHAKE_TIMEOUT_S)
+        except CommandTimeout:
+            raise self._handshake_failure() from None
+        ack = reply.message
+        if not isinstance(ack, HelloAck) or ack.host_nonce != nonce:
+            raise NotAGivreDevice(self.port, "answered HELLO with something else", "Check that this is the cryotherapy device's port")
+        if ack.schema_hash != SCHEMA_HASH:
+            raise VersionMismatch(
+                self.port,
+                f"device protocol {ack.proto_major}.{ack.proto_minor} uses different message layouts "
+                f"(schema 0x{ack.schema_hash:08X}, Givre expects 0x{SCHEMA_HASH:08X})",
+                "Update Givre or the device firmware so both are built from the same protocol version",
+            )
+        identity = DeviceIdentity.from_hello_ack(self.port, ack)
+        if expect_kind is not None and identity.kind is not expect_kind:
+            raise WrongDeviceKind(
+                self.port,
+                f"this is a {identity.kind.name.lower()} device (serial {identity.serial}), not a {expect_kind.name.lower()}",
+                f"Connect the {expect_kind.name.lower()} device, or pick a profile for a {identity.kind.name.lower()}",
+            )
+        self.identity = identity
+        return identity
+
+    def _handshake_failure(self) -> BridgeError:
+        if self._foreign is not None:
+            return VersionMismatch(
+                self.port,
+                f"the device speaks protocol {self._foreign.proto_major}.{self._foreign.proto_minor}; "
+                f"this Givre speaks {PROTO_MAJOR}.{PROTO_MINOR}",
+                "Update Givre or the device firmware so the major versions match",
+            )
+        if self._lost is not None:
+            return self._lost
+        if self._bytes_received:
+            return NotAGivreDevice(
+                self.port,
+                f"something answered ({self._bytes_received} bytes) but not in the Givre protocol",
+                "This port belongs to another device: pick the cryotherapy device's port",
+            )
+        return NotAGivreDevice(
+            self.port,
+            f"no answer to HELLO within {HANDSHAKE_TIMEOUT_S:g} s",
+            "Check that the device is switched on and that this is its port",
+        )
+
+    # ---- commands (any thread) ---------------------------------------------------------------
+
+    @property
+    def heartbeat_period_s(self) -> float:
+        """How often the controller must call heartbeat(): five beats per watchdog period."""
+        watchdog_ms = self.identity.watchdog_ms if self.identity else 250
+        return watchdog_ms / 5000
+
+    def heartbeat(self, host_state: int = 0) -> None:
+        self._submit(Heartbeat(host_state), None)
+
+    def freeze(self, duration_ms: int, mode: FreezeMode = FreezeMode.TIMED, trigger: TriggerMode = TriggerMode.HOST) -> int:
+        """Ask the device to time a freeze; returns its txn once the device has accepted it.
+
+        CommandTimeout means the outcome is unknown: the device may be freezing. Never resend.
+        """
+        reply = self._command(Freeze(mode, trigger, duration_ms))
+        return reply.txn
+
+    def end_in(self, remaining_ms: int) -> Ack:
+        return self._command(EndIn(remaining_ms)).message  # type: ignore[return-value]
+
+    def stop(self, reason: int = 0) -> Ack:
+        """Emergency stop; answered once the device's valve is closed. Idempotent."""
+        return self._command(Stop(reason)).message  # type: ignore[return-value]
+
+    def clear_fault(self) -> Ack:
+        return self._command(ClearFault()).message  # type: ignore[return-value]
+
+    def counters(self) -> Counters:
+        return self._command(GetCounters()).message  # type: ignore[return-value]
+
+    def read_calibration(self) -> CalData:
+        return self._command(CalRead()).message  # type: ignore[return-value]
+
+    def write_calibration(self, cal: CalWrite) -> Ack:
+        return self._command(cal).message  # type: ignore[return-value]
+
+    def latest_telemetry(self) -> TelemetryReceived | None:
+        with self._telemetry_lock:
+            return self._latest
+
+    def next_event(self, timeout_s: float) -> LinkEvent | None:
+        """The next device event, reboot or link loss; None if nothing came within the timeout."""
+        try:
+            return self._events.get(timeout=self._clock.real_seconds(timeout_s))
+        except queue.Empty:
+            return None
+
+    def stats(self) -> LinkStats:
+        return LinkStats(self._bytes_received, dataclasses.replace(self._decoder.stats), dataclasses.replace(self._session.stats))
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def close(self) -> None:
+        self._closing.set()
+        self._transport.wake_reader()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        self._transport.close()
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _command(self, msg: Message) -> Reply:
+        reply = self._request(msg, REQUEST_TIMEOUT_S)
+        if isinstance(reply.message, Ack) and reply.message.result is not Result.OK:
+            result = reply.message.result
+            raise CommandRejected(
+                self.port,
+                f"the device refused {type(msg).__name__.upper()}: {result.name}{_detail(msg, reply.message, self.identity)}",
+                _REJECTION_ADVICE.get(result, "See docs/protocol.md for this result code"),
+                result,
+            )
+        return reply
+
+    def _request(self, msg: Message, timeout_s: float) -> Reply:
+        waiter = _Waiter()
+        self._submit(msg, waiter)
+        if not self._clock.wait(waiter.done, timeout_s):
+            raise CommandTimeout(self.port, f"no answer to {type(msg).__name__.upper()}", "The outcome is unknown; check the device")
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.reply is not None
+        return waiter.reply
+
+    def _submit(self, msg: Message, waiter: _Waiter | None) -> None:
+        if self._lost is not None:
+            raise self._lost
+        if self._closing.is_set():
+            raise LinkLost(self.port, "the link is closed", "Reconnect to the device")
+        self._outbox.put((msg, waiter))
+        self._transport.wake_reader()
+
+    # ---- the link thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._drain_outbox()
+                data = self._transport.read()
+                now = self._clock.monotonic()
+                if data:
+                    self._bytes_received += len(data)
+                    for frame in self._decoder.feed(data):
+                        self._dispatch(self._session.receive(frame, now))
+                self._dispatch(self._session.poll(now))
+        except LinkLost as exc:
+            self._fail(exc)
+
+    def _drain_outbox(self) -> None:
+        while True:
+            try:
+                msg, waiter = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if waiter is None:
+                self._transport.write(self._session.unsolicited(msg))
+                continue
+            try:
+                txn, wire = self._session.request(msg, self._clock.monotonic())
+            except NotAllowed as exc:
+                waiter.error = LinkLost(self.port, str(exc), "Reconnect to the device (handshake again)")
+                waiter.done.set()
+                continue
+            self._waiters[txn] = waiter
+            self._transport.write(wire)
+
+    def _dispatch(self, out: Output) -> None:
+        for wire in out.to_send:
+            self._transport.write(wire)
+        rebooted = False
+        for event in out.events:
+            if isinstance(event, Reply):
+                self._settle(event.txn, reply=event)
+            elif isinstance(event, RequestExpired):
+                self._settle(event.txn, error=self._expiry_error(event, rebooted))
+            elif isinstance(event, TelemetryReceived):
+                with self._telemetry_lock:
+                    self._latest = event
+                if self.on_telemetry is not None:
+                    self.on_telemetry(event)
+            elif isinstance(event, RebootDetected):
+                rebooted = True
+                self._events.put(event)
+            elif isinstance(event, ForeignVersion):
+                self._foreign = event
+            else:
+                self._events.put(event)
+
+    def _expiry_error(self, event: RequestExpired, rebooted: bool) -> BridgeError:
+        name = type(event.request).__name__.upper()
+        if rebooted:
+            return DeviceRebooted(self.port, f"the device rebooted while {name} was pending", "Reconnect; nothing is resent automatically")
+        return CommandTimeout(
+            self.port,
+            f"no answer to {name} after {event.attempts} attempts",
+            "The outcome is unknown: read the device counters before doing anything else",
+        )
+
+    def _settle(self, txn: int, *, reply: Reply | None = None, error: BridgeError | None = None) -> None:
+        waiter = self._waiters.pop(txn, None)
+        if waiter is None:
+            return
+        waiter.reply, waiter.error = reply, error
+        waiter.done.set()
+
+    def _fail(self, exc: LinkLost) -> None:
+        self._lost = exc
+        waiters = list(self._waiters.values())
+        self._waiters.clear()
+        while True:
+            try:
+                waiters.append(self._outbox.get_nowait()[1])
+            except queue.Empty:
+                break
+        for waiter in waiters:
+            if waiter is not None:
+                waiter.error = exc
+                waiter.done.set()
+        self._events.put(LinkDown(exc))
+
+
+def _detail(msg: Message, ack: Ack, identity: DeviceIdentity | None) -> str:
+    if isinstance(msg, Freeze) and ack.result is Result.OVER_CAP:
+        cap = identity.max_freeze_ms if identity else ack.detail32
+        return f" ({msg.duration_ms} ms asked, the device's cap is {cap} ms)"
+    return ""

@@ -1,0 +1,274 @@
+"""The host side of the protocol as a state machine with no I/O and no clock of its own.
+
+The link feeds it frames and the current time and writes whatever bytes it returns. Everything
+about sequence numbers, transaction ids, retransmission, event de-duplication and reboot
+detection lives here, so it can be tested exhaustively with plain numbers for time.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, Frame, encode_frame
+from firmware_bridge.messages import (
+    PROTO_MAJOR,
+    PROTO_MINOR,
+    DecodeError,
+    Event,
+    EventAck,
+    Hello,
+    HelloAck,
+    Message,
+    Telemetry,
+    decode_message,
+)
+
+
+class SessionState(enum.Enum):
+    CLOSED = "closed"  # no handshake yet, or the previous one ended
+    HELLO_SENT = "hello_sent"
+    READY = "ready"
+    REBOOTED = "rebooted"  # the device's boot counter changed: nothing pending survives
+
+
+# Which requests each state allows; anything else is refused before it reaches the wire.
+ALLOWED_REQUESTS: dict[SessionState, frozenset[str]] = {
+    SessionState.CLOSED: frozenset({"Hello"}),
+    SessionState.HELLO_SENT: frozenset(),
+    SessionState.READY: frozenset({"Hello", "Freeze", "EndIn", "Stop", "GetCounters", "CalRead", "CalWrite", "ClearFault"}),
+    SessionState.REBOOTED: frozenset({"Hello", "Stop", "GetCounters"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    txn: int
+    message: Message
+    duplicate: bool  # the device replayed a cached answer: the request ran once, earlier
+
+
+@dataclass(frozen=True, slots=True)
+class RequestExpired:
+    txn: int
+    request: Message
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryReceived:
+    telemetry: Telemetry
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEventReceived:
+    event: Event
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RebootDetected:
+    old_boot_count: int
+    new_boot_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignVersion:
+    """A frame from a peer that speaks another major version (its header is all we trust)."""
+
+    proto_major: int
+    proto_minor: int
+    msg_type: int
+
+
+SessionEvent = Reply | RequestExpired | TelemetryReceived | DeviceEventReceived | RebootDetected | ForeignVersion
+
+
+@dataclass(slots=True)
+class Output:
+    to_send: list[bytes] = field(default_factory=list)
+    events: list[SessionEvent] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Message
+    last_sent: float
+    attempts: int
+
+
+@dataclass(slots=True)
+class SessionStats:
+    frames_sent: int = 0
+    frames_received: int = 0
+    retransmits: int = 0
+    duplicates_seen: int = 0
+    stale_frames: int = 0
+    seq_gaps: int = 0
+    undecodable: int = 0
+    expired: int = 0
+
+
+class NotAllowed(Exception):
+    """The request is not allowed in the current session state."""
+
+
+class HostSession:
+    def __init__(self, retry_interval_s: float = 0.06, max_attempts: int = 5) -> None:
+        self.retry_interval_s = retry_interval_s
+        self.max_attempts = max_attempts
+        self.state = SessionState.CLOSED
+        self.stats = SessionStats()
+        self.boot_count: int | None = None
+        self._next_seq = 0
+        self._next_txn = 1
+        self._pending: dict[int, _Pending] = {}
+        self._last_rx_seq: int | None = None
+        self._last_uptime_ms: int | None = None
+        self._seen_events: list[int] = []
+
+    # ---- outgoing ------------------------------------------------------------------------
+
+    def _frame(self, msg: Message, txn: int, flags: int = 0) -> bytes:
+        frame = Frame(PROTO_MAJOR, PROTO_MINOR, msg.MSG_TYPE, flags, self._next_seq, txn, msg.pack())
+        self._next_seq = (self._next_seq + 1) & 0xFFFF
+        self.stats.frames_sent += 1
+        return encode_frame(frame)
+
+    def request(self, msg: Message, now: float) -> tuple[int, bytes]:
+        """Start a request that expects a reply; returns its txn and the bytes to write."""
+        name = type(msg).__name__
+        if name not in ALLOWED_REQUESTS[self.state]:
+            raise NotAllowed(f"{name} is not allowed while the session is {self.state.value}")
+        txn = self._next_txn
+        self._next_txn = self._next_txn % 0xFFFF + 1  # 1..65535, 0 means "unsolicited"
+        if isinstance(msg, Hello):
+            self._begin_handshake()
+        wire = self._frame(msg, txn)
+        self._pending[txn] = _Pending(msg, now, 1)
+        return txn, wire
+
+    def unsolicited(self, msg: Message) -> bytes:
+        """A frame that expects no reply (HEARTBEAT, EVENT_ACK)."""
+        return self._frame(msg, 0)
+
+    def _begin_handshake(self) -> None:
+        self.state = SessionState.HELLO_SENT
+        self._last_rx_seq = None
+        self._last_uptime_ms = None
+
+    def poll(self, now: float) -> Output:
+        """Retransmit what is due; expire what has used up its attempts."""
+        out = Output()
+        for txn, pending in list(self._pending.items()):
+            if now - pending.last_sent < self.retry_interval_s:
+                continue
+            if pending.attempts >= self.max_attempts:
+                del self._pending[txn]
+                self.stats.expired += 1
+                out.events.append(RequestExpired(txn, pending.request, pending.attempts))
+                continue
+            pending.attempts += 1
+            pending.last_sent = now
+            self.stats.retransmits += 1
+            out.to_send.append(self._frame(pending.request, txn, FLAG_RETRANSMIT))
+        return out
+
+    def abandon_all(self) -> list[RequestExpired]:
+        """Forget every pending request (link lost); their outcomes are unknown."""
+        expired = [RequestExpired(txn, p.request, p.attempts) for txn, p in self._pending.items()]
+        self._pending.clear()
+        return expired
+
+    def close(self) -> None:
+        self.state = SessionState.CLOSED
+
+    # ---- incoming ------------------------------------------------------------------------
+
+    def receive(self, frame: Frame, now: float) -> Output:
+        out = Output()
+        if frame.proto_major != PROTO_MAJOR:
+            out.events.append(ForeignVersion(frame.proto_major, frame.proto_minor, frame.msg_type))
+            return out
+        try:
+            msg = decode_message(frame.msg_type, frame.payload)
+        except DecodeError:
+            self.stats.undecodable += 1
+            return out
+        if not msg.FROM_DEVICE:
+            self.stats.undecodable += 1
+            return out
+        if isinstance(msg, Telemetry) and self._rebooted(msg.boot_count):
+            self._on_reboot(msg.boot_count, out)
+        if not self._fresh_seq(frame.seq):
+            self.stats.stale_frames += 1
+            return out
+        self.stats.frames_received += 1
+        if isinstance(msg, Telemetry):
+            self._on_telemetry(msg, now, out)
+        elif isinstance(msg, Event):
+            self._on_event(msg, now, out)
+        if frame.txn:
+            self._on_reply(frame, msg, out)
+        return out
+
+    def _fresh_seq(self, seq: int) -> bool:
+        """Drop frames older than the newest one seen (modulo 2^16, half-window)."""
+        if self._last_rx_seq is None:
+            self._last_rx_seq = seq
+            return True
+        delta = (seq - self._last_rx_seq) & 0xFFFF
+        if delta == 0 or delta >= 0x8000:
+            return False
+        if delta > 1:
+            self.stats.seq_gaps += delta - 1
+        self._last_rx_seq = seq
+        return True
+
+    def _on_reply(self, frame: Frame, msg: Message, out: Output) -> None:
+        pending = self._pending.pop(frame.txn, None)
+        if pending is None:
+            return  # an answer to a request already answered or given up on
+        duplicate = bool(frame.flags & FLAG_DUPLICATE)
+        if duplicate:
+            self.stats.duplicates_seen += 1
+        if isinstance(msg, HelloAck):
+            self._on_hello_ack(msg, out)
+        out.events.append(Reply(frame.txn, msg, duplicate))
+
+    def _rebooted(self, boot_count: int) -> bool:
+        return self.boot_count is not None and boot_count != self.boot_count and self.state is SessionState.READY
+
+    def _on_reboot(self, new_boot_count: int, out: Output) -> None:
+        """The device restarted: its txn cache, events and session are gone, so are ours."""
+        assert self.boot_count is not None
+        out.events.append(RebootDetected(self.boot_count, new_boot_count))
+        out.events.extend(self.abandon_all())
+        self.state = SessionState.REBOOTED
+        self.boot_count = new_boot_count
+        self._last_rx_seq = None
+        self._last_uptime_ms = None
+        self._seen_events.clear()
+
+    def _on_hello_ack(self, ack: HelloAck, out: Output) -> None:
+        if self.boot_count is not None and ack.boot_count != self.boot_count:
+            out.events.append(RebootDetected(self.boot_count, ack.boot_count))
+            self._seen_events.clear()
+        self.boot_count = ack.boot_count
+        self.state = SessionState.READY
+
+    def _on_telemetry(self, telemetry: Telemetry, now: float, out: Output) -> None:
+        if self._last_uptime_ms is not None and telemetry.uptime_ms < self._last_uptime_ms:
+            self.stats.stale_frames += 1
+            return
+        self._last_uptime_ms = telemetry.uptime_ms
+        out.events.append(TelemetryReceived(telemetry, now))
+
+    def _on_event(self, event: Event, now: float, out: Output) -> None:
+        out.to_send.append(self.unsolicited(EventAck(event.event_id)))  # ack every copy: the ack may be lost
+        if event.event_id in self._seen_events:
+            return
+        self._seen_events.append(event.event_id)
+        del self._seen_events[:-256]
+        out.events.append(DeviceEventReceived(event, now))

@@ -1,0 +1,526 @@
+"""The device side of docs/protocol.md, written from the document: a state machine with no I/O.
+
+It shares the codec and message table with the host (firmware_bridge.codec / .messages), not the
+host's session logic. It is strict: a malformed or out-of-range request gets a refusal code, so a
+host bug shows up in tests instead of being papered over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from firmware_bridge.codec import FLAG_DUPLICATE, Frame, encode_frame
+from firmware_bridge.messages import (
+    LATCHING_FAULTS,
+    NOT_AVAILABLE_TEMP,
+    NOT_AVAILABLE_U16,
+    NOT_AVAILABLE_U32,
+    PROTO_MAJOR,
+    PROTO_MINOR,
+    SCHEMA_HASH,
+    Ack,
+    CalData,
+    CalRead,
+    CalWrite,
+    Capability,
+    ClearFault,
+    Counters,
+    Cryogen,
+    DecodeError,
+    DeviceKind,
+    DeviceState,
+    EndIn,
+    EndReason,
+    Event,
+    EventAck,
+    EventCode,
+    Fault,
+    Freeze,
+    FreezeMode,
+    GetCounters,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    Message,
+    Result,
+    Stop,
+    Telemetry,
+    TriggerMode,
+    decode_message,
+)
+from sim.model import DeviceModel, SensorFault
+
+DEFAULT_WATCHDOG_MS = 250
+MIN_WATCHDOG_MS = 100
+MAX_WATCHDOG_MS = 60_000  # generous so virtual-time runs can scale it; a real device may cap lower
+TXN_CACHE_SIZE = 32
+MAX_PENDING_EVENTS = 32
+EVENT_RESEND_MS = 100
+TELEMETRY_FREEZING_MS = 20  # 50 Hz while the valve may be open
+TELEMETRY_IDLE_MS = 100  # 10 Hz otherwise
+NO_FLOW_DETECT_MS = 300  # valve sensed open, pressure not falling, for this long: nozzle blocked
+STUCK_DETECT_MS = 200  # valve position sensor disagrees with the command for this long
+CARTRIDGE_LOW_FRACTION = 0.15
+SENSOR_FAULTS = {SensorFault.OPEN: Fault.SENSOR_OPEN, SensorFault.SHORT: Fault.SENSOR_SHORT}
+
+# Requests each state accepts; the rest are refused with the code given.
+ACCEPTS: dict[DeviceState, frozenset[type[Message]]] = {
+    DeviceState.NO_SESSION: frozenset({Hello, Stop}),
+    DeviceState.READY: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, CalWrite, ClearFault}),
+    DeviceState.WAIT_TRIGGER: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead}),
+    DeviceState.FREEZING: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead}),
+    DeviceState.FAULT: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, CalWrite, ClearFault}),
+}
+REFUSAL: dict[DeviceState, Result] = {
+    DeviceState.NO_SESSION: Result.NO_SESSION,
+    DeviceState.READY: Result.BAD_REQUEST,
+    DeviceState.WAIT_TRIGGER: Result.BUSY,
+    DeviceState.FREEZING: Result.BUSY,
+    DeviceState.FAULT: Result.FAULT_LATCHED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    kind: DeviceKind = DeviceKind.SPRAY
+    cryogen: Cryogen = Cryogen.N2O
+    serial: str = "SIM-0001"
+    firmware: tuple[int, int, int] = (1, 0, 0)
+    max_freeze_ms: int = 60_000
+    capabilities: Capability = Capability.PRESSURE_SENSOR | Capability.HAND_TRIGGER | Capability.HALO_TIMING | Capability.DEAD_MAN
+    proto_major: int = PROTO_MAJOR  # tests override these to play an incompatible device
+    proto_minor: int = PROTO_MINOR
+    schema_hash: int = SCHEMA_HASH
+
+
+@dataclass(slots=True)
+class LastFreeze:
+    txn: int = 0
+    requested_ms: int = 0
+    valve_open_ms: int = 0
+    halo_to_off_ms: int = NOT_AVAILABLE_U32
+    end_reason: EndReason = EndReason.NONE
+    boot_count: int = 0
+
+
+@dataclass
+class NonVolatile:
+    """Survives reboots: boot counter, calibration, the record of the last freeze."""
+
+    boot_count: int = 0
+    calibration: CalData = field(default_factory=lambda: CalData(0, 0, 0, 1_000_000, 0, 1_000_000, 0, 0, 0, 0))
+    last_freeze: LastFreeze = field(default_factory=LastFreeze)
+
+
+@dataclass(slots=True)
+class _Freeze:
+    txn: int
+    mode: FreezeMode
+    trigger: TriggerMode
+    requested_ms: int
+    started_ms: float | None = None  # device clock, when the valve was commanded open
+    deadline_ms: float | None = None
+    halo_marked_ms: float | None = None
+
+
+@dataclass(slots=True)
+class _PendingEvent:
+    event: Event
+    last_sent_ms: float
+
+
+class Firmware:
+    def __init__(self, identity: Identity, model: DeviceModel, nvm: NonVolatile) -> None:
+        self.identity = identity
+        self.model = model
+        self.nvm = nvm
+        self.silent = False  # fault: decode nothing, answer nothing, send nothing
+        self.trigger_held = False  # the hand trigger / foot switch, pressed by the simulator's API
+        self.host_frames = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def power_on(self, device_ms: float, true_s: float) -> None:
+        """Power-on or reset: valve closed, session gone, the cut freeze (if any) recorded."""
+        if self.nvm.last_freeze.end_reason is EndReason.NONE and self.nvm.last_freeze.txn:
+            self.nvm.last_freeze.end_reason = EndReason.RESET
+        self.model.command_valve(False, true_s)
+        self.nvm.boot_count += 1
+        self.boot_ms = device_ms
+        self.state = DeviceState.NO_SESSION
+        self.faults = Fault(0)
+        self.freeze: _Freeze | None = None
+        self.watchdog_ms = DEFAULT_WATCHDOG_MS
+        self.last_host_ms = device_ms
+        self.watchdog_tripped = False
+        self.txn_cache: OrderedDict[int, Message] = OrderedDict()
+        self.pending_events: OrderedDict[int, _PendingEvent] = OrderedDict()
+        self.next_event_id = 1
+        self.seq = 0
+        self.total_valve_open_ms = 0.0
+        self.freezes_started = 0
+        self.watchdog_trips = 0
+        self.next_telemetry_ms = device_ms
+        self._mismatch_since_ms: float | None = None
+        self._no_flow_since_ms: float | None = None
+        self._low_reported = False
+
+    # ---- incoming --------------------------------------------------------------------------------
+
+    def on_frame(self, frame: Frame, device_ms: float, true_s: float) -> list[bytes]:
+        if self.silent:
+            return []
+        if frame.proto_major != self.identity.proto_major:
+            if frame.msg_type == Hello.MSG_TYPE:  # answer in our own version so the host can say why
+                return [self._encode(self._hello_ack(0), frame.txn)]
+            return []
+        try:
+            msg = decode_message(frame.msg_type, frame.payload)
+        except DecodeError:
+            return []
+        if msg.FROM_DEVICE:
+            return []
+        self.host_frames += 1
+        self.last_host_ms = device_ms
+        self.watchdog_tripped = False
+        if isinstance(msg, Heartbeat):
+            return []
+        if isinstance(msg, EventAck):
+            self.pending_events.pop(msg.event_id, None)
+            return []
+        if frame.txn == 0:
+            return []  # requests must carry a txn
+        cached = self.txn_cache.get(frame.txn)
+        if cached is not None:  # a retransmission: answer again, never act again
+            return [self._encode(cached, frame.txn, FLAG_DUPLICATE)]
+        reply = self._handle(msg, frame.txn, device_ms, true_s)
+        self.txn_cache[frame.txn] = reply
+        while len(self.txn_cache) > TXN_CACHE_SIZE:
+            self.txn_cache.popitem(last=False)
+        out = [self._encode(reply, frame.txn)]
+        out += self._flush_new_events(device_ms)
+        return out
+
+    def _handle(self, msg: Message, txn: int, device_ms: float, true_s: float) -> Message:
+        if type(msg) not in ACCEPTS[self.state]:
+            return self._ack(msg, REFUSAL[self.state])
+        match msg:
+            case Hello():
+                return self._on_hello(msg, device_ms, true_s)
+            case Stop():
+                return self._on_stop(msg, device_ms, true_s)
+            case Freeze():
+                return self._on_freeze(msg, txn, device_ms, true_s)
+            case EndIn():
+                return self._on_end_in(msg, device_ms)
+            case GetCounters():
+                return self._counters(device_ms)
+            case CalRead():
+                return self.nvm.calibration
+            case CalWrite():
+                return self._on_cal_write(msg)
+            case ClearFault():
+                return self._on_clear_fault(msg)
+        return self._ack(msg, Result.UNSUPPORTED)
+
+    def _on_hello(self, msg: Hello, device_ms: float, true_s: float) -> Message:
+        if self.freeze is not None:
+            self._end_freeze(EndReason.NEW_SESSION, device_ms, true_s)
+        requested = msg.watchdog_ms or DEFAULT_WATCHDOG_MS
+        self.watchdog_ms = min(MAX_WATCHDOG_MS, max(MIN_WATCHDOG_MS, requested))
+        self.txn_cache.clear()
+        if self.state is DeviceState.NO_SESSION:
+            self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
+        return self._hello_ack(msg.host_nonce)
+
+    def _hello_ack(self, nonce: int) -> HelloAck:
+        ident = self.identity
+        major, minor, patch = ident.firmware
+        return HelloAck(
+            ident.proto_major, ident.proto_minor, ident.kind, ident.cryogen, major, minor, patch, ident.serial,
+            self.nvm.boot_count, ident.max_freeze_ms, self.watchdog_ms, ident.capabilities, int(self.faults),
+            ident.schema_hash, nonce,
+        )
+
+    def _on_stop(self, msg: Stop, device_ms: float, true_s: float) -> Message:
+        valve_open_ms = 0
+        if self.freeze is not None:
+            valve_open_ms = self._end_freeze(EndReason.STOPPED, device_ms, true_s)
+        return self._ack(msg, Result.OK, detail32=valve_open_ms)
+
+    def _on_freeze(self, msg: Freeze, txn: int, device_ms: float, true_s: float) -> Message:
+        caps = self.identity.capabilities
+        if self.state is DeviceState.FAULT:
+            return self._ack(msg, Result.FAULT_LATCHED, detail16=int(self.faults))
+        if self.freeze is not None:
+            return self._ack(msg, Result.BUSY)
+        if msg.duration_ms <= 0:
+            return self._ack(msg, Result.BAD_REQUEST)
+        if msg.duration_ms > self.identity.max_freeze_ms:
+            return self._ack(msg, Result.OVER_CAP, detail32=self.identity.max_freeze_ms)
+        if msg.mode is FreezeMode.HALO and not caps & Capability.HALO_TIMING:
+            return self._ack(msg, Result.UNSUPPORTED)
+        if msg.trigger is not TriggerMode.HOST and not caps & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
+            return self._ack(msg, Result.UNSUPPORTED)
+        if msg.trigger is TriggerMode.DEAD_MAN and not caps & Capability.DEAD_MAN:
+            return self._ack(msg, Result.UNSUPPORTED)
+        if self.model.cartridge.remaining_g <= 0:
+            return self._ack(msg, Result.CARTRIDGE_EMPTY)
+        self.freeze = _Freeze(txn, msg.mode, msg.trigger, msg.duration_ms)
+        self.nvm.last_freeze = LastFreeze(txn, msg.duration_ms, 0, NOT_AVAILABLE_U32, EndReason.NONE, self.nvm.boot_count)
+        if msg.trigger is TriggerMode.HOST:
+            self._open_valve(device_ms, true_s)
+        else:
+            self.state = DeviceState.WAIT_TRIGGER
+        return self._ack(msg, Result.OK, detail32=msg.duration_ms)
+
+    def _on_end_in(self, msg: EndIn, device_ms: float) -> Message:
+        f = self.freeze
+        if f is None or f.started_ms is None or f.deadline_ms is None:
+            return self._ack(msg, Result.NOT_FREEZING)
+        if f.mode is not FreezeMode.HALO or f.halo_marked_ms is not None:
+            return self._ack(msg, Result.BAD_REQUEST)
+        cap_deadline = f.started_ms + f.requested_ms
+        f.halo_marked_ms = device_ms
+        f.deadline_ms = min(cap_deadline, device_ms + msg.remaining_ms)
+        self._queue_event(EventCode.HALO_MARKED, device_ms)
+        return self._ack(msg, Result.OK, detail32=int(f.deadline_ms - device_ms))
+
+    def _on_cal_write(self, msg: CalWrite) -> Message:
+        if not (0 < msg.tip_gain_ppm < 2_000_000 and 0 < msg.tissue_gain_ppm < 2_000_000 and abs(msg.timer_ppm) <= 10_000):
+            return self._ack(msg, Result.BAD_REQUEST)
+        self.nvm.calibration = CalData(*dataclasses.astuple(msg))
+        return self._ack(msg, Result.OK)
+
+    def _on_clear_fault(self, msg: ClearFault) -> Message:
+        still = self._present_faults()
+        cleared = self.faults & LATCHING_FAULTS & ~still
+        self.faults = (self.faults & ~LATCHING_FAULTS) | still
+        if cleared:
+            self._queue_event(EventCode.FAULT_CLEARED, self.last_host_ms, faults=cleared)
+        if not self.faults & LATCHING_FAULTS and self.state is DeviceState.FAULT:
+            self.state = DeviceState.READY
+        return self._ack(msg, Result.OK if not still else Result.FAULT_LATCHED, detail16=int(self.faults))
+
+    def _present_faults(self) -> Fault:
+        """Latching faults whose cause is still there (they cannot be cleared yet)."""
+        present = Fault(0)
+        if self.model.valve_stuck_open:
+            present |= Fault.VALVE_STUCK_OPEN
+        if self.model.valve_stuck_closed:
+            present |= Fault.VALVE_STUCK_CLOSED
+        for sensor in (self.model.tip, self.model.tissue):
+            present |= SENSOR_FAULTS.get(sensor.fault, Fault(0))
+        return present & self.faults
+
+    # ---- time --------------------------------------------------------------------------------
+
+    def tick(self, device_ms: float, true_s: float) -> list[bytes]:
+        """Run the device's timers; returns frames to send (telemetry, events)."""
+        self.model.step(true_s)
+        self._check_watchdog(device_ms, true_s)
+        self._check_freeze(device_ms, true_s)
+        self._check_valve_and_supply(device_ms, true_s)
+        if self.silent:
+            return []
+        out = self._resend_events(device_ms)
+        if self.state is not DeviceState.NO_SESSION and device_ms >= self.next_telemetry_ms:
+            out.append(self._encode(self._telemetry(device_ms), 0))
+            freezing = self.state in (DeviceState.FREEZING, DeviceState.WAIT_TRIGGER)
+            self.next_telemetry_ms = device_ms + (TELEMETRY_FREEZING_MS if freezing else TELEMETRY_IDLE_MS)
+        return out
+
+    def next_deadline_ms(self, device_ms: float) -> float:
+        candidates = [self.next_telemetry_ms, device_ms + 20]
+        if self.freeze is not None and self.freeze.deadline_ms is not None:
+            candidates.append(self.freeze.deadline_ms)
+        if self.state is not DeviceState.NO_SESSION and not self.watchdog_tripped:
+            candidates.append(self.last_host_ms + self.watchdog_ms)
+        return min(candidates)
+
+    def _check_watchdog(self, device_ms: float, true_s: float) -> None:
+        if self.state is DeviceState.NO_SESSION or self.watchdog_tripped:
+            return
+        if device_ms - self.last_host_ms <= self.watchdog_ms:
+            return
+        self.watchdog_tripped = True
+        self.watchdog_trips += 1
+        if self.freeze is not None:
+            self._end_freeze(EndReason.WATCHDOG, device_ms, true_s)
+        self._latch(Fault.WATCHDOG_TRIP, device_ms, EventCode.WATCHDOG_TRIP)
+
+    def _check_freeze(self, device_ms: float, true_s: float) -> None:
+        f = self.freeze
+        if f is None:
+            return
+        held = self.trigger_held
+        if self.state is DeviceState.WAIT_TRIGGER:
+            if held:
+                self._open_valve(device_ms, true_s)
+            return
+        assert f.deadline_ms is not None and f.started_ms is not None
+        # Retained RAM: what a reset would leave for the host to read back.
+        self.nvm.last_freeze.valve_open_ms = round(device_ms - f.started_ms)
+        if f.trigger is TriggerMode.DEAD_MAN and not held:
+            self._end_freeze(EndReason.TRIGGER_RELEASED, device_ms, true_s)
+        elif device_ms >= f.deadline_ms:
+            halo_unmarked = f.mode is FreezeMode.HALO and f.halo_marked_ms is None
+            self._end_freeze(EndReason.CAP if halo_unmarked else EndReason.COMPLETED, device_ms, true_s)
+        elif self.model.cartridge.remaining_g <= 0:
+            self._end_freeze(EndReason.CARTRIDGE_EMPTY, device_ms, true_s)
+
+    def _check_valve_and_supply(self, device_ms: float, true_s: float) -> None:
+        model = self.model
+        mismatch = model.valve_commanded != model.valve_open
+        if not mismatch:
+            self._mismatch_since_ms = None
+        elif self._mismatch_since_ms is None:
+            self._mismatch_since_ms = device_ms
+        elif device_ms - self._mismatch_since_ms >= STUCK_DETECT_MS:
+            fault = Fault.VALVE_STUCK_OPEN if model.valve_open else Fault.VALVE_STUCK_CLOSED
+            if not self.faults & fault:
+                if self.freeze is not None:
+                    self._end_freeze(EndReason.FAULT, device_ms, true_s)
+                self._latch(fault, device_ms)
+        no_flow = model.valve_open and model.nozzle_blocked and model.cartridge.remaining_g > 0
+        if not no_flow:
+            self._no_flow_since_ms = None
+        elif self._no_flow_since_ms is None:
+            self._no_flow_since_ms = device_ms
+        elif device_ms - self._no_flow_since_ms >= NO_FLOW_DETECT_MS and not self.faults & Fault.NO_FLOW:
+            if self.freeze is not None:
+                self._end_freeze(EndReason.FAULT, device_ms, true_s)
+            self._latch(Fault.NO_FLOW, device_ms)
+        for sensor, present in ((model.tip, True), (model.tissue, model.has_tissue_sensor)):
+            fault = SENSOR_FAULTS.get(sensor.fault)
+            if present and fault is not None and not self.faults & fault:
+                if self.freeze is not None:
+                    self._end_freeze(EndReason.FAULT, device_ms, true_s)
+                self._latch(fault, device_ms)
+        fraction = model.cartridge.fraction_left
+        if fraction <= 0 and not self.faults & Fault.CARTRIDGE_EMPTY:
+            self.faults |= Fault.CARTRIDGE_EMPTY
+            self._queue_event(EventCode.CARTRIDGE_EMPTY, device_ms)
+        elif fraction < CARTRIDGE_LOW_FRACTION and not self._low_reported:
+            self._low_reported = True
+            self.faults |= Fault.CARTRIDGE_LOW
+            self._queue_event(EventCode.CARTRIDGE_LOW, device_ms)
+        elif fraction >= CARTRIDGE_LOW_FRACTION and self._low_reported:  # a new cartridge
+            self._low_reported = False
+            self.faults &= ~(Fault.CARTRIDGE_LOW | Fault.CARTRIDGE_EMPTY)
+
+    # ---- freeze mechanics ------------------------------------------------------------------------
+
+    def _open_valve(self, device_ms: float, true_s: float) -> None:
+        f = self.freeze
+        assert f is not None
+        f.started_ms = device_ms
+        f.deadline_ms = device_ms + f.requested_ms
+        self.state = DeviceState.FREEZING
+        self.freezes_started += 1
+        self.model.command_valve(True, true_s)
+        self.next_telemetry_ms = device_ms
+        self._queue_event(EventCode.FREEZE_STARTED, device_ms)
+
+    def _end_freeze(self, reason: EndReason, device_ms: float, true_s: float) -> int:
+        """Close the valve and record what the device measured. Returns the valve-open ms."""
+        f = self.freeze
+        assert f is not None
+        self.model.command_valve(False, true_s)
+        valve_open_ms = 0 if f.started_ms is None else round(device_ms - f.started_ms)
+        halo_to_off = NOT_AVAILABLE_U32 if f.halo_marked_ms is None else round(device_ms - f.halo_marked_ms)
+        self.total_valve_open_ms += valve_open_ms
+        self.nvm.last_freeze = LastFreeze(f.txn, f.requested_ms, valve_open_ms, halo_to_off, reason, self.nvm.boot_count)
+        self._queue_event(EventCode.FREEZE_DONE, device_ms, reason=reason)
+        self.freeze = None
+        self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
+        return valve_open_ms
+
+    def _latch(self, fault: Fault, device_ms: float, code: EventCode = EventCode.FAULT_RAISED) -> None:
+        self.faults |= fault
+        if self.state is not DeviceState.NO_SESSION:
+            self.state = DeviceState.FAULT
+        self._queue_event(code, device_ms, faults=fault)
+
+    # ---- outgoing --------------------------------------------------------------------------------
+
+    def _encode(self, msg: Message, txn: int, flags: int = 0) -> bytes:
+        frame = Frame(self.identity.proto_major, self.identity.proto_minor, msg.MSG_TYPE, flags, self.seq, txn, msg.pack())
+        self.seq = (self.seq + 1) & 0xFFFF
+        return encode_frame(frame)
+
+    def _ack(self, request: Message, result: Result, detail16: int = 0, detail32: int = 0) -> Ack:
+        return Ack(request.MSG_TYPE, result, detail16, detail32)
+
+    def _queue_event(self, code: EventCode, device_ms: float, *, reason: EndReason = EndReason.NONE, faults: Fault | None = None) -> None:
+        last = self.nvm.last_freeze
+        event = Event(
+            self.next_event_id, code, reason, last.txn, int(self.faults if faults is None else faults),
+            last.requested_ms, last.valve_open_ms, last.halo_to_off_ms, int(device_ms - self.boot_ms) & 0xFFFFFFFF,
+        )
+        self.next_event_id = self.next_event_id % 0xFFFF + 1
+        self.pending_events[event.event_id] = _PendingEvent(event, -1.0)
+        while len(self.pending_events) > MAX_PENDING_EVENTS:
+            self.pending_events.popitem(last=False)
+
+    def _flush_new_events(self, device_ms: float) -> list[bytes]:
+        out = []
+        for pending in self.pending_events.values():
+            if pending.last_sent_ms < 0:
+                pending.last_sent_ms = device_ms
+                out.append(self._encode(pending.event, 0))
+        return out
+
+    def _resend_events(self, device_ms: float) -> list[bytes]:
+        if self.state is DeviceState.NO_SESSION:
+            return []
+        out = []
+        for pending in self.pending_events.values():
+            if pending.last_sent_ms < 0 or device_ms - pending.last_sent_ms >= EVENT_RESEND_MS:
+                pending.last_sent_ms = device_ms
+                out.append(self._encode(pending.event, 0))
+        return out
+
+    def _telemetry(self, device_ms: float) -> Telemetry:
+        f = self.freeze
+        model = self.model
+        caps = self.identity.capabilities
+        elapsed = remaining = 0
+        if f is not None and f.started_ms is not None and f.deadline_ms is not None:
+            elapsed = round(device_ms - f.started_ms)
+            remaining = max(0, round(f.deadline_ms - device_ms))
+        cal = self.nvm.calibration
+        return Telemetry(
+            uptime_ms=int(device_ms - self.boot_ms) & 0xFFFFFFFF,
+            boot_count=self.nvm.boot_count,
+            state=self.state,
+            valve=int(model.valve_commanded) | int(model.valve_open) << 1,
+            trigger=int(self.trigger_held),
+            freeze_txn=self.nvm.last_freeze.txn,
+            elapsed_ms=elapsed,
+            remaining_ms=remaining,
+            pressure_kpa=min(0xFFFE, round(model.pressure_kpa)) if caps & Capability.PRESSURE_SENSOR else NOT_AVAILABLE_U16,
+            tip_cdeg=_cdeg(model.read_tip(), cal.tip_gain_ppm, cal.tip_offset_cdeg) if caps & Capability.TIP_THERMOCOUPLE else NOT_AVAILABLE_TEMP,
+            tissue_cdeg=_cdeg(model.read_tissue(), cal.tissue_gain_ppm, cal.tissue_offset_cdeg)
+            if caps & Capability.TISSUE_THERMOCOUPLE
+            else NOT_AVAILABLE_TEMP,
+            fault_flags=int(self.faults),
+        )
+
+    def _counters(self, device_ms: float) -> Counters:
+        last = self.nvm.last_freeze
+        return Counters(
+            self.nvm.boot_count, int(device_ms - self.boot_ms) & 0xFFFFFFFF, round(self.total_valve_open_ms),
+            self.freezes_started, self.watchdog_trips, last.txn, last.requested_ms, last.valve_open_ms,
+            last.halo_to_off_ms, last.end_reason, last.boot_count, int(self.faults),
+        )
+
+
+def _cdeg(raw_c: float | None, gain_ppm: int, offset_cdeg: int) -> int:
+    """Apply the stored calibration to a raw reading; centi-degrees, or 'not available'."""
+    if raw_c is None:
+        return NOT_AVAILABLE_TEMP
+    corrected = raw_c * gain_ppm / 1_000_000 + offset_cdeg / 100
+    return max(-32_767, min(32_766, round(corrected * 100)))
