@@ -69,7 +69,9 @@ class DeviceRebooted(BridgeError):
 
 
 class CommandTimeout(BridgeError):
-    pass
+    def __init__(self, port: str, problem: str, action: str, txn: int | None = None) -> None:
+        super().__init__(port, problem, action)
+        self.txn = txn  # the request's transaction id, to look it up in the device's counters
 
 
 class CommandRejected(BridgeError):

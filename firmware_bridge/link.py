@@ -119,10 +119,11 @@ class LinkStats:
 
 
 class _Waiter:
-    __slots__ = ("done", "reply", "error")
+    __slots__ = ("done", "reply", "error", "txn")
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.txn: int | None = None
         self.reply: Reply | None = None
         self.error: BridgeError | None = None
 
@@ -314,7 +315,9 @@ class Link:
         waiter = _Waiter()
         self._submit(msg, waiter)
         if not self._clock.wait(waiter.done, timeout_s):
-            raise CommandTimeout(self.port, f"no answer to {type(msg).__name__.upper()}", "The outcome is unknown; check the device")
+            raise CommandTimeout(
+                self.port, f"no answer to {type(msg).__name__.upper()}", "The outcome is unknown; check the device", waiter.txn
+            )
         if waiter.error is not None:
             raise waiter.error
         assert waiter.reply is not None
@@ -359,6 +362,7 @@ class Link:
                 waiter.error = LinkLost(self.port, str(exc), "Reconnect to the device (handshake again)")
                 waiter.done.set()
                 continue
+            waiter.txn = txn
             self._waiters[txn] = waiter
             self._transport.write(wire)
 
@@ -392,6 +396,7 @@ class Link:
             self.port,
             f"no answer to {name} after {event.attempts} attempts",
             "The outcome is unknown: read the device counters before doing anything else",
+            event.txn,
         )
 
     def _settle(self, txn: int, *, reply: Reply | None = None, error: BridgeError | None = None) -> None:

@@ -8,6 +8,7 @@ so a second program cannot talk to the same device at the same time.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 
 import serial
 
@@ -77,3 +78,22 @@ def _open_error(url: str, exc: serial.SerialException) -> PortError:
     if "Connection refused" in text or code == errno.ECONNREFUSED:
         return PortNotFound(url, "nothing is listening there", "Start the device or `givre sim --tcp`, then retry")
     return PortError(url, f"could not open the port ({text})", "Check the address and that the device is connected")
+
+
+@dataclass(frozen=True, slots=True)
+class PortInfo:
+    device: str
+    description: str
+    serial_number: str | None
+    vid: int | None
+    pid: int | None
+
+
+def list_ports() -> list[PortInfo]:
+    """Serial ports the OS knows, with the USB identity to match against the handshake serial."""
+    from serial.tools import list_ports as serial_list_ports
+
+    return [
+        PortInfo(p.device, p.description, p.serial_number, p.vid, p.pid)
+        for p in sorted(serial_list_ports.comports(), key=lambda p: p.device)
+    ]

@@ -1,0 +1,147 @@
+"""`givre bench --json`: speed and latency, measured against the simulator on a real pty.
+
+A benchmark, not a test: it reports numbers and never fails on them. Every latency is measured
+on the host's monotonic clock around the real pyserial path (pty, link thread, simulator thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from controller.freeze import supervise_freeze
+from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
+from firmware_bridge.link import Link
+from firmware_bridge.messages import PROTO_MAJOR, PROTO_MINOR, DeviceState, Telemetry
+from sim.device import SimulatedDevice
+
+WATCHDOG_MS = 250
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the contract for scripts and CI)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+
+
+def run(args: argparse.Namespace) -> int:
+    results = measure(quick=args.quick)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        for key, value in sorted(results.items()):
+            print(f"{key:28} {value}")
+    return 0
+
+
+def measure(quick: bool = False) -> dict[str, object]:
+    n = 20 if quick else 200
+    results: dict[str, object] = {"machine": _machine()}
+    results["codec_frames_per_s"] = round(_codec_frames_per_s(0.2 if quick else 1.0))
+    with _device_and_link() as (device, link):
+        results.update(_percentiles("roundtrip_ms", _roundtrips(link, n)))
+        results.update(_percentiles("stop_latency_ms", _stop_latencies(device, link, n // 2)))
+        errors, truth_errors = _freeze_errors(device, link, n // 4)
+        results.update(_percentiles("freeze_error_ms", errors))
+        results.update(_percentiles("freeze_true_error_ms", truth_errors))
+    watchdog = _watchdog_closes(5 if quick else 20)
+    results.update(_percentiles("watchdog_close_ms", watchdog))
+    results["watchdog_timeout_ms"] = WATCHDOG_MS
+    results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog)}
+    return results
+
+
+def _machine() -> str:
+    import os
+
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _percentiles(prefix: str, samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {f"{prefix}_p50": round(statistics.median(ordered), 3), f"{prefix}_p99": round(p99, 3)}
+
+
+def _codec_frames_per_s(seconds: float) -> float:
+    """Encode and decode telemetry frames, the most frequent frame on the wire."""
+    payload = Telemetry(123456, 7, DeviceState.FREEZING, 3, 1, 42, 5000, 5000, 4980, -8500, 0x7FFF, 0).pack()
+    decoder = FrameDecoder()
+    count = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for seq in range(100):
+            wire = encode_frame(Frame(PROTO_MAJOR, PROTO_MINOR, Telemetry.MSG_TYPE, 0, seq, 0, payload))
+            decoder.feed(wire)
+        count += 100
+    return count / (time.perf_counter() - start)
+
+
+@contextmanager
+def _device_and_link(watchdog_ms: int = 1000) -> Iterator[tuple[SimulatedDevice, Link]]:
+    with SimulatedDevice() as device:
+        with Link.open(device.serve_pty(), watchdog_ms=watchdog_ms) as link:
+            yield device, link
+
+
+def _timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return (time.perf_counter() - start) * 1000
+
+
+def _roundtrips(link: Link, n: int) -> list[float]:
+    return [_timed(link.counters) for _ in range(n)]
+
+
+def _stop_latencies(device: SimulatedDevice, link: Link, n: int) -> list[float]:
+    """STOP asked -> the device's 'valve closed' answer read back; the valve state is then checked."""
+    samples = []
+    for _ in range(n):
+        link.freeze(30_000)
+        samples.append(_timed(link.stop))
+        if device.model.valve_commanded:
+            raise RuntimeError("the simulator's valve is still commanded open after STOP was answered")
+    return samples
+
+
+def _freeze_errors(device: SimulatedDevice, link: Link, n: int) -> tuple[list[float], list[float]]:
+    """|device-measured - requested|, and against the simulator's ground truth of the valve."""
+    errors, truth = [], []
+    for i in range(n):
+        requested = 50 + 10 * (i % 10)
+        outcome = supervise_freeze(link, requested)
+        assert outcome.valve_open_ms is not None
+        errors.append(abs(outcome.valve_open_ms - requested))
+        edge = device.model.valve_log[-1]
+        _wait(lambda: edge.closed_at is not None)
+        assert edge.closed_at is not None
+        truth.append(abs((edge.closed_at - edge.opened_at) * 1000 - requested))
+    return errors, truth
+
+
+def _watchdog_closes(n: int) -> list[float]:
+    """The host goes silent mid-freeze: last host byte -> valve physically closed."""
+    samples = []
+    for _ in range(n):
+        with SimulatedDevice() as device:
+            link = Link.open(device.serve_pty(), watchdog_ms=WATCHDOG_MS)
+            link.freeze(10_000)
+            link.close()  # silence: no heartbeat, no frame, the port closed as a killed host's would be
+            _wait(lambda: bool(device.model.valve_log) and device.model.valve_log[-1].closed_at is not None, 3.0)
+            closed_at = device.model.valve_log[-1].closed_at
+            assert closed_at is not None and device.last_host_byte_at is not None
+            samples.append((closed_at - device.last_host_byte_at) * 1000)
+    return samples
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the simulator did not reach the expected state in time")
+        time.sleep(0.001)

@@ -1,0 +1,60 @@
+"""The `givre` command. Errors reach the user as one clear line, never as a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from firmware_bridge.errors import BridgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench import run as bench_run
+    from controller import demo
+    from sim import cli as sim_cli
+
+    parser = argparse.ArgumentParser(prog="givre", description="Controller for GP cryotherapy devices.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo.add_arguments(commands.add_parser("demo", help="run freeze-thaw cycles on the embedded simulator"))
+    sim_cli.add_arguments(commands.add_parser("sim", help="serve a simulated device on a pty or TCP"))
+    bench_run.add_arguments(commands.add_parser("bench", help="measure codec speed and link latencies against the simulator"))
+    commands.add_parser("ports", help="list serial ports with their USB description and serial number")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BridgeError as exc:
+        print(f"givre: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("givre: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from controller import demo
+
+        return demo.run(args)
+    if args.command == "sim":
+        from sim import cli as sim_cli
+
+        return sim_cli.run(args)
+    if args.command == "bench":
+        from bench import run as bench_run
+
+        return bench_run.run(args)
+    if args.command == "ports":
+        from firmware_bridge.transport import list_ports
+
+        for port in list_ports():
+            print(f"{port.device}\t{port.description}\tserial={port.serial_number or '-'}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
