@@ -201,7 +201,8 @@ class HostSession:
             return out
         if isinstance(msg, Telemetry) and self._rebooted(msg.boot_count):
             self._on_reboot(msg.boot_count, out)
-        if not self._fresh_seq(frame.seq):
+        # Replies are matched by txn; seq ordering guards the unsolicited, state-bearing frames.
+        if not frame.txn and not self._fresh_seq(frame.seq):
             self.stats.stale_frames += 1
             return out
         self.stats.frames_received += 1

@@ -174,6 +174,8 @@ class SimulatedDevice:
         self.nvm = NonVolatile()
         self.firmware = Firmware(identity, self.model, self.nvm)
         self._origin = clock.monotonic()
+        self._device_ms = 0.0
+        self._last_true_s = 0.0
         self._lock = threading.RLock()
         self._decoder = FrameDecoder()
         self._endpoint: _PtyEndpoint | _TcpEndpoint | None = None
@@ -233,8 +235,13 @@ class SimulatedDevice:
         return self.clock.monotonic() - self._origin
 
     def _now(self) -> tuple[float, float]:
+        """(device clock ms, true s). The device clock runs fast or slow by drift_ppm, corrected by
+        the calibrated timer_ppm; it is integrated so a new calibration never makes it jump."""
         true_s = self.now()
-        return true_s * 1000.0 * (1.0 + self.drift_ppm / 1e6), true_s
+        rate = (1.0 + self.drift_ppm / 1e6) * (1.0 + self.nvm.calibration.timer_ppm / 1e6)
+        self._device_ms += (true_s - self._last_true_s) * 1000.0 * rate
+        self._last_true_s = true_s
+        return self._device_ms, true_s
 
     # ---- the device thread -----------------------------------------------------------------------
 

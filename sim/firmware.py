@@ -326,7 +326,7 @@ class Firmware:
         if self.silent:
             return []
         out = self._resend_events(device_ms)
-        if self.state is not DeviceState.NO_SESSION and device_ms >= self.next_telemetry_ms:
+        if device_ms >= self.next_telemetry_ms:  # also without a session: a reboot shows at once
             out.append(self._encode(self._telemetry(device_ms), 0))
             freezing = self.state in (DeviceState.FREEZING, DeviceState.WAIT_TRIGGER)
             self.next_telemetry_ms = device_ms + (TELEMETRY_FREEZING_MS if freezing else TELEMETRY_IDLE_MS)
