@@ -92,6 +92,8 @@ def reconcile(link: Link, txn: int | None, duration_ms: int, started: float, see
     elapsed = (link.clock.monotonic() - started) * 1000
     unknown = FreezeOutcome(txn, duration_ms, None, None, None, Certainty.UNKNOWN, elapsed, tuple(seen))
     try:
+        if link.needs_handshake:  # the device rebooted: it answers nothing else until HELLO
+            link.handshake()
         counters = link.counters()
         if counters.last_end_reason is EndReason.NONE and counters.last_txn:
             link.stop()

@@ -61,6 +61,7 @@ from firmware_bridge.session import (
     RebootDetected,
     Reply,
     RequestExpired,
+    SessionState,
     SessionStats,
     TelemetryReceived,
 )
@@ -283,6 +284,11 @@ class Link:
         return LinkStats(self._bytes_received, dataclasses.replace(self._decoder.stats), dataclasses.replace(self._session.stats))
 
     @property
+    def needs_handshake(self) -> bool:
+        """True after the device rebooted: its session is gone until a new HELLO."""
+        return self._session.state is not SessionState.READY
+
+    @property
     def clock(self) -> Clock:
         return self._clock
 
@@ -359,7 +365,8 @@ class Link:
             try:
                 txn, wire = self._session.request(msg, self._clock.monotonic())
             except NotAllowed as exc:
-                waiter.error = LinkLost(self.port, str(exc), "Reconnect to the device (handshake again)")
+                error_type = DeviceRebooted if self._session.state is SessionState.REBOOTED else LinkLost
+                waiter.error = error_type(self.port, str(exc), "Handshake with the device again; nothing was sent")
                 waiter.done.set()
                 continue
             waiter.txn = txn

@@ -37,7 +37,7 @@ ALLOWED_REQUESTS: dict[SessionState, frozenset[str]] = {
     SessionState.CLOSED: frozenset({"Hello"}),
     SessionState.HELLO_SENT: frozenset(),
     SessionState.READY: frozenset({"Hello", "Freeze", "EndIn", "Stop", "GetCounters", "CalRead", "CalWrite", "ClearFault"}),
-    SessionState.REBOOTED: frozenset({"Hello", "Stop", "GetCounters"}),
+    SessionState.REBOOTED: frozenset({"Hello", "Stop"}),
 }
 
 

@@ -193,6 +193,8 @@ class Firmware:
         if frame.txn == 0:
             return []  # requests must carry a txn
         cached = self.txn_cache.get(frame.txn)
+        if isinstance(msg, Hello) and not (isinstance(cached, HelloAck) and cached.host_nonce == msg.host_nonce):
+            cached = None  # a new host may reuse a txn: a HELLO repeats only if its nonce does
         if cached is not None:  # a retransmission: answer again, never act again
             return [self._encode(cached, frame.txn, FLAG_DUPLICATE)]
         reply = self._handle(msg, frame.txn, device_ms, true_s)

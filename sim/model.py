@@ -99,7 +99,7 @@ class DeviceModel:
         self.rng = random.Random(self.seed)
         self.valve_commanded = False
         self.valve_open = False
-        self._transition_at: float | None = None
+        self._transitions: list[tuple[float, bool]] = []  # (when, open?) in command order
         self.tip_c = BODY_C
         self.tissue_c = BODY_C
         self.valve_log: list[ValveEdge] = []
@@ -115,7 +115,7 @@ class DeviceModel:
         if open_ == self.valve_commanded:
             return
         self.valve_commanded = open_
-        self._transition_at = now + (self.open_latency_s if open_ else self.close_latency_s)
+        self._transitions.append((now + (self.open_latency_s if open_ else self.close_latency_s), open_))
 
     @property
     def flowing(self) -> bool:
@@ -149,26 +149,21 @@ class DeviceModel:
         self.tissue_c += (tissue_target - self.tissue_c) * min(1.0, dt / tissue_tau)
 
     def _move_valve(self, now: float) -> None:
-        moved_at = self._transition_at
-        if moved_at is None or now < moved_at:
-            return
-        self._transition_at = None
-        target = self.valve_commanded
-        if target and self.valve_stuck_closed:
-            return
-        if not target and self.valve_stuck_open:
-            return
-        if target != self.valve_open:
-            self.valve_open = target
-            if target:
-                self.valve_log.append(ValveEdge(moved_at))
-            elif self.valve_log:
-                self.valve_log[-1].closed_at = moved_at
+        while self._transitions and self._transitions[0][0] <= now:
+            moved_at, target = self._transitions.pop(0)
+            if (target and self.valve_stuck_closed) or (not target and self.valve_stuck_open):
+                continue
+            if target != self.valve_open:
+                self.valve_open = target
+                if target:
+                    self.valve_log.append(ValveEdge(moved_at))
+                elif self.valve_log:
+                    self.valve_log[-1].closed_at = moved_at
 
     def release_stuck_valve(self, now: float) -> None:
         """A technician frees the valve: it follows its command again."""
         self.valve_stuck_open = self.valve_stuck_closed = False
-        self._transition_at = now
+        self._transitions.append((now, self.valve_commanded))
 
     def read_tip(self) -> float | None:
         return self.tip.read(self.tip_c, self.rng)

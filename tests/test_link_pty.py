@@ -1,0 +1,252 @@
+"""The real path: pyserial opens the simulator's pseudo-terminal exactly as it would a USB port."""
+
+from __future__ import annotations
+
+import os
+import pty
+import threading
+import tty
+
+import pytest
+
+from conftest import TEST_WATCHDOG_MS, wait_until
+from controller.freeze import Certainty, supervise_freeze
+from firmware_bridge.errors import (
+    CommandRejected,
+    DeviceRebooted,
+    LinkLost,
+    NotAGivreDevice,
+    PortBusy,
+    PortNotFound,
+    VersionMismatch,
+    WrongDeviceKind,
+)
+from firmware_bridge.link import Link, LinkDown
+from firmware_bridge.messages import (
+    CalWrite,
+    DeviceKind,
+    EndReason,
+    Fault,
+    FreezeMode,
+    Result,
+)
+from firmware_bridge.session import RebootDetected
+from sim.device import SimulatedDevice
+
+pytestmark = pytest.mark.pty
+
+
+def test_handshake_reports_the_device_identity(device: SimulatedDevice, link: Link) -> None:
+    ident = link.identity
+    assert ident is not None
+    assert (ident.kind, ident.serial, ident.firmware, ident.protocol) == (DeviceKind.SPRAY, "SIM-TEST-1", "1.0.0", "1.0")
+    assert ident.max_freeze_ms == 60_000 and ident.watchdog_ms == TEST_WATCHDOG_MS
+    assert ident.port == device.url
+
+
+def test_a_device_timed_freeze_reports_the_device_measurement(device: SimulatedDevice, link: Link) -> None:
+    outcome = supervise_freeze(link, 300)
+    assert outcome.certainty is Certainty.DEVICE_REPORTED and outcome.end_reason is EndReason.COMPLETED
+    assert outcome.valve_open_ms is not None and abs(outcome.valve_open_ms - 300) <= 5
+    wait_until(lambda: device.model.valve_log and device.model.valve_log[-1].closed_at is not None, what="valve closed")
+    edge = device.model.valve_log[-1]
+    assert edge.closed_at is not None
+    assert abs((edge.closed_at - edge.opened_at) * 1000 - 300) <= 20  # ground truth, valve latencies included
+
+
+def test_stop_mid_freeze_closes_the_valve_and_answers_after(device: SimulatedDevice, link: Link) -> None:
+    link.freeze(30_000)
+    wait_until(lambda: device.valve_open, what="valve open")
+    ack = link.stop()
+    assert ack.result is Result.OK and ack.detail32 > 0
+    assert not device.model.valve_commanded  # closed before the answer was sent
+    wait_until(lambda: not device.valve_open, what="valve physically closed")
+
+
+def test_the_device_refuses_above_its_cap_with_a_clear_message(link: Link) -> None:
+    with pytest.raises(CommandRejected) as info:
+        link.freeze(90_000)
+    assert info.value.result == Result.OVER_CAP
+    assert "90000 ms asked, the device's cap is 60000 ms" in str(info.value)
+
+
+def test_halo_freeze_over_the_wire(device: SimulatedDevice, link: Link) -> None:
+    def mark_halo(lnk: Link) -> None:
+        latest = lnk.latest_telemetry()
+        if latest and latest.telemetry.elapsed_ms >= 200 and not marked:
+            marked.append(lnk.end_in(300))
+
+    marked: list[object] = []
+    outcome = supervise_freeze(link, 10_000, mode=FreezeMode.HALO, on_tick=mark_halo)
+    assert outcome.end_reason is EndReason.COMPLETED
+    assert outcome.halo_to_off_ms is not None and abs(outcome.halo_to_off_ms - 300) <= 5
+    assert outcome.valve_open_ms is not None and outcome.valve_open_ms > outcome.halo_to_off_ms
+
+
+@pytest.mark.slow
+def test_200_freezes_through_corrupt_and_lossy_wire_each_run_exactly_once() -> None:
+    with SimulatedDevice(seed=7) as dev:
+        dev.serve_pty()
+        dev.faults.corrupt_pct = 1.0
+        dev.faults.drop_pct = 1.0
+        with Link.open(dev.url, watchdog_ms=TEST_WATCHDOG_MS) as lnk:
+            outcomes = [supervise_freeze(lnk, 20) for _ in range(200)]
+            counters = lnk.counters()
+            stats = lnk.stats()
+    assert all(o.end_reason is EndReason.COMPLETED for o in outcomes)
+    assert len({o.txn for o in outcomes}) == 200
+    assert counters.freezes_started == 200  # the device opened the valve exactly 200 times
+    assert len(dev.model.valve_log) == 200
+    assert dev.faults.corrupted > 0 and dev.faults.dropped > 0  # the faults really happened
+    assert stats.decoder.crc_errors + stats.decoder.framing_errors + stats.decoder.short_frames > 0
+    assert stats.session.retransmits > 0
+
+
+def test_a_device_reboot_mid_freeze_is_detected_and_the_truth_read_back(device: SimulatedDevice, link: Link) -> None:
+    device.at(0.3, device.reboot)
+    outcome = supervise_freeze(link, 5000)
+    assert outcome.certainty is Certainty.RECONCILED
+    assert outcome.end_reason is EndReason.RESET
+    assert outcome.valve_open_ms is not None and 250 <= outcome.valve_open_ms <= 350
+    assert not device.model.valve_commanded
+    assert len(device.model.valve_log) == 1  # the freeze was not resent after the reboot
+    assert link.identity is not None and link.identity.boot_count == 2  # reconciling handshook again
+
+
+def test_nothing_is_sent_across_a_reboot_until_a_new_handshake(device: SimulatedDevice, link: Link) -> None:
+    device.reboot()
+    wait_until(lambda: link.needs_handshake, what="reboot seen in telemetry")
+    with pytest.raises(DeviceRebooted, match="not allowed while the session is rebooted"):
+        link.freeze(1000)
+    link.handshake()
+    assert link.freeze(100) > 0
+
+
+def test_losing_the_port_mid_freeze_is_reported_and_the_device_still_closes_the_valve() -> None:
+    with SimulatedDevice() as dev:
+        dev.serve_pty()
+        lnk = Link.open(dev.url, watchdog_ms=300)
+        dev.at(0.2, dev.disconnect)
+        outcome = supervise_freeze(lnk, 5000)
+        assert outcome.certainty is Certainty.UNKNOWN and outcome.valve_open_ms is None
+        wait_until(lambda: not dev.valve_open, timeout_s=3, what="watchdog closing the valve")
+        assert dev.firmware.faults & Fault.WATCHDOG_TRIP
+        lnk.close()
+
+
+def test_a_new_connection_after_a_host_vanished_sees_the_trip_and_clears_it(device: SimulatedDevice) -> None:
+    first = Link.open(device.url, watchdog_ms=250)
+    first.freeze(10_000)
+    first.close()
+    wait_until(lambda: not device.valve_open and device.model.valve_log, what="watchdog closing the valve")
+    with Link.open(device.url, watchdog_ms=TEST_WATCHDOG_MS) as second:
+        assert second.identity is not None and second.identity.fault_flags & Fault.WATCHDOG_TRIP
+        counters = second.counters()
+        assert counters.last_end_reason is EndReason.WATCHDOG and counters.watchdog_trips == 1
+        with pytest.raises(CommandRejected, match="FAULT_LATCHED"):
+            second.freeze(100)
+        assert second.clear_fault().result is Result.OK
+        assert supervise_freeze(second, 100).end_reason is EndReason.COMPLETED
+
+
+def test_calibration_is_stored_in_the_device(link: Link) -> None:
+    cal = CalWrite(-300, 65_700, -400, 1_010_000, 0, 1_000_000, 15, 10, 20_000, 20_365)
+    assert link.write_calibration(cal).result is Result.OK
+    stored = link.read_calibration()
+    assert (stored.timer_ppm, stored.tip_offset_cdeg, stored.due_on_day) == (-300, -400, 20_365)
+
+
+def test_reboot_event_reaches_the_host_queue(device: SimulatedDevice, link: Link) -> None:
+    device.reboot()
+    seen: list[object] = []
+    wait_until(lambda: seen.append(link.next_event(0.05)) or any(isinstance(e, RebootDetected) for e in seen), what="reboot")
+
+
+# ---- bad ports, bad devices: each a clear error naming the port -------------------------------
+
+
+def test_absent_port() -> None:
+    with pytest.raises(PortNotFound) as info:
+        Link.open("/dev/ttyGIVRE-NOPE")
+    assert "/dev/ttyGIVRE-NOPE: no such port" in str(info.value)
+
+
+def test_busy_port(device: SimulatedDevice, link: Link) -> None:
+    with pytest.raises(PortBusy, match="in use by another program"):
+        Link.open(device.url)
+
+
+def test_version_mismatch_is_refused_with_both_versions() -> None:
+    with SimulatedDevice(proto_major=2) as dev:
+        dev.serve_pty()
+        with pytest.raises(VersionMismatch) as info:
+            Link.open(dev.url)
+    assert "speaks protocol 2.0; this Givre speaks 1.0" in str(info.value)
+
+
+def test_different_message_layouts_are_refused() -> None:
+    with SimulatedDevice(schema_hash=0xDEADBEEF) as dev:
+        dev.serve_pty()
+        with pytest.raises(VersionMismatch, match="different message layouts"):
+            Link.open(dev.url)
+
+
+def test_wrong_device_kind() -> None:
+    with SimulatedDevice(kind="probe") as dev:
+        dev.serve_pty()
+        with pytest.raises(WrongDeviceKind, match="this is a probe device .* not a spray"):
+            Link.open(dev.url, expect_kind=DeviceKind.SPRAY)
+
+
+def test_silent_device() -> None:
+    with SimulatedDevice() as dev:
+        dev.serve_pty()
+        dev.set_silent()
+        with pytest.raises(NotAGivreDevice, match="no answer to HELLO"):
+            Link.open(dev.url)
+
+
+def test_a_modem_on_the_port_is_not_a_givre_device() -> None:
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def chatty_modem() -> None:
+        while not stop.wait(0.02):
+            try:
+                os.write(master, b"\r\nOK\r\nAT+CSQ\r\n")
+            except OSError:
+                return
+
+    thread = threading.Thread(target=chatty_modem, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(NotAGivreDevice, match="not in the Givre protocol"):
+            Link.open(os.ttyname(slave))
+    finally:
+        stop.set()
+        thread.join()
+        os.close(master)
+        os.close(slave)
+
+
+def test_loop_url_is_accepted_by_the_transport_but_nothing_answers() -> None:
+    with pytest.raises(NotAGivreDevice):
+        Link.open("loop://")
+
+
+def test_socket_url_reaches_a_tcp_simulator() -> None:
+    with SimulatedDevice(serial="SIM-TCP") as dev:
+        url = dev.serve_tcp()
+        assert url.startswith("socket://127.0.0.1:")
+        with Link.open(url, watchdog_ms=TEST_WATCHDOG_MS) as lnk:
+            assert lnk.identity is not None and lnk.identity.serial == "SIM-TCP"
+            assert supervise_freeze(lnk, 100).end_reason is EndReason.COMPLETED
+
+
+def test_link_down_is_delivered_as_an_event(device: SimulatedDevice, link: Link) -> None:
+    device.disconnect()
+    seen: list[object] = []
+    wait_until(lambda: seen.append(link.next_event(0.05)) or any(isinstance(e, LinkDown) for e in seen), what="link down")
+    with pytest.raises(LinkLost):
+        link.counters()
