@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.add_arguments(commands.add_parser("sim", help="serve a simulated device on a pty or TCP"))
     bench_run.add_arguments(commands.add_parser("bench", help="measure codec speed and link latencies against the simulator"))
     commands.add_parser("ports", help="list serial ports with their USB description and serial number")
+    info = commands.add_parser("info", help="connect to a device and show its identity, counters and calibration")
+    info.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -53,7 +56,46 @@ def _dispatch(args: argparse.Namespace) -> int:
         for port in list_ports():
             print(f"{port.device}\t{port.description}\tserial={port.serial_number or '-'}")
         return 0
+    if args.command == "info":
+        return _info(args.port, args.json)
     raise AssertionError(args.command)
+
+
+def _info(port: str, as_json: bool) -> int:
+    """Read-only: handshake, counters, calibration. Heartbeats are not needed for so short a visit."""
+    import dataclasses
+    import json
+
+    from firmware_bridge.link import Link
+
+    with Link.open(port) as link:
+        assert link.identity is not None
+        identity = {
+            k: (v.name if hasattr(v, "name") and not isinstance(v, str) else v)
+            for k, v in dataclasses.asdict(link.identity).items()
+        }
+        report = {
+            "identity": identity,
+            "counters": _plain(link.counters()),
+            "calibration": _plain(link.read_calibration()),
+        }
+    if as_json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        for section, values in report.items():
+            print(f"[{section}]")
+            for key, value in values.items():
+                print(f"  {key:24} {value}")
+    return 0
+
+
+def _plain(message: object) -> dict[str, object]:
+    import dataclasses
+
+    return {
+        f.name: (getattr(message, f.name).name if hasattr(getattr(message, f.name), "name") else getattr(message, f.name))
+        for f in dataclasses.fields(message)  # type: ignore[arg-type]
+    }
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace, out: Print = print) -> int:
     with SimulatedDevice(kind=args.kind, clock=clock) as device:
         path = device.serve_pty()
         out(f"simulated {args.kind} device on {path}")
-        with Link.open(path, clock=clock) as link:
+        # In virtual time the watchdog is scaled too, so it stays 250 ms of wall time.
+        with Link.open(path, clock=clock, watchdog_ms=min(60_000, round(250 * max(1.0, args.scale)))) as link:
             ident = link.identity
             assert ident is not None
             out(

@@ -1,0 +1,104 @@
+"""The givre command as a user and a CI script meet it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from controller.cli import main
+from firmware_bridge.link import Link
+
+GIVRE = [sys.executable, "-m", "controller.cli"]
+
+
+def test_sim_pty_prints_its_path_first_serves_and_stops_on_sigterm() -> None:
+    sim = subprocess.Popen([*GIVRE, "sim", "--kind", "probe", "--pty", "--serial", "SIM-CLI"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        path = sim.stdout.readline().strip()
+        assert path.startswith("/dev/")
+        with Link.open(path) as link:
+            assert link.identity is not None
+            assert (link.identity.serial, link.identity.kind.name, link.identity.cryogen.name) == ("SIM-CLI", "PROBE", "LN2")
+        sim.send_signal(signal.SIGTERM)
+        assert sim.wait(timeout=10) == 0
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+
+
+def test_sim_tcp_prints_a_socket_url() -> None:
+    sim = subprocess.Popen([*GIVRE, "sim", "--tcp", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None
+        url = sim.stdout.readline().strip()
+        assert url.startswith("socket://127.0.0.1:")
+        with Link.open(url) as link:
+            assert link.identity is not None and link.identity.kind.name == "SPRAY"
+        sim.send_signal(signal.SIGINT)
+        assert sim.wait(timeout=10) == 0
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sim", "--pty", "--fault-at", "soon:explode"], "expected SECONDS:ACTION"),
+        (["sim", "--pty", "--drop-pct", "150"], "--drop-pct 150.0: must be between 0 and 100"),
+        (["sim", "--tcp", "127.0.0.1:notaport"], "--tcp 127.0.0.1:notaport: cannot listen there"),
+        (["demo", "--cycles", "5"], "--cycles 5: must be 1, 2 or 3"),
+        (["demo", "--freeze-s", "90"], "--freeze-s 90.0: must be > 0 and <= 60 s"),
+    ],
+)
+def test_bad_arguments_get_one_clear_line_and_no_traceback(argv: list[str], message: str) -> None:
+    result = subprocess.run([*GIVRE, *argv], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_freeze_thaw_cycles_on_the_embedded_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--freeze-s", "0.4", "--cycles", "2", "--thaw-s", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "connected: spray serial SIM-0001" in out
+    assert out.count("ended COMPLETED: requested 400 ms, device measured") == 2
+    assert "THAW 0.2 s" in out
+    assert "device counters: 2 freezes" in out
+
+
+def test_demo_on_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ten seconds of device time in well under ten of wall time: every timer scales together."""
+    assert main(["demo", "--freeze-s", "10", "--scale", "20"]) == 0
+    assert "ended COMPLETED: requested 10000 ms" in capsys.readouterr().out
+
+
+def test_bench_json_prints_one_object_with_the_contract_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", "--quick"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    for key in (
+        "codec_frames_per_s", "roundtrip_ms_p50", "roundtrip_ms_p99", "stop_latency_ms_p50", "stop_latency_ms_p99",
+        "freeze_error_ms_p99", "watchdog_close_ms_p99", "samples",
+    ):
+        assert key in results
+
+
+def test_a_port_error_is_one_line_naming_the_port_and_what_to_do() -> None:
+    result = subprocess.run([*GIVRE, "info", "--port", "/dev/ttyGIVRE-NOPE"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "givre: /dev/ttyGIVRE-NOPE: no such port. Plug the device in, or pick a port from `givre ports`"
+
+
+def test_info_reads_identity_counters_and_calibration(capsys: pytest.CaptureFixture[str]) -> None:
+    from sim.device import SimulatedDevice
+
+    with SimulatedDevice(serial="SIM-INFO") as device:
+        assert main(["info", "--port", device.serve_pty(), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identity"]["serial"] == "SIM-INFO" and report["identity"]["kind"] == "SPRAY"
+    assert report["counters"]["last_end_reason"] == "NONE" and report["calibration"]["tip_gain_ppm"] == 1_000_000
