@@ -63,19 +63,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _info(port: str, as_json: bool) -> int:
     """Read-only: handshake, counters, calibration. Heartbeats are not needed for so short a visit."""
-    import dataclasses
     import json
 
     from firmware_bridge.link import Link
 
     with Link.open(port) as link:
-        assert link.identity is not None
-        identity = {
-            k: (v.name if hasattr(v, "name") and not isinstance(v, str) else v)
-            for k, v in dataclasses.asdict(link.identity).items()
-        }
         report = {
-            "identity": identity,
+            "identity": _plain(link.identity),
             "counters": _plain(link.counters()),
             "calibration": _plain(link.read_calibration()),
         }
@@ -89,13 +83,13 @@ def _info(port: str, as_json: bool) -> int:
     return 0
 
 
-def _plain(message: object) -> dict[str, object]:
+def _plain(record: object) -> dict[str, object]:
+    """A dataclass as JSON-ready values, enums by name."""
     import dataclasses
+    import enum
 
-    return {
-        f.name: (getattr(message, f.name).name if hasattr(getattr(message, f.name), "name") else getattr(message, f.name))
-        for f in dataclasses.fields(message)  # type: ignore[arg-type]
-    }
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}  # type: ignore[arg-type]
+    return {k: v.name if isinstance(v, enum.Enum) else v for k, v in values.items()}
 
 
 if __name__ == "__main__":

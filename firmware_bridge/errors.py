@@ -13,6 +13,7 @@
     ├── DeviceRebooted       the device's boot counter changed: every pending command is void
     ├── CommandTimeout       no answer after the retries: the outcome is UNKNOWN
     └── CommandRejected      the device answered and refused (carries its result code)
+        └── DeviceFault      ...because a latched fault holds its valve closed (carries the flags)
 """
 
 from __future__ import annotations
@@ -78,3 +79,9 @@ class CommandRejected(BridgeError):
     def __init__(self, port: str, problem: str, action: str, result: int) -> None:
         super().__init__(port, problem, action)
         self.result = result
+
+
+class DeviceFault(CommandRejected):
+    def __init__(self, port: str, problem: str, action: str, result: int, fault_flags: int) -> None:
+        super().__init__(port, problem, action, result)
+        self.fault_flags = fault_flags

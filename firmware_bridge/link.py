@@ -20,6 +20,7 @@ from firmware_bridge.errors import (
     BridgeError,
     CommandRejected,
     CommandTimeout,
+    DeviceFault,
     DeviceRebooted,
     LinkLost,
     NotAGivreDevice,
@@ -40,6 +41,7 @@ from firmware_bridge.messages import (
     Cryogen,
     DeviceKind,
     EndIn,
+    Fault,
     Freeze,
     FreezeMode,
     GetCounters,
@@ -140,6 +142,20 @@ _REJECTION_ADVICE: dict[Result, str] = {
     Result.CARTRIDGE_EMPTY: "Load a new cartridge",
     Result.VERSION_MISMATCH: "Update Givre or the device firmware",
 }
+
+
+_FAULT_ADVICE: dict[Fault, str] = {
+    Fault.WATCHDOG_TRIP: "The device closed its valve because the host went silent; read the counters, then clear the fault",
+    Fault.NO_FLOW: "Nothing came out: check the nozzle for a blockage and the cartridge, then clear the fault",
+    Fault.VALVE_STUCK_OPEN: "Shut the cartridge off by hand now; the device needs service",
+    Fault.VALVE_STUCK_CLOSED: "The valve does not open; the device needs service",
+    Fault.SENSOR_OPEN: "A thermocouple is disconnected: check its plug, then clear the fault",
+    Fault.SENSOR_SHORT: "A thermocouple is shorted: check its cable, then clear the fault",
+}
+
+
+def _fault_names(flags: Fault) -> str:
+    return ", ".join(f.name for f in Fault if f & flags and f.name) or f"0x{int(flags):04X}"
 
 
 class Link:
@@ -307,6 +323,15 @@ class Link:
 
     def _command(self, msg: Message) -> Reply:
         reply = self._request(msg, REQUEST_TIMEOUT_S)
+        if isinstance(reply.message, Ack) and reply.message.result is Result.FAULT_LATCHED:
+            flags = Fault(reply.message.detail16)
+            raise DeviceFault(
+                self.port,
+                f"the device refused {type(msg).__name__.upper()}: latched fault {_fault_names(flags)}",
+                _FAULT_ADVICE.get(flags, _REJECTION_ADVICE[Result.FAULT_LATCHED]),
+                Result.FAULT_LATCHED,
+                int(flags),
+            )
         if isinstance(reply.message, Ack) and reply.message.result is not Result.OK:
             result = reply.message.result
             raise CommandRejected(

@@ -361,12 +361,15 @@ class SimulatedDevice:
 
     def stick_valve(self, position: str | None) -> None:
         """'open' or 'closed' to jam the valve there; None frees it."""
+        if position not in ("open", "closed", None):
+            raise ValueError(f"valve position {position!r}: allowed values are 'open', 'closed' or None")
         with self._lock:
             if position is None:
                 self.model.release_stuck_valve(self.now())
+            elif position == "closed":
+                self.model.jam_closed(self.now())
             else:
-                self.model.valve_stuck_open = position == "open"
-                self.model.valve_stuck_closed = position == "closed"
+                self.model.valve_stuck_open = True  # it will fail to close at the next close command
 
     def sensor_fault(self, sensor: str, fault: str) -> None:
         """sensor: 'tip' or 'tissue'; fault: 'open', 'short' or 'none'."""

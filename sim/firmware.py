@@ -323,8 +323,8 @@ class Firmware:
         """Run the device's timers; returns frames to send (telemetry, events)."""
         self.model.step(true_s)
         self._check_watchdog(device_ms, true_s)
+        self._check_valve_and_supply(device_ms, true_s)  # causes are reported before their effects
         self._check_freeze(device_ms, true_s)
-        self._check_valve_and_supply(device_ms, true_s)
         if self.silent:
             return []
         out = self._resend_events(device_ms)
@@ -383,24 +383,24 @@ class Firmware:
         elif device_ms - self._mismatch_since_ms >= STUCK_DETECT_MS:
             fault = Fault.VALVE_STUCK_OPEN if model.valve_open else Fault.VALVE_STUCK_CLOSED
             if not self.faults & fault:
+                self._latch(fault, device_ms)
                 if self.freeze is not None:
                     self._end_freeze(EndReason.FAULT, device_ms, true_s)
-                self._latch(fault, device_ms)
         no_flow = model.valve_open and model.nozzle_blocked and model.cartridge.remaining_g > 0
         if not no_flow:
             self._no_flow_since_ms = None
         elif self._no_flow_since_ms is None:
             self._no_flow_since_ms = device_ms
         elif device_ms - self._no_flow_since_ms >= NO_FLOW_DETECT_MS and not self.faults & Fault.NO_FLOW:
+            self._latch(Fault.NO_FLOW, device_ms)
             if self.freeze is not None:
                 self._end_freeze(EndReason.FAULT, device_ms, true_s)
-            self._latch(Fault.NO_FLOW, device_ms)
         for sensor, present in ((model.tip, True), (model.tissue, model.has_tissue_sensor)):
             fault = SENSOR_FAULTS.get(sensor.fault)
             if present and fault is not None and not self.faults & fault:
+                self._latch(fault, device_ms)
                 if self.freeze is not None:
                     self._end_freeze(EndReason.FAULT, device_ms, true_s)
-                self._latch(fault, device_ms)
         fraction = model.cartridge.fraction_left
         if fraction <= 0 and not self.faults & Fault.CARTRIDGE_EMPTY:
             self.faults |= Fault.CARTRIDGE_EMPTY

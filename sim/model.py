@@ -160,6 +160,14 @@ class DeviceModel:
                 elif self.valve_log:
                     self.valve_log[-1].closed_at = moved_at
 
+    def jam_closed(self, now: float) -> None:
+        """The valve seizes shut, wherever it was: gas stops even though it is commanded open."""
+        self.valve_stuck_closed = True
+        if self.valve_open:
+            self.valve_open = False
+            if self.valve_log:
+                self.valve_log[-1].closed_at = now
+
     def release_stuck_valve(self, now: float) -> None:
         """A technician frees the valve: it follows its command again."""
         self.valve_stuck_open = self.valve_stuck_closed = False

@@ -13,6 +13,7 @@ from conftest import TEST_WATCHDOG_MS, wait_until
 from controller.freeze import Certainty, supervise_freeze
 from firmware_bridge.errors import (
     CommandRejected,
+    DeviceFault,
     DeviceRebooted,
     LinkLost,
     NotAGivreDevice,
@@ -26,9 +27,11 @@ from firmware_bridge.messages import (
     CalWrite,
     DeviceKind,
     EndReason,
+    EventCode,
     Fault,
     FreezeMode,
     Result,
+    TriggerMode,
 )
 from firmware_bridge.session import RebootDetected
 from sim.device import SimulatedDevice
@@ -143,8 +146,9 @@ def test_a_new_connection_after_a_host_vanished_sees_the_trip_and_clears_it(devi
         assert second.identity is not None and second.identity.fault_flags & Fault.WATCHDOG_TRIP
         counters = second.counters()
         assert counters.last_end_reason is EndReason.WATCHDOG and counters.watchdog_trips == 1
-        with pytest.raises(CommandRejected, match="FAULT_LATCHED"):
+        with pytest.raises(DeviceFault, match="latched fault WATCHDOG_TRIP") as info:
             second.freeze(100)
+        assert info.value.fault_flags & Fault.WATCHDOG_TRIP and "read the counters" in str(info.value)
         assert second.clear_fault().result is Result.OK
         assert supervise_freeze(second, 100).end_reason is EndReason.COMPLETED
 
@@ -250,3 +254,43 @@ def test_link_down_is_delivered_as_an_event(device: SimulatedDevice, link: Link)
     wait_until(lambda: seen.append(link.next_event(0.05)) or any(isinstance(e, LinkDown) for e in seen), what="link down")
     with pytest.raises(LinkLost):
         link.counters()
+
+
+def test_dead_man_trigger_over_the_wire(device: SimulatedDevice, link: Link) -> None:
+    def clinician(lnk: Link) -> None:
+        latest = lnk.latest_telemetry()
+        if latest is None:
+            return
+        t = latest.telemetry
+        if t.state.name == "WAIT_TRIGGER" and not pressed:
+            pressed.append(True)
+            device.press_trigger()
+        elif t.elapsed_ms >= 200 and t.trigger & 1:
+            device.release_trigger()
+
+    pressed: list[bool] = []
+    outcome = supervise_freeze(link, 10_000, trigger=TriggerMode.DEAD_MAN, on_tick=clinician)
+    assert outcome.end_reason is EndReason.TRIGGER_RELEASED
+    assert outcome.valve_open_ms is not None and 200 <= outcome.valve_open_ms < 1000
+
+
+@pytest.mark.parametrize(
+    ("inject", "fault", "end_reason"),
+    [
+        (SimulatedDevice.block_nozzle, Fault.NO_FLOW, EndReason.FAULT),
+        (lambda d: d.stick_valve("closed"), Fault.VALVE_STUCK_CLOSED, EndReason.FAULT),
+        (SimulatedDevice.empty_cartridge, None, EndReason.CARTRIDGE_EMPTY),
+    ],
+    ids=["blocked-nozzle", "valve-stuck-closed", "empty-cartridge"],
+)
+def test_device_faults_end_the_freeze_and_reach_the_host(device: SimulatedDevice, link: Link, inject, fault, end_reason) -> None:  # type: ignore[no-untyped-def]
+    device.at(0.1, lambda: inject(device))
+    outcome = supervise_freeze(link, 5000)
+    assert outcome.end_reason is end_reason and outcome.certainty is Certainty.DEVICE_REPORTED
+    codes = {e.code for e in outcome.events}
+    if fault is not None:
+        assert EventCode.FAULT_RAISED in codes
+        assert any(e.fault_flags & fault for e in outcome.events if e.code is EventCode.FAULT_RAISED)
+    else:
+        assert EventCode.CARTRIDGE_EMPTY in codes
+    assert not device.model.valve_commanded
