@@ -11,6 +11,7 @@ from firmware_bridge.errors import BridgeError
 def build_parser() -> argparse.ArgumentParser:
     from bench import run as bench_run
     from controller import demo
+    from profiles import cli as profiles_cli
     from sim import cli as sim_cli
 
     parser = argparse.ArgumentParser(prog="givre", description="Controller for GP cryotherapy devices.")
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(commands.add_parser("demo", help="run freeze-thaw cycles on the embedded simulator"))
     sim_cli.add_arguments(commands.add_parser("sim", help="serve a simulated device on a pty or TCP"))
     bench_run.add_arguments(commands.add_parser("bench", help="measure codec speed and link latencies against the simulator"))
+    profiles_cli.add_arguments(commands.add_parser("profiles", help="lesion profiles: list, show, check"))
     commands.add_parser("ports", help="list serial ports with their USB description and serial number")
     info = commands.add_parser("info", help="connect to a device and show its identity, counters and calibration")
     info.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("givre: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `givre profiles list | head`
+        sys.stderr.close()
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -50,6 +55,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bench import run as bench_run
 
         return bench_run.run(args)
+    if args.command == "profiles":
+        from profiles import cli as profiles_cli
+
+        return profiles_cli.run(args)
     if args.command == "ports":
         from firmware_bridge.transport import list_ports
 
