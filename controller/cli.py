@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from firmware_bridge.errors import BridgeError
@@ -10,7 +11,8 @@ from firmware_bridge.errors import BridgeError
 
 def build_parser() -> argparse.ArgumentParser:
     from bench import run as bench_run
-    from controller import demo
+    from controller import demo, records_cli
+    from controller import run as run_cli
     from profiles import cli as profiles_cli
     from sim import cli as sim_cli
 
@@ -20,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.add_arguments(commands.add_parser("sim", help="serve a simulated device on a pty or TCP"))
     bench_run.add_arguments(commands.add_parser("bench", help="measure codec speed and link latencies against the simulator"))
     profiles_cli.add_arguments(commands.add_parser("profiles", help="lesion profiles: list, show, check"))
+    run_cli.add_arguments(commands.add_parser("run", help="one lesion's whole protocol, headless (scripts, CI)"))
+    records_cli.add_records_arguments(commands.add_parser("records", help="sessions in the record store: list, show, verify"))
+    records_cli.add_cartridge_arguments(commands.add_parser("cartridge", help="the gas cartridge: load, status"))
     commands.add_parser("ports", help="list serial ports with their USB description and serial number")
     info = commands.add_parser("info", help="connect to a device and show its identity, counters and calibration")
     info.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
@@ -28,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # patient data: every file Givre creates is private to its user
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -55,6 +61,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bench import run as bench_run
 
         return bench_run.run(args)
+    if args.command == "run":
+        from controller import run as run_cli
+
+        return run_cli.run(args)
+    if args.command == "records":
+        from controller import records_cli
+
+        return records_cli.run_records(args)
+    if args.command == "cartridge":
+        from controller import records_cli
+
+        return records_cli.run_cartridge(args)
     if args.command == "profiles":
         from profiles import cli as profiles_cli
 

@@ -289,6 +289,17 @@ class Link:
         with self._telemetry_lock:
             return self._latest
 
+    def wait_for_telemetry(self, timeout_s: float = 1.0) -> TelemetryReceived | None:
+        """The first telemetry after a (re)connection, so a gate never judges a device 'stale' too early."""
+        deadline = self._clock.monotonic() + timeout_s
+        while self._clock.monotonic() < deadline and not self.lost:
+            latest = self.latest_telemetry()
+            if latest is not None and self._clock.monotonic() - latest.received_at < 0.5:
+                return latest
+            self.heartbeat()
+            self._clock.wait(self._closing, 0.02)
+        return self.latest_telemetry()
+
     def next_event(self, timeout_s: float) -> LinkEvent | None:
         """The next device event, reboot or link loss; None if nothing came within the timeout."""
         try:
@@ -298,6 +309,11 @@ class Link:
 
     def stats(self) -> LinkStats:
         return LinkStats(self._bytes_received, dataclasses.replace(self._decoder.stats), dataclasses.replace(self._session.stats))
+
+    @property
+    def lost(self) -> bool:
+        """True once the port failed: this link is finished; open a new one."""
+        return self._lost is not None
 
     @property
     def needs_handshake(self) -> bool:
