@@ -306,6 +306,8 @@ class Procedure:
                 reasons.append(f"profile {p.id} needs {p.cryogen.upper()}, the device uses {ident.cryogen.name}")
             if p.requires_tissue_thermocouple and not ident.capabilities & Capability.TISSUE_THERMOCOUPLE:
                 reasons.append(f"profile {p.id} needs a tissue thermocouple; this device has none")
+            if p.timing_start is not TimingStart.SPRAY_START and not ident.capabilities & Capability.HALO_TIMING:
+                reasons.append(f"profile {p.id} counts from the {p.timing_start.value.replace('_', ' ')}; this device cannot time that")
             if self.trigger is not TriggerMode.HOST and not ident.capabilities & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
                 reasons.append("this device has no hand trigger or foot switch")
             reasons += self._device_readiness()
@@ -350,7 +352,7 @@ class Procedure:
     def _device_readiness(self) -> list[str]:
         assert self.link is not None
         latest = self.link.latest_telemetry()
-        if latest is None or self.clock.monotonic() - latest.received_at > STALE_AFTER_S:
+        if latest is None or self.clock.monotonic() - latest.received_at > self.clock.wall(STALE_AFTER_S):
             return ["device data is STALE (none in the last second): check the link"]
         faults = Fault(latest.telemetry.fault_flags) & LATCHING_FAULTS
         if faults:
@@ -532,7 +534,7 @@ class Procedure:
         assert self.link is not None
         latest = self.link.latest_telemetry()
         now = self.clock.monotonic()
-        stale = latest is None or now - latest.received_at > STALE_AFTER_S
+        stale = latest is None or now - latest.received_at > self.clock.wall(STALE_AFTER_S)
         if stale:
             self.alarms.raise_("telemetry_stale")
             if self.state is State.FREEZING:
@@ -593,6 +595,8 @@ class Procedure:
             assert self._freeze_started_at is not None
             valve_open_ms = round((self.clock.monotonic() - self._freeze_started_at) * 1000)
         cycle.valve_open_ms, cycle.halo_to_off_ms, cycle.end_reason, cycle.certainty = valve_open_ms, halo_ms, reason.name, certainty
+        if reason is EndReason.CAP and halo_ms is not None and halo_ms < cycle.dose.effective_ms:
+            self.warnings.append(f"cycle {cycle.cycle}: the whole-spray cap cut the timed freeze to {halo_ms} ms of {cycle.dose.effective_ms} ms")
         seconds = (valve_open_ms or 0) / 1000
         self._record("freeze_result", {
             **cycle.summary(), "txn": cycle.txn,

@@ -30,6 +30,14 @@ class Clock:
         """Wall seconds that ``seconds`` of this clock's time take, for OS-level timeouts."""
         return max(0.0, seconds / self.scale)
 
+    def wall(self, seconds: float) -> float:
+        """``seconds`` of wall time expressed in this clock's time.
+
+        Limits that guard against the host's own scheduling (retransmission, request timeouts,
+        staleness) keep their wall-time value in virtual time: the operating system does not speed up.
+        """
+        return seconds * self.scale
+
     def sleep(self, seconds: float) -> None:
         time.sleep(self.real_seconds(seconds))
 

@@ -71,6 +71,7 @@ from firmware_bridge.transport import SerialTransport
 
 HANDSHAKE_TIMEOUT_S = 1.5
 REQUEST_TIMEOUT_S = 2.0  # outer bound; the session gives up earlier after its retries
+RETRY_INTERVAL_S = 0.06  # all three are wall-time limits (Clock.wall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,7 @@ class Link:
         self.port = transport.url
         self._transport = transport
         self._clock = clock
-        self._session = HostSession()
+        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S))
         self._decoder = FrameDecoder()
         self._outbox: queue.SimpleQueue[tuple[Message, _Waiter | None]] = queue.SimpleQueue()
         self._waiters: dict[int, _Waiter] = {}
@@ -202,7 +203,7 @@ class Link:
     def handshake(self, *, watchdog_ms: int = 0, expect_kind: DeviceKind | None = None) -> DeviceIdentity:
         nonce = random.getrandbits(32)
         try:
-            reply = self._request(Hello(PROTO_MAJOR, PROTO_MINOR, watchdog_ms, nonce), HANDSHAKE_TIMEOUT_S)
+            reply = self._request(Hello(PROTO_MAJOR, PROTO_MINOR, watchdog_ms, nonce), self._clock.wall(HANDSHAKE_TIMEOUT_S))
         except CommandTimeout:
             raise self._handshake_failure() from None
         ack = reply.message
@@ -338,7 +339,7 @@ class Link:
         self.close()
 
     def _command(self, msg: Message) -> Reply:
-        reply = self._request(msg, REQUEST_TIMEOUT_S)
+        reply = self._request(msg, self._clock.wall(REQUEST_TIMEOUT_S))
         if isinstance(reply.message, Ack) and reply.message.result is Result.FAULT_LATCHED:
             flags = Fault(reply.message.detail16)
             raise DeviceFault(

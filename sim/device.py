@@ -28,7 +28,8 @@ from sim.model import DeviceModel, SensorFault
 
 SPRAY_CAPABILITIES = Capability.PRESSURE_SENSOR | Capability.HAND_TRIGGER | Capability.HALO_TIMING | Capability.DEAD_MAN
 PROBE_CAPABILITIES = (
-    Capability.PRESSURE_SENSOR | Capability.TIP_THERMOCOUPLE | Capability.TISSUE_THERMOCOUPLE | Capability.FOOT_SWITCH | Capability.DEAD_MAN
+    Capability.PRESSURE_SENSOR | Capability.TIP_THERMOCOUPLE | Capability.TISSUE_THERMOCOUPLE | Capability.FOOT_SWITCH
+    | Capability.DEAD_MAN | Capability.HALO_TIMING
 )
 MAX_IDLE_WAIT_S = 0.02
 
@@ -118,6 +119,11 @@ class _TcpEndpoint:
             self._client = None
         return data
 
+    def drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def write(self, data: bytes) -> bool:
         if self._client is None:
             return False
@@ -173,6 +179,8 @@ class SimulatedDevice:
             identity = dataclasses.replace(identity, schema_hash=schema_hash)
         self.nvm = NonVolatile()
         self.firmware = Firmware(identity, self.model, self.nvm)
+        # In virtual time, at most one telemetry frame per 5 ms of wall time.
+        self.firmware.min_telemetry_period_ms = 5.0 * clock.scale if clock.scale > 1 else 0.0
         self._origin = clock.monotonic()
         self._device_ms = 0.0
         self._last_true_s = 0.0
@@ -332,6 +340,12 @@ class SimulatedDevice:
             if self._endpoint is not None:
                 self._endpoint.close()
                 self._endpoint = None
+
+    def drop_host(self) -> None:
+        """TCP: cut the current host's connection (a pulled cable); the next host may connect again."""
+        with self._lock:
+            if isinstance(self._endpoint, _TcpEndpoint):
+                self._endpoint.drop_client()
 
     def reconnect_pty(self) -> str:
         """Plug back in on a new pseudo-terminal (a new path, as a replugged USB port may get)."""

@@ -123,6 +123,7 @@ class _Freeze:
     started_ms: float | None = None  # device clock, when the valve was commanded open
     deadline_ms: float | None = None
     halo_marked_ms: float | None = None
+    capped: bool = False  # END_IN asked for more than the cap allowed
 
 
 @dataclass(slots=True)
@@ -138,6 +139,7 @@ class Firmware:
         self.nvm = nvm
         self.silent = False  # fault: decode nothing, answer nothing, send nothing
         self.trigger_held = False  # the hand trigger / foot switch, pressed by the simulator's API
+        self.min_telemetry_period_ms = 0.0  # virtual time: keep the wall-time frame rate sane
         self.host_frames = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -286,6 +288,7 @@ class Firmware:
             return self._ack(msg, Result.BAD_REQUEST)
         cap_deadline = f.started_ms + f.requested_ms
         f.halo_marked_ms = device_ms
+        f.capped = device_ms + msg.remaining_ms > cap_deadline
         f.deadline_ms = min(cap_deadline, device_ms + msg.remaining_ms)
         self._queue_event(EventCode.HALO_MARKED, device_ms)
         return self._ack(msg, Result.OK, detail32=int(f.deadline_ms - device_ms))
@@ -331,7 +334,8 @@ class Firmware:
         if device_ms >= self.next_telemetry_ms:  # also without a session: a reboot shows at once
             out.append(self._encode(self._telemetry(device_ms), 0))
             freezing = self.state in (DeviceState.FREEZING, DeviceState.WAIT_TRIGGER)
-            self.next_telemetry_ms = device_ms + (TELEMETRY_FREEZING_MS if freezing else TELEMETRY_IDLE_MS)
+            period = TELEMETRY_FREEZING_MS if freezing else TELEMETRY_IDLE_MS
+            self.next_telemetry_ms = device_ms + max(period, self.min_telemetry_period_ms)
         return out
 
     def next_deadline_ms(self, device_ms: float) -> float:
@@ -368,8 +372,8 @@ class Firmware:
         if f.trigger is TriggerMode.DEAD_MAN and not held:
             self._end_freeze(EndReason.TRIGGER_RELEASED, device_ms, true_s)
         elif device_ms >= f.deadline_ms:
-            halo_unmarked = f.mode is FreezeMode.HALO and f.halo_marked_ms is None
-            self._end_freeze(EndReason.CAP if halo_unmarked else EndReason.COMPLETED, device_ms, true_s)
+            cut_by_cap = f.mode is FreezeMode.HALO and (f.halo_marked_ms is None or f.capped)
+            self._end_freeze(EndReason.CAP if cut_by_cap else EndReason.COMPLETED, device_ms, true_s)
         elif self.model.cartridge.remaining_g <= 0:
             self._end_freeze(EndReason.CARTRIDGE_EMPTY, device_ms, true_s)
 

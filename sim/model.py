@@ -24,7 +24,7 @@ LIQUID_GONE_FRACTION = 0.10  # below this fraction left, pressure falls toward z
 # SHEET: 8 g = 120 s, 16 g = 140 s, 23 g = 350 s of spray ("durée maximum des cartouches").
 CARTRIDGE_SECONDS = {8: 120.0, 16: 140.0, 23: 350.0}
 TIP_TAU_S = 1.5
-TISSUE_TAU_S = 20.0
+TISSUE_TAU_S = 15.0
 TISSUE_FRACTION_OF_TIP = 0.4  # the tissue thermocouple settles toward 0.4 x tip temperature
 WARM_TIP_TAU_S = 5.0
 WARM_TISSUE_TAU_S = 30.0

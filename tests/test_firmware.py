@@ -185,7 +185,8 @@ def test_halo_end_in_never_extends_past_the_cap() -> None:
     ack = bench.result(bench.request(EndIn(10_000)))
     assert ack.detail32 == 1000  # type: ignore[attr-defined]
     bench.run(1010)
-    assert bench.done()[0].event.valve_open_ms == 5000
+    done = bench.done()[0].event
+    assert done.valve_open_ms == 5000 and done.halo_to_off_ms == 1000 and done.end_reason is EndReason.CAP
 
 
 def test_dead_man_sprays_only_while_the_trigger_is_held() -> None:

@@ -1,0 +1,249 @@
+"""The procedure controller against the simulator on a real pty; long protocols on virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from conftest import Rig, wait_until
+from controller.procedure import State, TRANSITIONS, StartRefused
+from controller.recovery import unfinished_sessions
+from firmware_bridge.messages import Fault
+
+pytestmark = pytest.mark.pty
+
+SPRAY_PROFILES = [
+    "plantar-wart", "common-wart", "condyloma", "actinic-keratosis", "seborrheic-keratosis-thin",
+    "seborrheic-keratosis-thick", "skin-tag", "solar-lentigo", "molluscum-contagiosum",
+]
+
+
+@pytest.mark.parametrize("profile_id", SPRAY_PROFILES)
+def test_full_protocol_for_every_spray_profile(make_rig: Callable[..., Rig], profile_id: str) -> None:
+    rig = make_rig(scale=20)
+    treatment, procedure = rig.procedure(profile_id)
+    procedure.arm()
+    procedure.run()
+    assert procedure.state is State.COMPLETED, procedure.status_text
+    profile = procedure.profile
+    assert len(procedure.cycles) == profile.cycles
+    for cycle in procedure.cycles:
+        assert cycle.measured_by == "device" and cycle.certainty == "device_reported"
+        assert cycle.valve_open_ms is not None and abs(cycle.valve_open_ms - profile.freeze_s.default * 1000) <= 60
+    if profile.cycles > 1:
+        assert procedure.cycles[0].thaw_ms is not None and procedure.cycles[0].thaw_ms >= profile.thaw.min_s * 1000  # type: ignore[union-attr]
+    assert treatment.end() == "completed"
+    kinds = rig.kinds(treatment.session_id)
+    assert kinds.count("freeze_result") == profile.cycles and kinds[-1] == "session_ended"
+    used = sum(c.valve_open_ms or 0 for c in procedure.cycles) / 1000
+    status = procedure.ledger.status()
+    assert status is not None and status.used_s == pytest.approx(used) and status.reserved_s == 0
+
+
+def test_controlled_cryosurgery_counts_the_hold_from_the_tissue_target(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(kind="probe", scale=20)
+    treatment, procedure = rig.procedure("superficial-bcc", region="nose")
+    procedure.arm()
+    procedure.run()
+    assert procedure.state is State.COMPLETED, procedure.status_text
+    for cycle in procedure.cycles:
+        assert cycle.min_tissue_c is not None and cycle.min_tissue_c <= -50
+        assert cycle.halo_to_off_ms is not None and abs(cycle.halo_to_off_ms - 30_000) <= 100  # the hold at the target
+        assert cycle.valve_open_ms is not None and cycle.valve_open_ms > cycle.halo_to_off_ms  # gas used before the target too
+    first = procedure.cycles[0]
+    assert first.thaw_ms is not None
+    thaw = next(e for e in rig.store.events(treatment.session_id) if e.kind == "thaw_done")
+    assert thaw.payload["tissue_c"] > 0  # a thaw is complete only above 0 C
+    kinds = rig.kinds(treatment.session_id)
+    assert kinds.count("tissue_target_reached") == 2
+
+
+def test_a_cryosurgery_profile_is_refused_on_a_spray(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    _, procedure = rig.procedure("superficial-bcc")
+    with pytest.raises(StartRefused) as info:
+        procedure.arm()
+    text = str(info.value)
+    assert "runs on probe, not on a spray device" in text and "needs LN2" in text and "tissue thermocouple" in text
+    assert not rig.device.model.valve_log
+
+
+def test_dose_chain_device_cap_wins_and_the_record_says_so(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(scale=10, max_freeze_ms=8000)
+    treatment, procedure = rig.procedure("seborrheic-keratosis-thick", freeze_s=25) if False else rig.procedure(
+        "seborrheic-keratosis-thick", requested_freeze_s=25)
+    plan = procedure.arm()
+    assert (plan.dose.requested_ms, plan.dose.effective_ms, plan.dose.limited_by) == (25_000, 8000, "device")
+    procedure.run()
+    assert procedure.cycles[0].valve_open_ms is not None and abs(procedure.cycles[0].valve_open_ms - 8000) <= 30
+    armed = next(e for e in rig.store.events(treatment.session_id) if e.kind == "armed")
+    assert [link["limit"] for link in armed.payload["dose"]["chain"]] == ["requested", "profile", "hard", "device"]
+
+
+def test_stop_mid_freeze_closes_the_valve_and_records_aborted(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    treatment, procedure = rig.procedure("common-wart")
+    procedure.arm()
+    while not rig.device.valve_open:
+        procedure.tick()
+    procedure.stop()
+    assert not rig.device.model.valve_commanded  # STOP answered: the device closed before answering
+    procedure.run()
+    assert procedure.state is State.ABORTED
+    cycle = procedure.cycles[0]
+    assert cycle.end_reason == "STOPPED" and cycle.valve_open_ms is not None and cycle.valve_open_ms < 10_000
+    assert treatment.end() == "aborted"
+
+
+def test_stop_works_from_every_state() -> None:
+    non_terminal = {s for s in State} - {State.COMPLETED, State.ABORTED, State.FAULTED}
+    assert non_terminal == {State.IDLE, State.ARMED, State.FREEZING, State.THAWING, State.PAUSED, State.UNCERTAIN}
+    # STOP is handled before the table (Procedure._on_stop); the table never needs a 'stop' row.
+    assert all(trigger != "stop" for _, trigger in TRANSITIONS)
+
+
+def test_cartridge_running_out_mid_freeze(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(scale=10)
+    treatment, procedure = rig.procedure("seborrheic-keratosis-thick")
+    procedure.arm()
+    while not rig.device.valve_open:
+        procedure.tick()
+    rig.device.empty_cartridge()
+    procedure.run()
+    assert procedure.state is State.FAULTED
+    assert procedure.cycles[0].end_reason == "CARTRIDGE_EMPTY"
+    assert {a.code for a in procedure.alarms.history} >= {"cartridge_empty"}
+    assert "alarm_raised" in rig.kinds(treatment.session_id)
+
+
+def test_blocked_nozzle_raises_no_flow(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.device.block_nozzle()
+    treatment, procedure = rig.procedure("common-wart")
+    procedure.arm()
+    procedure.run()
+    assert procedure.state is State.FAULTED and procedure.cycles[0].end_reason == "FAULT"
+    (alarm,) = [a for a in procedure.alarms.history if a.code == "no_flow"]
+    assert alarm.priority.name == "HIGH"
+    raised = [e.payload["code"] for e in rig.store.events(treatment.session_id) if e.kind == "alarm_raised"]
+    assert "no_flow" in raised
+
+
+def test_link_lost_mid_freeze_is_uncertain_then_reconciled_from_the_device(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(tcp=True)
+    url = rig.link.port
+    from firmware_bridge.link import Link
+
+    treatment, procedure = rig.procedure(
+        "common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=10)
+    procedure.arm()
+    while not rig.device.valve_open:
+        procedure.tick()
+    rig.device.at(0.3, rig.device.drop_host)
+    states = []
+    while not procedure.finished:
+        procedure.tick()
+        states.append(procedure.state)
+    assert State.UNCERTAIN in states and procedure.state is State.FAULTED
+    cycle = procedure.cycles[0]
+    # The reconnection's HELLO ends a freeze the old host lost (NEW_SESSION), unless the watchdog did first.
+    assert cycle.certainty == "reconciled" and cycle.end_reason in ("NEW_SESSION", "WATCHDOG")
+    edge = rig.device.model.valve_log[-1]
+    wait_until(lambda: edge.closed_at is not None, what="the valve physically closed")
+    assert edge.closed_at is not None and abs(cycle.valve_open_ms - (edge.closed_at - edge.opened_at) * 1000) <= 25  # type: ignore[operator]
+    kinds = rig.kinds(treatment.session_id)
+    assert kinds.index("outcome_uncertain") < kinds.index("reconnected") < kinds.index("freeze_result")
+    assert treatment.end() == "interrupted"
+    procedure.link.close()  # type: ignore[union-attr]
+
+
+def test_device_reboot_mid_protocol(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    treatment, procedure = rig.procedure("common-wart")
+    procedure.arm()
+    while not rig.device.valve_open:
+        procedure.tick()
+    rig.device.at(0.2, rig.device.reboot)
+    procedure.run()
+    assert procedure.state is State.FAULTED
+    cycle = procedure.cycles[0]
+    assert cycle.certainty == "reconciled" and cycle.end_reason == "RESET"
+    edge = rig.device.model.valve_log[-1]
+    wait_until(lambda: edge.closed_at is not None, what="the valve physically closed")
+    assert edge.closed_at is not None and cycle.valve_open_ms is not None
+    assert abs(cycle.valve_open_ms - (edge.closed_at - edge.opened_at) * 1000) <= 25  # the device's figure is the truth
+    assert "device_rebooted" in {a.code for a in procedure.alarms.history}
+    assert len(rig.device.model.valve_log) == 1  # nothing was resent after the reboot
+
+
+def test_manual_mode_is_a_host_timer_flagged_as_such(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controller.config import Config
+    from controller.lesion import Lesion, SessionInfo, Site
+    from controller.records import RecordStore
+    from controller.treatment import Treatment
+    from firmware_bridge.clock import Clock
+    from profiles.library import load_builtins
+
+    clock = Clock(20)
+    with RecordStore(tmp_path / "m.sqlite", clock=clock) as store:
+        treatment = Treatment(store, Config(), clock, SessionInfo(operator="dr-a", patient="P-9"), None)
+        treatment.start()
+        lesion = Lesion(profile_id="solar-lentigo", site=Site(region="cheek"), description="lentigo")
+        procedure = treatment.lesion(lesion, load_builtins().get("solar-lentigo"), auto=True)
+        procedure.arm()
+        procedure.run()
+        assert procedure.state is State.COMPLETED
+        (cycle,) = procedure.cycles
+        assert cycle.measured_by == "host" and cycle.certainty == "host_measured"
+        assert cycle.valve_open_ms is not None and 5000 <= cycle.valve_open_ms <= 5600
+        assert treatment.end() == "completed"
+
+
+def test_gating_cartridge_cover_and_keeping_time(make_rig: Callable[..., Rig]) -> None:
+    from datetime import date, timedelta
+
+    from controller.ledger import CartridgeLedger
+
+    rig = make_rig(cartridge=None)
+    _, procedure = rig.procedure("common-wart")
+    with pytest.raises(StartRefused, match="no cartridge is registered"):
+        procedure.arm()
+    CartridgeLedger(rig.store, rig.config).load("8g", date.today() - timedelta(days=10))
+    _, procedure = rig.procedure("common-wart")
+    with pytest.raises(StartRefused, match="10 days old, past its keeping time of 7 days"):
+        procedure.arm()
+    CartridgeLedger(rig.store, rig.config).load("8g", date.today())
+    rig.store.append("cartridge_used", {"cartridge_id": CartridgeLedger(rig.store, rig.config).status().cartridge_id,  # type: ignore[union-attr]
+                                        "seconds": 115.0, "lesion_done": 1}, "S-old")
+    _, procedure = rig.procedure("common-wart")
+    with pytest.raises(StartRefused, match="needs 10 s of spray, 5 s are left"):
+        procedure.arm()
+
+
+def test_calibration_overdue_can_block(make_rig: Callable[..., Rig]) -> None:
+    from controller.config import Config
+
+    rig = make_rig()
+    rig.config = Config(calibration_overdue="block")
+    _, procedure = rig.procedure("common-wart")
+    with pytest.raises(StartRefused, match="never been calibrated .config: block."):
+        procedure.arm()
+
+
+def test_a_latched_device_fault_blocks_arming(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.device.stick_valve("closed")
+    rig.device.sensor_fault("tip", "open")
+    wait_until(lambda: (t := rig.link.latest_telemetry()) is not None and t.telemetry.fault_flags & Fault.SENSOR_OPEN, what="fault")
+    _, procedure = rig.procedure("common-wart")
+    with pytest.raises(StartRefused, match="latched fault"):
+        procedure.arm()
+
+
+def test_unfinished_session_is_found(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    treatment = rig.start()
+    assert treatment.session_id in unfinished_sessions(rig.store)
+    treatment.end()
+    assert treatment.session_id not in unfinished_sessions(rig.store)
