@@ -80,14 +80,17 @@ def _ask_device(link: Link | None, device: dict[str, Any] | None, pending: dict[
     same_boot = counters.last_boot_count == pending.get("boot_count")
     if same_boot and "txn" in pending and counters.last_txn == pending["txn"]:
         halo = None if counters.last_halo_to_off_ms == NOT_AVAILABLE_U32 else counters.last_halo_to_off_ms
+        cleared = ""
         if counters.last_end_reason is EndReason.WATCHDOG and counters.fault_flags & Fault.WATCHDOG_TRIP:
+            cleared = "; the device's watchdog fault, caused by this host's silence, was cleared"
             try:
                 link.clear_fault()  # recorded below: the trip was this host's silence, now accounted for
+                link.wait_for_telemetry()
             except BridgeError:
                 pass
         return (
             f"cycle {pending['cycle']}: the device measured {counters.last_valve_open_ms} ms of {pending['effective_ms']} ms "
-            f"planned, ended {counters.last_end_reason.name}",
+            f"planned, ended {counters.last_end_reason.name}{cleared}",
             {"freeze_ms_device": counters.last_valve_open_ms, "halo_to_off_ms": halo, "end_reason": counters.last_end_reason.name,
              "certainty": "reconciled", "measured_by": "device", "txn": counters.last_txn},
         )

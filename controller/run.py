@@ -23,6 +23,8 @@ from firmware_bridge.messages import TriggerMode
 from profiles.cli import default_clinic_dir
 from profiles.library import ProfileError, load_library
 
+INPUT_FLAGS = {"region": "--site", "side": "--side", "detail": "--site-detail", "size_mm": "--size-mm", "photo": "--photo",
+               "description": "--description", "patient": "--patient", "operator": "--operator"}
 TRIGGERS = {"host": TriggerMode.HOST, "trigger": TriggerMode.TRIGGER_START, "dead-man": TriggerMode.DEAD_MAN}
 
 
@@ -92,9 +94,16 @@ def _inputs(args: argparse.Namespace, name_fr: str, name_en: str) -> tuple[Lesio
         info = SessionInfo(operator=args.operator, patient=args.patient)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "lesion"
-        allowed = f" (allowed: {', '.join(r.value for r in Region)})" if field.endswith("region") else ""
-        raise UsageError(f"{field} = {first.get('input')!r}: {str(first['msg']).removeprefix('Value error, ')}{allowed}") from None
+        name = str(first["loc"][-1]) if first["loc"] else ""
+        flag = INPUT_FLAGS.get(name, "--description/--photo")
+        if name == "region":
+            message = f"not a body region; allowed: {', '.join(r.value for r in Region)}"
+        elif name in ("patient", "operator"):
+            message = "must be a pseudonymous id (letters, digits, '.', '_', '-'; no spaces, never a name)"
+        else:
+            message = str(first["msg"]).removeprefix("Value error, ")
+        value = f" {first.get('input')!r}" if name else ""
+        raise UsageError(f"{flag}{value}: {message}") from None
     return lesion, info
 
 

@@ -291,11 +291,13 @@ class Link:
             return self._latest
 
     def wait_for_telemetry(self, timeout_s: float = 1.0) -> TelemetryReceived | None:
-        """The first telemetry after a (re)connection, so a gate never judges a device 'stale' too early."""
-        deadline = self._clock.monotonic() + timeout_s
+        """The next telemetry frame from now on (wall-time timeout), e.g. after a (re)connection or a
+        CLEAR_FAULT, so a gate never judges the device on data older than the last command."""
+        since = self._clock.monotonic()
+        deadline = since + self._clock.wall(timeout_s)
         while self._clock.monotonic() < deadline and not self.lost:
             latest = self.latest_telemetry()
-            if latest is not None and self._clock.monotonic() - latest.received_at < 0.5:
+            if latest is not None and latest.received_at > since:
                 return latest
             self.heartbeat()
             self._clock.wait(self._closing, 0.02)
