@@ -14,7 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import tempfile
+from pathlib import Path
+
+from bench.clinic_day import clinic_day
 from controller.freeze import supervise_freeze
+from controller.records import RecordStore
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.link import Link
 from firmware_bridge.messages import PROTO_MAJOR, PROTO_MINOR, DeviceState, Telemetry
@@ -51,8 +56,20 @@ def measure(quick: bool = False) -> dict[str, object]:
     watchdog = _watchdog_closes(5 if quick else 20)
     results.update(_percentiles("watchdog_close_ms", watchdog))
     results["watchdog_timeout_ms"] = WATCHDOG_MS
-    results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog)}
+    with tempfile.TemporaryDirectory() as scratch:
+        results.update(_percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
+        day = clinic_day(Path(scratch) / "day.sqlite", sessions=10 if quick else 40)
+    results["clinic_day_wall_s"] = day.wall_s
+    results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,
+                             "duplicates": day.duplicate_results, "events": day.events, "frames_corrupted": day.frames_corrupted}
+    results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n}
     return results
+
+
+def _record_appends(db: Path, n: int) -> list[float]:
+    """Durable appends (WAL, synchronous=FULL): each returns only once the event is on disk."""
+    with RecordStore(db) as store:
+        return [_timed(lambda i=i: store.append("bench", {"i": i, "text": "x" * 200}, "S-bench")) for i in range(n)]
 
 
 def _machine() -> str:

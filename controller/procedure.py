@@ -46,6 +46,7 @@ from profiles.schema import TimingStart
 STALE_AFTER_S = 1.0
 MANUAL_TICK_S = 0.05
 AUTO_FIRE_PATIENCE_S = 5.0
+VALVE_CLOSED_CONFIRM_S = 0.5
 RECONCILE_RETRY_S = 0.5
 
 
@@ -700,7 +701,20 @@ class Procedure:
                                    "confirmed_by": "auto" if self.auto and not self._thaw_confirmed else "clinician"})
         self._go("thaw_done")
 
+    def _confirm_valve_closed(self) -> None:
+        """After the last freeze, see the device's valve sensor say 'closed'; if it does not, the
+        valve is stuck open and only the clinician's hand on the cartridge can stop the gas."""
+        if self.link is None or self.link.lost or not self.cycles:
+            return
+        deadline = self.clock.monotonic() + self.clock.wall(VALVE_CLOSED_CONFIRM_S)
+        while self.clock.monotonic() < deadline:
+            latest = self.link.wait_for_telemetry(VALVE_CLOSED_CONFIRM_S)
+            if latest is not None and not latest.telemetry.valve & 0b10:
+                return
+        self.alarms.raise_("valve_stuck_open", "the valve sensor still reads open after the freeze ended")
+
     def _finish(self) -> None:
+        self._confirm_valve_closed()
         if self.cartridge is not None:
             try:
                 self.ledger.release(self.session_id, self.cartridge.cartridge_id)
