@@ -47,6 +47,9 @@ STALE_AFTER_S = 1.0
 MANUAL_TICK_S = 0.05
 AUTO_FIRE_PATIENCE_S = 5.0
 VALVE_CLOSED_CONFIRM_S = 0.5
+PLAUSIBLE_C = (-200.0, 60.0)  # colder than liquid nitrogen or hotter than a fever is a sensor error
+COOLING_EXPECTED_MS = 5000  # a tip in the cryogen's flow is well below 0 C by then (illustrative bound)
+COOLING_EXPECTED_C = 0.0
 RECONCILE_RETRY_S = 0.5
 
 
@@ -546,6 +549,7 @@ class Procedure:
         t = latest.telemetry
         if self.state is State.FREEZING and self.cycles:
             cycle = self.cycles[-1]
+            self._check_temperature_plausible(t.tip_cdeg, t.elapsed_ms)
             if t.tip_cdeg != NOT_AVAILABLE_TEMP:
                 cycle.min_tip_c = min(cycle.min_tip_c if cycle.min_tip_c is not None else 99.0, t.tip_cdeg / 100)
             if t.tissue_cdeg != NOT_AVAILABLE_TEMP:
@@ -554,6 +558,17 @@ class Procedure:
             if target is not None and not self._halo_marked and t.tissue_cdeg != NOT_AVAILABLE_TEMP and t.tissue_cdeg / 100 <= target.tissue_c:
                 self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": t.tissue_cdeg / 100, "target_c": target.tissue_c})
                 self._mark_halo()
+
+    def _check_temperature_plausible(self, tip_cdeg: int, elapsed_ms: int) -> None:
+        """A tip thermocouple that reads outside physics, or has not cooled after a few seconds of
+        cryogen, is lying: say so (the device's own sensor-fault detection may not see it)."""
+        if tip_cdeg == NOT_AVAILABLE_TEMP:
+            return
+        tip_c = tip_cdeg / 100
+        if not PLAUSIBLE_C[0] <= tip_c <= PLAUSIBLE_C[1]:
+            self.alarms.raise_("temperature_implausible", f"tip reads {tip_c:g} C")
+        elif elapsed_ms >= COOLING_EXPECTED_MS and tip_c > COOLING_EXPECTED_C:
+            self.alarms.raise_("temperature_implausible", f"tip still at {tip_c:g} C after {elapsed_ms / 1000:g} s of cryogen")
 
     def _become_uncertain(self, why: str) -> None:
         if self.state is State.UNCERTAIN:

@@ -25,6 +25,9 @@ from firmware_bridge.messages import (
 )
 
 
+FUTURE_SLACK_MS = 1000  # device uptime may run ahead of the host's clock by this, plus twice the elapsed time
+
+
 class SessionState(enum.Enum):
     CLOSED = "closed"  # no handshake yet, or the previous one ended
     HELLO_SENT = "hello_sent"
@@ -105,6 +108,7 @@ class SessionStats:
     retransmits: int = 0
     duplicates_seen: int = 0
     stale_frames: int = 0
+    future_frames: int = 0
     seq_gaps: int = 0
     undecodable: int = 0
     expired: int = 0
@@ -126,6 +130,7 @@ class HostSession:
         self._pending: dict[int, _Pending] = {}
         self._last_rx_seq: int | None = None
         self._last_uptime_ms: int | None = None
+        self._last_uptime_at = 0.0
         self._seen_events: list[int] = []
 
     # ---- outgoing ------------------------------------------------------------------------
@@ -260,10 +265,16 @@ class HostSession:
         self.state = SessionState.READY
 
     def _on_telemetry(self, telemetry: Telemetry, now: float, out: Output) -> None:
-        if self._last_uptime_ms is not None and telemetry.uptime_ms < self._last_uptime_ms:
-            self.stats.stale_frames += 1
-            return
+        if self._last_uptime_ms is not None:
+            if telemetry.uptime_ms < self._last_uptime_ms:
+                self.stats.stale_frames += 1  # older than what we have: never let it overwrite newer data
+                return
+            host_ms = (now - self._last_uptime_at) * 1000
+            if telemetry.uptime_ms - self._last_uptime_ms > 2 * host_ms + FUTURE_SLACK_MS:
+                self.stats.future_frames += 1  # device time ran far ahead of ours: not to be trusted
+                return
         self._last_uptime_ms = telemetry.uptime_ms
+        self._last_uptime_at = now
         out.events.append(TelemetryReceived(telemetry, now))
 
     def _on_event(self, event: Event, now: float, out: Output) -> None:

@@ -105,3 +105,17 @@ def test_record_not_saved_raises_a_high_alarm_and_stop_still_closes_the_valve(ma
         procedure.run()
     alarm = procedure.alarms.latched["record_not_saved"]
     assert alarm.priority is Priority.HIGH and "disk full" in alarm.detail
+
+
+def test_a_tip_that_does_not_cool_is_implausible(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(kind="probe", scale=10)
+    rig.device.model.tip.gain = 0.0  # the thermocouple reads a constant offset whatever the tip does
+    rig.device.model.tip.offset_c = 25.0
+    treatment, procedure = rig.procedure("superficial-bcc")
+    procedure.arm()
+    while not procedure.alarms.latched.get("temperature_implausible") and not procedure.finished:
+        procedure.tick()
+    procedure.stop()
+    procedure.run()
+    alarm = next(a for a in procedure.alarms.history if a.code == "temperature_implausible")
+    assert "tip still at" in alarm.detail and "temperature_implausible" in recorded_alarms(rig, treatment.session_id)

@@ -140,3 +140,21 @@ def test_cartridge_bad_size_and_future_date(tmp_path: Path, capsys: pytest.Captu
     assert "allowed sizes are 8g, 16g, 23g" in capsys.readouterr().err
     assert main(["cartridge", "load", "--size", "8g", "--opened", "2999-01-01", "--db", db]) == 2
     assert "cannot be opened in the future" in capsys.readouterr().err
+
+
+def test_a_photo_is_copied_into_the_store_with_its_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    photo = tmp_path / "wart.JPG"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a lesion photo")
+    db = tmp_path / "r.sqlite"
+    code, result = run_json(capsys, "--manual", "--profile", "solar-lentigo", "--site", "cheek", "--photo", str(photo),
+                            "--db", str(db), "--scale", "20")
+    assert code == 0 and result["device"] is None and result["cycles"][0]["measured_by"] == "host"
+    assert main(["records", "show", result["session_id"], "--db", str(db), "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    recorded = next(e for e in events if e["kind"] == "lesion_recorded")["payload"]
+    digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert recorded["photo"] == {"sha256": digest, "file": f"{digest}.jpg"} and recorded["zone"] == "face"
+    stored = tmp_path / "r-photos" / f"{digest}.jpg"
+    assert stored.read_bytes() == photo.read_bytes() and oct(stored.stat().st_mode & 0o777) == "0o600"

@@ -129,3 +129,11 @@ def test_a_peer_with_another_major_version_is_reported_not_decoded() -> None:
     session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
     wire = encode_frame(Frame(2, 3, 0x81, 0, 0, 1, b"\x02\x03anything"))
     assert session.receive(frame_of(wire), 0.1).events == [ForeignVersion(2, 3, 0x81)]
+
+
+def test_telemetry_from_the_future_is_ignored() -> None:
+    session = ready_session()
+    assert session.receive(device_frame(telemetry(uptime=1000), 1), 1.0).events
+    assert session.receive(device_frame(telemetry(uptime=3_600_000), 2), 1.1).events == []  # an hour ahead in 0.1 s
+    assert session.stats.future_frames == 1
+    assert session.receive(device_frame(telemetry(uptime=1100), 3), 1.1).events  # the true stream goes on
