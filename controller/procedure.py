@@ -521,9 +521,7 @@ class Procedure:
                                       "fault_flags": event.fault_flags, "valve_open_ms": event.valve_open_ms,
                                       "device_uptime_ms": event.uptime_ms})
         if event.code is EventCode.FAULT_RAISED or event.code is EventCode.WATCHDOG_TRIP:
-            for fault, code in FAULT_ALARMS.items():
-                if event.fault_flags & fault:
-                    self.alarms.raise_(code)
+            self._alarm_for_faults(event.fault_flags)
         elif event.code is EventCode.CARTRIDGE_EMPTY:
             self.alarms.raise_("cartridge_empty")
         elif event.code is EventCode.CARTRIDGE_LOW:
@@ -533,6 +531,11 @@ class Procedure:
             if current is not None and current.txn == event.freeze_txn and current.end_reason is None:
                 halo = None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms
                 self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
+
+    def _alarm_for_faults(self, flags: int) -> None:
+        for fault, code in FAULT_ALARMS.items():
+            if flags & fault:
+                self.alarms.raise_(code)
 
     def _watch_telemetry(self) -> None:
         assert self.link is not None
@@ -593,6 +596,7 @@ class Procedure:
         except BridgeError as exc:
             self.status_text = f"outcome unknown, the device cannot be read now ({exc.problem})"
             return  # stay UNCERTAIN: crash recovery or the next connection reconciles
+        self._alarm_for_faults(counters.fault_flags)
         before = self._counters_before
         ours = counters.last_txn == cycle.txn and before is not None and counters.last_boot_count == before.boot_count
         if not ours:

@@ -119,3 +119,14 @@ def test_a_tip_that_does_not_cool_is_implausible(make_rig: Callable[..., Rig]) -
     procedure.run()
     alarm = next(a for a in procedure.alarms.history if a.code == "temperature_implausible")
     assert "tip still at" in alarm.detail and "temperature_implausible" in recorded_alarms(rig, treatment.session_id)
+
+
+def test_a_silent_link_mid_freeze_trips_the_device_watchdog_and_the_alarm_follows(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    treatment, procedure = start_freezing(rig)
+    rig.device.stall(3.0)  # the device stops hearing the host: its 2 s watchdog closes the valve
+    procedure.run()
+    codes = {a.code for a in procedure.alarms.history}
+    assert {"telemetry_stale", "outcome_uncertain", "watchdog_trip"} <= codes
+    assert procedure.cycles[0].end_reason == "WATCHDOG"
+    assert {"telemetry_stale", "watchdog_trip"} <= set(recorded_alarms(rig, treatment.session_id))
