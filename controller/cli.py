@@ -12,12 +12,16 @@ from firmware_bridge.errors import BridgeError
 def build_parser() -> argparse.ArgumentParser:
     from bench import run as bench_run
     from controller import demo, records_cli
+    from controller.tui import launch as tui_launch
     from controller import run as run_cli
     from profiles import cli as profiles_cli
     from sim import cli as sim_cli
 
-    parser = argparse.ArgumentParser(prog="givre", description="Controller for GP cryotherapy devices.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="givre", description="Controller for GP cryotherapy devices. With no command: the terminal UI."
+    )
+    tui_launch.add_arguments(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo.add_arguments(commands.add_parser("demo", help="run freeze-thaw cycles on the embedded simulator"))
     sim_cli.add_arguments(commands.add_parser("sim", help="serve a simulated device on a pty or TCP"))
     bench_run.add_arguments(commands.add_parser("bench", help="measure codec speed and link latencies against the simulator"))
@@ -49,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command is None:
+        from controller.tui import launch as tui_launch
+
+        return tui_launch.run_app(tui_launch.build_clinic(args))
     if args.command == "demo":
         from controller import demo
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from controller.freeze import FreezeOutcome, supervise_freeze
 from firmware_bridge.clock import Clock
@@ -25,9 +26,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycles", type=int, default=1, help="freeze-thaw cycles (1..3)")
     parser.add_argument("--thaw-s", type=float, default=20.0, help="thaw wait between cycles (a demo value, not a clinical figure)")
     parser.add_argument("--scale", type=float, default=1.0, help="virtual time: run this many times faster than the wall")
+    parser.add_argument("--headless", action="store_true", help="no UI: run the cycles and print what happened")
+    parser.add_argument("--db", type=Path, help="record store for the UI (default: a fresh one in a temporary folder)")
 
 
 def run(args: argparse.Namespace, out: Print = print) -> int:
+    if not args.headless:
+        return run_tui(args)
+    return run_headless(args, out)
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    """The whole product on the embedded simulator: a spray on a pty, a fresh record store."""
+    import tempfile
+    from datetime import date
+
+    from controller.ledger import CartridgeLedger
+    from controller.tui import launch
+
+    with tempfile.TemporaryDirectory(prefix="givre-demo-") as scratch, SimulatedDevice(kind=args.kind, clock=Clock(args.scale)) as device:
+        url = device.serve_pty()
+        args.db = args.db or Path(scratch) / "demo.sqlite"
+        clinic = launch.build_clinic(args, device=device, url=url, clock=device.clock)
+        if args.kind == "spray" and CartridgeLedger(clinic.store, clinic.config).status() is None:
+            CartridgeLedger(clinic.store, clinic.config).load("23g", date.today())
+        return launch.run_app(clinic)
+
+
+def run_headless(args: argparse.Namespace, out: Print = print) -> int:
     if not 0 < args.freeze_s <= 60:
         raise SystemExit(f"givre demo: --freeze-s {args.freeze_s}: must be > 0 and <= 60 s")
     if not 1 <= args.cycles <= 3:

@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -102,6 +103,7 @@ class RecordStore:
         self.clock = clock
         self.photos_dir = path.parent / f"{path.stem}-photos"
         self._lock_fd: int | None = None
+        self._db_lock = threading.RLock()  # the UI and the controller loop share one connection
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         kind = fs_type if fs_type is not None else filesystem_type(path.parent)
         if kind in NETWORK_FILESYSTEMS:
@@ -163,6 +165,10 @@ class RecordStore:
 
     def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None) -> Event:
         """Commit one event durably and return it; raises RecordNotSaved if it is not on disk."""
+        with self._db_lock:
+            return self._append(kind, payload, session_id)
+
+    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None) -> Event:
         seq = self._last_seq + 1
         ts = datetime.now(UTC).isoformat(timespec="milliseconds")
         mono_ms = round(self.clock.monotonic() * 1000, 3)
@@ -205,7 +211,10 @@ class RecordStore:
 
     def events(self, session_id: str | None = None) -> Iterator[Event]:
         query = "SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events"
-        rows = self._db.execute(query + (" WHERE session_id = ? ORDER BY seq" if session_id else " ORDER BY seq"), (session_id,) if session_id else ())
+        with self._db_lock:
+            rows = self._db.execute(
+                query + (" WHERE session_id = ? ORDER BY seq" if session_id else " ORDER BY seq"), (session_id,) if session_id else ()
+            ).fetchall()
         for seq, sid, ts, mono, kind, payload, prev, digest in rows:
             yield Event(seq, sid, ts, mono, kind, json.loads(payload), prev, digest)
 
@@ -217,7 +226,8 @@ class RecordStore:
         """Walk the chain; returns the first event that does not follow, or None if all do."""
         prev = GENESIS
         expected_seq = 1
-        rows = self._db.execute("SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events ORDER BY seq")
+        with self._db_lock:
+            rows = self._db.execute("SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events ORDER BY seq").fetchall()
         for seq, sid, ts, mono, kind, payload, prev_hash, digest in rows:
             if seq != expected_seq or prev_hash != prev or chain_hash(prev, seq, sid, ts, mono, kind, payload) != digest:
                 try:

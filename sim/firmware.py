@@ -339,7 +339,7 @@ class Firmware:
         return out
 
     def next_deadline_ms(self, device_ms: float) -> float:
-        candidates = [self.next_telemetry_ms, device_ms + 20]
+        candidates = [self.next_telemetry_ms]  # the device thread also wakes at least every 20 ms of wall time
         if self.freeze is not None and self.freeze.deadline_ms is not None:
             candidates.append(self.freeze.deadline_ms)
         if self.state is not DeviceState.NO_SESSION and not self.watchdog_tripped:

@@ -52,8 +52,8 @@ def test_sim_tcp_prints_a_socket_url() -> None:
         (["sim", "--pty", "--fault-at", "soon:explode"], "expected SECONDS:ACTION"),
         (["sim", "--pty", "--drop-pct", "150"], "--drop-pct 150.0: must be between 0 and 100"),
         (["sim", "--tcp", "127.0.0.1:notaport"], "--tcp 127.0.0.1:notaport: cannot listen there"),
-        (["demo", "--cycles", "5"], "--cycles 5: must be 1, 2 or 3"),
-        (["demo", "--freeze-s", "90"], "--freeze-s 90.0: must be > 0 and <= 60 s"),
+        (["demo", "--headless", "--cycles", "5"], "--cycles 5: must be 1, 2 or 3"),
+        (["demo", "--headless", "--freeze-s", "90"], "--freeze-s 90.0: must be > 0 and <= 60 s"),
     ],
 )
 def test_bad_arguments_get_one_clear_line_and_no_traceback(argv: list[str], message: str) -> None:
@@ -64,7 +64,7 @@ def test_bad_arguments_get_one_clear_line_and_no_traceback(argv: list[str], mess
 
 
 def test_demo_runs_freeze_thaw_cycles_on_the_embedded_simulator(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--freeze-s", "0.4", "--cycles", "2", "--thaw-s", "0.2"]) == 0
+    assert main(["demo", "--headless", "--freeze-s", "0.4", "--cycles", "2", "--thaw-s", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "connected: spray serial SIM-0001" in out
     assert out.count("ended COMPLETED: requested 400 ms, device measured") == 2
@@ -74,7 +74,7 @@ def test_demo_runs_freeze_thaw_cycles_on_the_embedded_simulator(capsys: pytest.C
 
 def test_demo_on_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
     """Ten seconds of device time in well under ten of wall time: every timer scales together."""
-    assert main(["demo", "--freeze-s", "10", "--scale", "20"]) == 0
+    assert main(["demo", "--headless", "--freeze-s", "10", "--scale", "20"]) == 0
     assert "ended COMPLETED: requested 10000 ms" in capsys.readouterr().out
 
 

@@ -1,0 +1,621 @@
+"""The Givre terminal UI: the clinician's flow and the technician's screens.
+
+The UI never times a freeze: the device does, the controller's own thread (Supervisor) runs the
+procedure, and this app only shows snapshots (10 times a second) and sends intents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from pydantic import ValidationError
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Digits, Footer, Header, Input, Label, OptionList, ProgressBar, Select, Sparkline, Static
+from textual.widgets.option_list import Option
+
+from controller.alarms import AlarmManager, Mode
+from controller.config import Config
+from controller.ledger import CartridgeLedger, LedgerError
+from controller.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
+from controller.procedure import Procedure, StartRefused, State
+from controller.records import RecordStore
+from controller.recovery import recover
+from controller.supervisor import Supervisor
+from controller.treatment import Treatment
+from firmware_bridge.clock import SYSTEM_CLOCK, Clock
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.link import Link
+from firmware_bridge.messages import NOT_AVAILABLE_TEMP, NOT_AVAILABLE_U16, TriggerMode
+from profiles.library import Library, LoadedProfile
+
+PHASES = {
+    State.IDLE: ("READY", "phase-idle"),
+    State.ARMED: ("ARMED", "phase-armed"),
+    State.FREEZING: ("FREEZE", "phase-freeze"),
+    State.THAWING: ("THAW", "phase-thaw"),
+    State.PAUSED: ("PAUSED", "phase-thaw"),
+    State.COMPLETED: ("DONE", "phase-done"),
+    State.ABORTED: ("STOPPED", "phase-alarm"),
+    State.FAULTED: ("FAULT", "phase-alarm"),
+    State.UNCERTAIN: ("CHECKING DEVICE", "phase-alarm"),
+}
+
+
+@dataclass
+class Clinic:
+    """Everything the screens share: the store, the device link, the controller loop, the session."""
+
+    store: RecordStore
+    config: Config
+    library: Library
+    link: Link | None
+    clock: Clock = SYSTEM_CLOCK
+    device: object | None = None  # the embedded simulator in demo mode (for the fault panel)
+    trigger: TriggerMode = TriggerMode.HOST
+    bell: bool = True
+    alarms: AlarmManager = field(init=False)
+    supervisor: Supervisor = field(init=False)
+    treatment: Treatment | None = None
+    procedure: Procedure | None = None
+    recovered: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
+        self.supervisor = Supervisor(self.link, self.alarms)
+
+    @property
+    def device_kind(self) -> str:
+        return self.link.identity.kind.name.lower() if self.link and self.link.identity else "manual"
+
+
+class AlarmBar(Static):
+    """Latched alarms in words and symbols (never colour alone), on every treatment screen."""
+
+    def on_mount(self) -> None:
+        self.set_interval(0.1, self.show)
+        self.show()
+
+    def show(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        try:
+            latched = list(clinic.alarms.latched.values())
+            if clinic.procedure is not None:
+                latched += list(clinic.procedure.alarms.latched.values())
+        except RuntimeError:
+            return  # the controller changed them while we copied: next refresh
+        self.update("  ".join(a.line() for a in sorted(latched, key=lambda a: -a.priority)) or "no alarm")
+        high = any(a.priority.name == "HIGH" for a in latched)
+        self.set_classes("alarm-bar " + ("alarm-high" if high else "alarm-some" if latched else "alarm-none"))
+
+
+class SessionScreen(Screen[None]):
+    BINDINGS = [Binding("enter", "start", "Start session", show=True, priority=True)]
+
+    def compose(self) -> ComposeResult:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        yield Header()
+        with VerticalScroll():
+            yield Static(device_line(clinic), id="device")
+            for line in clinic.recovered:
+                yield Static(f"! {line}", classes="warning")
+            yield Label("Operator (pseudonymous id)")
+            yield Input(placeholder="e.g. dr-martin", id="operator")
+            yield Label("Patient (pseudonymous id: never a name)")
+            yield Input(placeholder="e.g. P-0042", id="patient")
+            yield Static("", id="error", classes="error")
+            yield Button("Start session (enter)", id="start", variant="primary")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#operator", Input).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_start()
+
+    def action_start(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        try:
+            info = SessionInfo(operator=self.query_one("#operator", Input).value.strip(), patient=self.query_one("#patient", Input).value.strip())
+        except ValidationError as exc:
+            field_name = str(exc.errors()[0]["loc"][0])
+            self.query_one("#error", Static).update(
+                f"✗ {field_name}: letters, digits, '.', '_' or '-' (1-40, no spaces; a pseudonymous id, never a name)"
+            )
+            return
+        clinic.treatment = Treatment(clinic.store, clinic.config, clinic.clock, info, clinic.link)
+        clinic.treatment.start()
+        self.app.push_screen(LesionScreen())
+
+
+class LesionScreen(Screen[None]):
+    BINDINGS = [Binding("ctrl+n", "next", "Checklist", show=True, priority=True)]
+
+    def compose(self) -> ComposeResult:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        face = [(f"face: {r.value}", r.value) for r in Region if r in FACE_REGIONS]
+        body = [(f"body: {r.value}", r.value) for r in Region if r not in FACE_REGIONS]
+        yield Header()
+        with Horizontal():
+            with VerticalScroll(id="lesion-form"):
+                yield Label("Site")
+                yield Select(face + body, prompt="region (face / body)", id="region")
+                yield Select([("left", "left"), ("right", "right"), ("midline", "midline")], prompt="side", id="side")
+                yield Input(placeholder="site detail (free text)", id="detail")
+                yield Input(placeholder="size in mm", id="size")
+                yield Input(placeholder="description (or a photo)", id="description")
+                yield Input(placeholder="photo file path (optional)", id="photo")
+                yield Static("", id="error", classes="error")
+            with Vertical(id="profile-pane"):
+                yield Input(placeholder="search profiles", id="search")
+                yield OptionList(*profile_options(clinic), id="profiles")
+                yield Static("", id="profile-detail")
+        yield Button("Continue to checklist (ctrl+n)", id="next", variant="primary")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#region", Select).focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "search":
+            options = self.query_one("#profiles", OptionList)
+            options.clear_options()
+            options.add_options(profile_options(self.app.clinic, event.value))  # type: ignore[attr-defined]
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id:
+            self.query_one("#profile-detail", Static).update(profile_detail(self.app.clinic, event.option.id))  # type: ignore[attr-defined]
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_next()
+
+    def action_next(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        error = self.query_one("#error", Static)
+        options = self.query_one("#profiles", OptionList)
+        highlighted = options.get_option_at_index(options.highlighted) if options.highlighted is not None else None
+        if highlighted is None or not highlighted.id:
+            error.update("✗ profile: pick one in the list (arrows, then ctrl+n)")
+            return
+        region = self.query_one("#region", Select).value
+        side = self.query_one("#side", Select).value
+        size_text = self.query_one("#size", Input).value.strip()
+        photo_text = self.query_one("#photo", Input).value.strip()
+        try:
+            size = float(size_text) if size_text else None
+        except ValueError:
+            error.update(f"✗ size: {size_text!r} is not a number of mm (e.g. 4 or 4.5)")
+            return
+        try:
+            lesion = Lesion(
+                profile_id=highlighted.id,
+                site=Site(region=region if region != Select.BLANK else "", side=None if side == Select.BLANK else side,
+                          detail=self.query_one("#detail", Input).value),
+                size_mm=size, description=self.query_one("#description", Input).value,
+                photo=Path(photo_text).expanduser() if photo_text else None,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "lesion"
+            hint = " (pick a region: face or body)" if "region" in where else ""
+            error.update(f"✗ {where}: {str(first['msg']).removeprefix('Value error, ')}{hint}")
+            return
+        assert clinic.treatment is not None
+        procedure = clinic.treatment.lesion(lesion, clinic.library.get(highlighted.id), trigger=clinic.trigger)
+        clinic.procedure = procedure
+        clinic.supervisor.attach(procedure)
+        self.app.push_screen(ProcedureScreen())
+
+
+class ProcedureScreen(Screen[None]):
+    BINDINGS = [
+        Binding("space", "stop", "STOP", show=True, priority=True),
+        Binding("escape", "stop", "STOP", show=False, priority=True),
+        Binding("a", "arm", "Arm", show=True),
+        Binding("f", "fire", "Fire", show=True),
+        Binding("h", "halo", "Mark halo", show=True),
+        Binding("enter", "thaw_done", "Thaw complete", show=True, priority=True),
+        Binding("k", "acknowledge", "Ack alarms", show=True),
+        Binding("s", "summary", "Summary", show=True),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield AlarmBar(id="alarms")
+        with Horizontal(id="top"):
+            yield Digits("--.-", id="countdown")
+            with Vertical():
+                yield Static("", id="phase", classes="phase-idle")
+                yield Static("", id="cycle")
+                yield Static("", id="gas")
+        yield ProgressBar(total=100, show_eta=False, id="progress")
+        with Horizontal(id="spark-row"):
+            yield Sparkline([], id="spark")
+            yield Static("", id="reading")
+        yield Static("", id="checklist")
+        yield Static("", id="message")
+        yield Static("■ STOP: space or escape, any time, no confirmation", id="stop-hint")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._samples: list[float] = []
+        self._rang_for: set[tuple[int, str]] = set()
+        self.query_one("#checklist", Static).update(checklist(self.app.clinic))  # type: ignore[attr-defined]
+        self.set_interval(0.1, self.refresh_view)
+
+    @property
+    def procedure(self) -> Procedure:
+        procedure = self.app.clinic.procedure  # type: ignore[attr-defined]
+        assert procedure is not None
+        return procedure
+
+    def action_stop(self) -> None:
+        self.procedure.stop()
+        self.query_one("#message", Static).update("■ STOP sent to the device")
+
+    def action_arm(self) -> None:
+        try:
+            plan = self.procedure.arm()
+        except StartRefused as exc:
+            self.query_one("#message", Static).update("✗ cannot arm:\n" + "\n".join(f"  - {r}" for r in exc.reasons))
+            return
+        except Exception as exc:  # noqa: BLE001 - any refusal is shown, never a traceback
+            self.query_one("#message", Static).update(f"✗ cannot arm: {exc}")
+            return
+        hold = "hold the trigger" if self.procedure.trigger is TriggerMode.DEAD_MAN else "press the trigger"
+        how = hold if self.procedure.trigger is not TriggerMode.HOST else "press f to fire"
+        self.query_one("#message", Static).update(
+            f"ARMED: {plan.cycles} cycle(s) of {plan.dose.effective_ms / 1000:g} s (limited by {plan.dose.limited_by}); {how}"
+            + "".join(f"\n! {w}" for w in self.procedure.warnings)
+        )
+
+    def action_fire(self) -> None:
+        self.procedure.fire()
+
+    def action_halo(self) -> None:
+        self.procedure.mark_halo()
+
+    def action_thaw_done(self) -> None:
+        self.procedure.confirm_thaw()
+
+    def action_acknowledge(self) -> None:
+        self.procedure.acknowledge_alarms()
+        self.app.clinic.alarms.acknowledge_all()  # type: ignore[attr-defined]
+
+    def action_summary(self) -> None:
+        if self.procedure.finished:
+            self.app.push_screen(SummaryScreen())
+
+    def refresh_view(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        p = self.procedure
+        word, css = PHASES[p.state]
+        phase = self.query_one("#phase", Static)
+        phase.set_classes(css)
+        phase.update(f"{'❄' if p.state is State.FREEZING else '●'} {word}")
+        total = p.plan.cycles if p.plan else (p.requested_cycles or p.profile.cycles)
+        self.query_one("#cycle", Static).update(f"cycle {max(1, len(p.cycles))}/{total}   {p.profile.name_fr} / {p.profile.name_en}")
+        latest = clinic.link.latest_telemetry() if clinic.link else None
+        seconds, fraction = self._countdown(p, latest)
+        self.query_one("#countdown", Digits).update(f"{seconds:04.1f}" if seconds is not None else "--.-")
+        self.query_one("#progress", ProgressBar).update(progress=round(fraction * 100))
+        self._show_readings(latest)
+        if p.status_text:
+            self.query_one("#message", Static).update(p.status_text)
+        self._bell(p)
+        if p.finished and not isinstance(self.app.screen, SummaryScreen):
+            self.app.push_screen(SummaryScreen())
+
+    def _countdown(self, p: Procedure, latest: object) -> tuple[float | None, float]:
+        """Seconds left and fraction done, from the device's telemetry (freeze) or the controller (thaw)."""
+        if p.state is State.FREEZING and latest is not None:
+            t = latest.telemetry  # type: ignore[attr-defined]
+            total = t.elapsed_ms + t.remaining_ms
+            return t.remaining_ms / 1000, (t.elapsed_ms / total if total else 0.0)
+        if p.state is State.THAWING:
+            left, waiting = p.thaw_remaining()
+            thaw_total = p.profile.thaw.min_s if p.profile.thaw else 0
+            self.query_one("#message", Static).update(
+                ("waiting for " + waiting if waiting else "thaw time done: press enter when the thaw is complete")
+                if left <= 0 else f"THAW: {left:.0f} s left before the next cycle")
+            return left, (1 - left / thaw_total) if thaw_total else 1.0
+        return None, 1.0 if p.state is State.COMPLETED else 0.0
+
+    def _show_readings(self, latest: object) -> None:
+        if latest is None:
+            self.query_one("#reading", Static).update("no device data" if self.app.clinic.link else "manual: no sensors")  # type: ignore[attr-defined]
+            return
+        t = latest.telemetry  # type: ignore[attr-defined]
+        parts, value = [], None
+        if t.tissue_cdeg != NOT_AVAILABLE_TEMP:
+            value = t.tissue_cdeg / 100
+            parts.append(f"tissue {value:6.1f} °C")
+        if t.tip_cdeg != NOT_AVAILABLE_TEMP:
+            parts.append(f"tip {t.tip_cdeg / 100:6.1f} °C")
+        if t.pressure_kpa != NOT_AVAILABLE_U16:
+            parts.append(f"gas {t.pressure_kpa / 100:4.1f} bar")
+            value = t.pressure_kpa / 100 if value is None else value
+        if value is not None:
+            self._samples = (self._samples + [value])[-60:]
+            self.query_one("#spark", Sparkline).data = self._samples
+        valve = "valve OPEN" if t.valve & 0b10 else "valve closed"
+        self.query_one("#reading", Static).update(" · ".join(parts + [valve]))
+        status = self.procedure.ledger.status() if self.app.clinic.device_kind == "spray" else None  # type: ignore[attr-defined]
+        self.query_one("#gas", Static).update(
+            f"cartridge: {status.remaining_s:.0f} s left (~{status.estimated_lesions_left} lesions)" if status else "")
+
+    def _bell(self, p: Procedure) -> None:
+        if not self.app.clinic.bell or not p.cycles:  # type: ignore[attr-defined]
+            return
+        key = (len(p.cycles), "end" if p.cycles[-1].end_reason else "start")
+        if key not in self._rang_for:
+            self._rang_for.add(key)
+            self.app.bell()
+
+
+class SummaryScreen(Screen[None]):
+    BINDINGS = [Binding("n", "next_lesion", "Next lesion", show=True), Binding("e", "end_session", "End session", show=True),
+                Binding("k", "acknowledge", "Ack alarms", show=True)]
+
+    def action_acknowledge(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        if clinic.procedure is not None:
+            clinic.procedure.alarms.acknowledge_all()
+        clinic.alarms.acknowledge_all()
+
+    def compose(self) -> ComposeResult:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        p = clinic.procedure
+        assert p is not None and clinic.treatment is not None
+        yield Header()
+        yield AlarmBar(id="alarms")
+        yield Static(f"{PHASES[p.state][0]}: {p.profile.name_fr} — session {clinic.treatment.session_id}, lesion {p.lesion_id}", id="verdict")
+        table: DataTable[str] = DataTable(id="cycles")
+        table.add_columns("cycle", "requested ms", "device ms", "thaw ms", "limited by", "ended", "measured by")
+        for c in p.cycles:
+            table.add_row(str(c.cycle), str(c.dose.requested_ms), str(c.valve_open_ms), str(c.thaw_ms or "-"), c.dose.limited_by,
+                          str(c.end_reason), c.measured_by)
+        yield table
+        yield Static(f"cartridge seconds used: {p.cartridge_seconds_used:.3f}   record: {clinic.store.path}")
+        yield Static(f"billing code: act family {p.profile.act_family}, zone {p.lesion.site.zone.value} "
+                     "(code proposal comes with the billing table)")
+        yield Footer()
+
+    def action_next_lesion(self) -> None:
+        self.app.switch_to_lesion()  # type: ignore[attr-defined]
+
+    def action_end_session(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        if clinic.treatment is not None:
+            status = clinic.treatment.end()
+            self.app.notify(f"session {clinic.treatment.session_id} ended: {status}")
+            clinic.treatment = None
+        self.app.switch_to_session()  # type: ignore[attr-defined]
+
+
+class CartridgeScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True), Binding("l", "load", "Load", show=True)]
+
+    def compose(self) -> ComposeResult:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        with Vertical(id="dialog"):
+            yield Label("Cartridge")
+            yield Select([(name, name) for name in clinic.config.cartridges], prompt="size", id="size")
+            yield Input(value=date.today().isoformat(), placeholder="opened YYYY-MM-DD", id="opened")
+            yield Static("", id="status")
+            yield Button("Load new cartridge (l)", id="load")
+
+    def on_mount(self) -> None:
+        self._show()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_load()
+
+    def action_load(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        size = self.query_one("#size", Select).value
+        text = self.query_one("#opened", Input).value.strip()
+        try:
+            opened = date.fromisoformat(text)
+        except ValueError:
+            self.query_one("#status", Static).update(f"✗ opened: {text!r} is not a date; write YYYY-MM-DD")
+            return
+        if size == Select.BLANK:
+            self.query_one("#status", Static).update("✗ size: pick 8g, 16g or 23g")
+            return
+        try:
+            CartridgeLedger(clinic.store, clinic.config).load(str(size), opened)
+        except LedgerError as exc:
+            self.query_one("#status", Static).update(f"✗ {exc}")
+            return
+        self._show()
+
+    def _show(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        status = CartridgeLedger(clinic.store, clinic.config).status()
+        if status is None:
+            self.query_one("#status", Static).update("no cartridge registered")
+            return
+        warning = f"\n! past its keeping time of {status.keeping_days} days: load a new one" if status.past_keeping_time else ""
+        self.query_one("#status", Static).update(
+            f"{status.size}, opened {status.opened}: {status.remaining_s:.0f} s left of {status.capacity_s:.0f} s, "
+            f"~{status.estimated_lesions_left} lesions{warning}\n{status.reminder}")
+
+
+class RecordsScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True), Binding("v", "verify", "Verify chain", show=True)]
+
+    def compose(self) -> ComposeResult:
+        from controller.records_cli import summarise
+
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        with Vertical(id="dialog"):
+            table: DataTable[str] = DataTable(id="sessions")
+            table.add_columns("session", "started", "status", "patient", "lesions")
+            for s in summarise(clinic.store).values():
+                table.add_row(s["session_id"], s["started"][:19], s["status"], s["patient"], ", ".join(s["lesions"]))
+            yield table
+            yield Static("", id="verify")
+
+    def action_verify(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        bad = clinic.store.verify()
+        count, head = clinic.store.head()
+        self.query_one("#verify", Static).update(
+            f"✓ chain intact: {count} events, head {head[:16]}" if bad is None else f"✗ TAMPERED from event {bad.seq} ({bad.kind})")
+
+
+class DeviceScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True)]
+
+    def compose(self) -> ComposeResult:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        lines = [device_line(clinic)]
+        if clinic.link is not None and not clinic.link.lost:
+            try:
+                counters = clinic.link.counters()
+                lines.append(f"counters: {counters.freezes_started} freezes, {counters.total_valve_open_ms} ms valve open since boot, "
+                             f"{counters.watchdog_trips} watchdog trips; last freeze {counters.last_valve_open_ms} ms "
+                             f"({counters.last_end_reason.name})")
+            except BridgeError as exc:
+                lines.append(f"counters unavailable: {exc}")
+            stats = clinic.link.stats()
+            lines.append(f"link: {stats.bytes_received} bytes in, {stats.session.retransmits} retransmits, "
+                         f"{stats.decoder.crc_errors} CRC errors, {stats.session.seq_gaps} frames missed")
+        with Vertical(id="dialog"):
+            yield Static("\n".join(lines))
+
+
+class FaultScreen(ModalScreen[None]):
+    """Demo only: the simulator's fault toggles, so a trainee can see each alarm."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True)]
+    FAULTS = {"disconnect": "Pull the cable", "block-nozzle": "Block the nozzle", "empty-cartridge": "Empty the cartridge",
+              "reboot": "Reboot the device", "valve-stuck-open": "Jam the valve open"}
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Simulator faults (demo)")
+            for key, text in self.FAULTS.items():
+                yield Button(text, id=f"fault-{key}")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        from sim.device import FAULT_ACTIONS
+
+        device = self.app.clinic.device  # type: ignore[attr-defined]
+        name = (event.button.id or "").removeprefix("fault-")
+        if device is not None and name in FAULT_ACTIONS:
+            FAULT_ACTIONS[name](device)
+            self.app.notify(f"simulator: {self.FAULTS[name]}")
+        self.app.pop_screen()
+
+
+class GivreApp(App[None]):
+    TITLE = "Givre"
+    CSS_PATH = "givre.tcss"
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
+        Binding("c", "cartridge", "Cartridge", show=True),
+        Binding("r", "records", "Records", show=True),
+        Binding("i", "device", "Device", show=True),
+        Binding("x", "faults", "Sim faults", show=True),
+    ]
+
+    def __init__(self, clinic: Clinic) -> None:
+        super().__init__()
+        self.clinic = clinic
+
+    def on_mount(self) -> None:
+        self.sub_title = device_line(self.clinic)
+        if self.clinic.link is not None:
+            self.clinic.recovered = [r.line() for r in recover(self.clinic.store, self.clinic.link)]
+        self.clinic.supervisor.start()
+        self.push_screen(SessionScreen())
+
+    def switch_to_lesion(self) -> None:
+        self.pop_screen()  # summary
+        self.pop_screen()  # procedure
+        self.pop_screen()  # lesion form
+        self.push_screen(LesionScreen())
+
+    def switch_to_session(self) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        self.pop_screen()
+        self.push_screen(SessionScreen())
+
+    def action_cartridge(self) -> None:
+        self.push_screen(CartridgeScreen())
+
+    def action_records(self) -> None:
+        self.push_screen(RecordsScreen())
+
+    def action_device(self) -> None:
+        self.push_screen(DeviceScreen())
+
+    def action_faults(self) -> None:
+        if self.clinic.device is not None:
+            self.push_screen(FaultScreen())
+        else:
+            self.notify("the fault panel exists only in demo mode (the embedded simulator)")
+
+    def on_unmount(self) -> None:
+        self.clinic.supervisor.close()  # a running freeze is stopped; the device watchdog is the backstop
+
+
+def device_line(clinic: Clinic) -> str:
+    if clinic.link is None or clinic.link.identity is None:
+        return "manual mode: no device, Givre times only"
+    ident = clinic.link.identity
+    return (f"{ident.kind.name.lower()} {ident.serial} · firmware {ident.firmware} · protocol {ident.protocol} · "
+            f"{ident.cryogen.name} · cap {ident.max_freeze_ms / 1000:g} s · {ident.port}")
+
+
+def profile_options(clinic: Clinic, search: str = "") -> list[Option]:
+    needle = search.lower().strip()
+    items: list[LoadedProfile] = sorted(clinic.library.for_device(clinic.device_kind), key=lambda lp: lp.profile.id)
+    return [
+        Option(f"{lp.profile.name_fr} / {lp.profile.name_en}  [{freeze_range(lp)} s × {lp.profile.cycles}]", id=lp.profile.id)
+        for lp in items
+        if not needle or needle in f"{lp.profile.id} {lp.profile.name_fr} {lp.profile.name_en}".lower()
+    ]
+
+
+def freeze_range(lp: LoadedProfile) -> str:
+    f = lp.profile.freeze_s
+    return f"{f.min:g}" if f.min == f.max else f"{f.min:g}-{f.max:g}"
+
+
+def profile_detail(clinic: Clinic, profile_id: str) -> str:
+    from controller.dose import decide
+
+    lp = clinic.library.get(profile_id)
+    p = lp.profile
+    cap = clinic.link.identity.max_freeze_ms if clinic.link and clinic.link.identity else None
+    dose = decide(p, None, clinic.config.clinic_max_freeze_s, cap)
+    chain = " → ".join(f"{limit.name} {limit.ms / 1000:g} s" for limit in dose.chain)
+    thaw = "none (one cycle)"
+    if p.thaw is not None:
+        thaw = f"≥ {p.thaw.min_s:g} s" + (f", tissue above {p.thaw.until_above_c:g} °C" if p.thaw.until_above_c is not None else "")
+    origin = lp.origin + (" (overrides built-in)" if lp.overrides_builtin else "")
+    return (f"{p.name_en}: {freeze_range(lp)} s × {p.cycles}, default {p.freeze_s.default:g} s, from {p.timing_start.value}\n"
+            f"thaw: {thaw}\nsource: {clinic.library.cite(p.freeze_s.source)}\nlimits: {chain} ⇒ {dose.effective_ms / 1000:g} s "
+            f"({dose.limited_by})\norigin: {origin}" + "".join(f"\n? {u}" for u in p.uncertain))
+
+
+def checklist(clinic: Clinic) -> str:
+    p = clinic.procedure
+    assert p is not None and clinic.treatment is not None
+    lines = [f"✓ patient {clinic.treatment.info.patient}, site {p.lesion.site.describe()} ({p.lesion.site.zone.value})",
+             f"✓ profile {p.profile.id}"]
+    if clinic.device_kind == "spray":
+        status = p.ledger.status()
+        lines.append(f"{'✓' if status else '✗'} cartridge: " + (f"{status.remaining_s:.0f} s left" if status else "none registered (c)"))
+    cal = p.calibration
+    lines.append("! calibration: " + ("none recorded" if cal is None or not cal.due_on_day else f"due day {cal.due_on_day}"))
+    lines.append("a: ARM, then f: FIRE" + (" (or the device trigger)" if clinic.trigger is not TriggerMode.HOST else ""))
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The terminal UI, driven from the keyboard with Textual's Pilot, against the simulator on a real pty."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.config import Config
+from controller.ledger import CartridgeLedger
+from controller.procedure import State
+from controller.records import RecordStore
+from controller.tui.app import Clinic, GivreApp, LesionScreen, ProcedureScreen, SessionScreen, SummaryScreen
+from firmware_bridge.clock import Clock
+from firmware_bridge.link import Link
+from profiles.library import load_builtins
+from sim.device import SimulatedDevice
+
+pytestmark = pytest.mark.pty
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, scale: float = 20) -> None:
+        self.clock = Clock(scale)
+        self.device = SimulatedDevice(clock=self.clock)
+        url = self.device.serve_pty()
+        self.link = Link.open(url, clock=self.clock, watchdog_ms=round(2000 * scale))
+        self.link.wait_for_telemetry()
+        self.store = RecordStore(tmp_path / "tui.sqlite", clock=self.clock)
+        CartridgeLedger(self.store, Config()).load("23g", date.today())
+        self.clinic = Clinic(self.store, Config(), load_builtins(), self.link, self.clock, self.device, bell=False)
+        self.app = GivreApp(self.clinic)
+
+    def close(self) -> None:
+        self.clinic.supervisor.close()
+        self.link.close()
+        self.store.close()
+        self.device.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Any:
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+async def until(pilot: Any, predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            app = pilot.app
+            status = app.clinic.procedure.status_text if app.clinic.procedure else ""
+            raise AssertionError(f"timed out waiting for {what} (status: {status!r}, controller error: {app.clinic.supervisor.error!r})")
+        await pilot.pause(0.02)
+
+
+async def fill_session_and_lesion(pilot: Any, app: GivreApp, profile_id: str) -> None:
+    await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
+    await pilot.press(*"dr-a", "tab", *"P-0042", "enter")
+    await until(pilot, lambda: isinstance(app.screen, LesionScreen), what="lesion screen")
+    screen = app.screen
+    screen.query_one("#region").value = "foot-sole"
+    screen.query_one("#side").value = "left"
+    screen.query_one("#description").value = "two plantar warts"
+    options = screen.query_one("#profiles")
+    options.highlighted = next(i for i in range(options.option_count) if options.get_option_at_index(i).id == profile_id)
+    await pilot.press("ctrl+n")
+    await until(pilot, lambda: isinstance(app.screen, ProcedureScreen), what="procedure screen")
+
+
+def test_a_full_two_cycle_plantar_wart_protocol_from_the_keyboard(harness: Harness) -> None:
+    async def scenario() -> None:
+        app = harness.app
+        async with app.run_test(size=(80, 24)) as pilot:
+            await fill_session_and_lesion(pilot, app, "plantar-wart")
+            procedure = harness.clinic.procedure
+            assert procedure is not None
+            await pilot.press("a")
+            await until(pilot, lambda: procedure.state is State.ARMED, what="armed")
+            await pilot.press("f")
+            await until(pilot, lambda: procedure.state is State.THAWING, what="thawing")  # the device timed cycle 1
+            await until(pilot, lambda: "THAW" in str(app.screen.query_one("#phase").render()), what="THAW shown")
+            await until(pilot, lambda: "press enter" in str(app.screen.query_one("#message").render()), what="thaw time done")
+            await pilot.press("enter")
+            await until(pilot, lambda: procedure.state is State.ARMED, what="armed for cycle 2")
+            await pilot.press("f")
+            await until(pilot, lambda: procedure.state is State.COMPLETED, timeout_s=30, what="completed")
+            await until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="summary")
+            table = app.screen.query_one("#cycles")
+            assert table.row_count == 2
+            assert [c.valve_open_ms is not None and abs(c.valve_open_ms - 20_000) <= 60 for c in procedure.cycles] == [True, True]
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="back to a new session")
+    asyncio.run(scenario())
+    kinds = [e.kind for e in harness.store.events()]
+    assert kinds.count("freeze_result") == 2 and "thaw_done" in kinds and kinds[-1] == "session_ended"
+
+
+def test_stop_mid_freeze_closes_the_valve_and_records_aborted(harness: Harness) -> None:
+    async def scenario() -> None:
+        app = harness.app
+        async with app.run_test(size=(80, 24)) as pilot:
+            await fill_session_and_lesion(pilot, app, "seborrheic-keratosis-thick")
+            procedure = harness.clinic.procedure
+            assert procedure is not None
+            await pilot.press("a", "f")
+            await until(pilot, lambda: harness.device.valve_open, what="valve open")
+            await pilot.press("space")
+            assert not harness.device.model.valve_commanded  # STOP reached the device before the key handler returned
+            await until(pilot, lambda: procedure.state is State.ABORTED, what="aborted")
+            await until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="summary")
+    asyncio.run(scenario())
+    results = [e.payload for e in harness.store.events() if e.kind == "freeze_result"]
+    assert results[0]["end_reason"] == "STOPPED"
+
+
+def test_a_simulator_fault_reaches_the_screen_and_the_record(harness: Harness) -> None:
+    async def scenario() -> None:
+        app = harness.app
+        async with app.run_test(size=(80, 24)) as pilot:
+            await fill_session_and_lesion(pilot, app, "seborrheic-keratosis-thick")
+            await pilot.press("a", "f")
+            await until(pilot, lambda: harness.device.valve_open, what="valve open")
+            harness.device.block_nozzle()
+            await until(pilot, lambda: "No flow" in str(app.screen.query_one("#alarms").render()), what="alarm shown")
+            bar = str(app.screen.query_one("#alarms").render())
+            assert bar.startswith("!!! HIGH:")  # words and symbols, not colour alone
+    asyncio.run(scenario())
+    assert "no_flow" in [e.payload.get("code") for e in harness.store.events() if e.kind == "alarm_raised"]
+
+
+def test_form_validation_is_inline_and_writes_nothing(harness: Harness) -> None:
+    async def scenario() -> None:
+        app = harness.app
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
+            await pilot.press(*"Jean Dupont", "tab", *"P-1", "enter")
+            assert isinstance(app.screen, SessionScreen)
+            assert "pseudonymous id, never a name" in str(app.screen.query_one("#error").render())
+            app.screen.query_one("#operator").value = "dr-a"
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, LesionScreen), what="lesion screen")
+            app.screen.query_one("#size").value = "four"
+            await pilot.press("ctrl+n")
+            assert "size: 'four' is not a number of mm" in str(app.screen.query_one("#error").render())
+            app.screen.query_one("#size").value = "4"
+            await pilot.press("ctrl+n")
+            assert "region" in str(app.screen.query_one("#error").render())
+            assert isinstance(app.screen, LesionScreen)
+    asyncio.run(scenario())
+    kinds = [e.kind for e in harness.store.events()]
+    assert "lesion_recorded" not in kinds and kinds.count("session_started") == 1
