@@ -179,8 +179,8 @@ class SimulatedDevice:
             identity = dataclasses.replace(identity, schema_hash=schema_hash)
         self.nvm = NonVolatile()
         self.firmware = Firmware(identity, self.model, self.nvm)
-        # In virtual time, at most one telemetry frame per 5 ms of wall time.
-        self.firmware.min_telemetry_period_ms = 5.0 * clock.scale if clock.scale > 1 else 0.0
+        # In virtual time, at most 50 telemetry frames per second of wall time (the protocol's rate in real time).
+        self.firmware.min_telemetry_period_ms = 20.0 * clock.scale if clock.scale > 1 else 0.0
         self._origin = clock.monotonic()
         self._device_ms = 0.0
         self._last_true_s = 0.0

@@ -15,7 +15,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Digits, Footer, Header, Input, Label, OptionList, ProgressBar, Select, Sparkline, Static
+from textual.widgets import Button, DataTable, Digits, Footer, Input, Label, OptionList, ProgressBar, Select, Sparkline, Static
 from textual.widgets.option_list import Option
 
 from controller.alarms import AlarmManager, Mode
@@ -73,6 +73,13 @@ class Clinic:
         return self.link.identity.kind.name.lower() if self.link and self.link.identity else "manual"
 
 
+class TitleBar(Static):
+    """Product and device on one line (a plain Static: screens come and go fast during a procedure)."""
+
+    def on_mount(self) -> None:
+        self.update(f"Givre · {device_line(self.app.clinic)}")  # type: ignore[attr-defined]
+
+
 class AlarmBar(Static):
     """Latched alarms in words and symbols (never colour alone), on every treatment screen."""
 
@@ -98,7 +105,7 @@ class SessionScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
-        yield Header()
+        yield TitleBar()
         with VerticalScroll():
             yield Static(device_line(clinic), id="device")
             for line in clinic.recovered:
@@ -139,7 +146,7 @@ class LesionScreen(Screen[None]):
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         face = [(f"face: {r.value}", r.value) for r in Region if r in FACE_REGIONS]
         body = [(f"body: {r.value}", r.value) for r in Region if r not in FACE_REGIONS]
-        yield Header()
+        yield TitleBar()
         with Horizontal():
             with VerticalScroll(id="lesion-form"):
                 yield Label("Site")
@@ -224,7 +231,7 @@ class ProcedureScreen(Screen[None]):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleBar()
         yield AlarmBar(id="alarms")
         with Horizontal(id="top"):
             yield Digits("--.-", id="countdown")
@@ -244,6 +251,7 @@ class ProcedureScreen(Screen[None]):
     def on_mount(self) -> None:
         self._samples: list[float] = []
         self._rang_for: set[tuple[int, str]] = set()
+        self._summary_shown = False
         self.query_one("#checklist", Static).update(checklist(self.app.clinic))  # type: ignore[attr-defined]
         self.set_interval(0.1, self.refresh_view)
 
@@ -307,7 +315,8 @@ class ProcedureScreen(Screen[None]):
         if p.status_text:
             self.query_one("#message", Static).update(p.status_text)
         self._bell(p)
-        if p.finished and not isinstance(self.app.screen, SummaryScreen):
+        if p.finished and self.app.screen is self and not self._summary_shown:
+            self._summary_shown = True
             self.app.push_screen(SummaryScreen())
 
     def _countdown(self, p: Procedure, latest: object) -> tuple[float | None, float]:
@@ -371,7 +380,7 @@ class SummaryScreen(Screen[None]):
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         p = clinic.procedure
         assert p is not None and clinic.treatment is not None
-        yield Header()
+        yield TitleBar()
         yield AlarmBar(id="alarms")
         yield Static(f"{PHASES[p.state][0]}: {p.profile.name_fr} — session {clinic.treatment.session_id}, lesion {p.lesion_id}", id="verdict")
         table: DataTable[str] = DataTable(id="cycles")
@@ -530,7 +539,6 @@ class GivreApp(App[None]):
         self.clinic = clinic
 
     def on_mount(self) -> None:
-        self.sub_title = device_line(self.clinic)
         if self.clinic.link is not None:
             self.clinic.recovered = [r.line() for r in recover(self.clinic.store, self.clinic.link)]
         self.clinic.supervisor.start()
