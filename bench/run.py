@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from bench.clinic_day import clinic_day
+from controller.tui.benchmark import measure_tui
 from controller.freeze import supervise_freeze
 from controller.records import RecordStore
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
@@ -60,9 +61,13 @@ def measure(quick: bool = False) -> dict[str, object]:
         results.update(_percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
         day = clinic_day(Path(scratch) / "day.sqlite", sessions=10 if quick else 40)
     results["clinic_day_wall_s"] = day.wall_s
+    tui_start_ms, tui_stops = measure_tui(5 if quick else 20)
+    results["tui_start_ms"] = round(tui_start_ms, 1)
+    results.update(_percentiles("tui_stop_ms", tui_stops))
     results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,
                              "duplicates": day.duplicate_results, "events": day.events, "frames_corrupted": day.frames_corrupted}
-    results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n}
+    results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n,
+                          "tui_stop": len(tui_stops)}
     return results
 
 

@@ -225,15 +225,19 @@ class Procedure:
 
     # ---- intents (any thread) ------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Emergency stop: straight to the device from the caller's thread, then recorded by the loop."""
+    def stop(self) -> str:
+        """Emergency stop: straight to the device from the caller's thread, then recorded by the loop.
+        Returns what the device said, in words, for the screen."""
         self._stop_requested.set()
+        said = "stopped"
         if self.link is not None and self.state in (State.FREEZING, State.UNCERTAIN):
             try:
-                self.link.stop(reason=1)
-            except BridgeError:
-                pass  # the loop records the link's state; the device watchdog is the backstop
+                ack = self.link.stop(reason=1)
+                said = f"the device closed its valve after {ack.detail32} ms of freeze"
+            except BridgeError as exc:
+                said = f"no answer from the device ({exc.problem}): its watchdog closes the valve by itself"
         self._intents.put(("stop", None))
+        return said
 
     def fire(self) -> None:
         self._intents.put(("fire", None))

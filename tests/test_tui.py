@@ -183,3 +183,30 @@ def test_form_validation_is_inline_and_writes_nothing(harness: Harness) -> None:
     asyncio.run(scenario())
     kinds = [e.kind for e in harness.store.events()]
     assert "lesion_recorded" not in kinds and kinds.count("session_started") == 1
+
+
+def test_without_a_port_the_connect_screen_offers_ports_the_simulator_and_manual_mode(tmp_path: Path) -> None:
+    from controller.tui.app import ConnectScreen
+
+    store = RecordStore(tmp_path / "c.sqlite")
+    clinic = Clinic(store, Config(), load_builtins(), None, bell=False)
+    app = GivreApp(clinic)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, ConnectScreen), what="connect screen")
+            ports = app.screen.query_one("#ports")
+            ids = [ports.get_option_at_index(i).id for i in range(ports.option_count)]
+            assert {"sim:spray", "sim:probe", "manual"} <= set(ids)
+            ports.highlighted = ids.index("sim:probe")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
+            assert clinic.link is not None and clinic.device_kind == "probe"
+            assert "probe SIM-0001" in str(app.screen.query_one("TitleBar").render())
+    try:
+        asyncio.run(scenario())
+    finally:
+        clinic.supervisor.close()
+        if clinic.link is not None:
+            clinic.link.close()
+        store.close()

@@ -68,6 +68,12 @@ class Clinic:
         self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
         self.supervisor = Supervisor(self.link, self.alarms)
 
+    def connect(self, link: Link) -> None:
+        """Use a freshly opened link; close any unfinished session from a killed host first."""
+        self.link = link
+        self.supervisor.link = link
+        self.recovered = [r.line() for r in recover(self.store, link)]
+
     @property
     def device_kind(self) -> str:
         return self.link.identity.kind.name.lower() if self.link and self.link.identity else "manual"
@@ -98,6 +104,47 @@ class AlarmBar(Static):
         self.update("  ".join(a.line() for a in sorted(latched, key=lambda a: -a.priority)) or "no alarm")
         high = any(a.priority.name == "HIGH" for a in latched)
         self.set_classes("alarm-bar " + ("alarm-high" if high else "alarm-some" if latched else "alarm-none"))
+
+
+class ConnectScreen(Screen[None]):
+    """Pick the device: a serial port (with its USB description and serial number), the embedded
+    simulator, or manual mode (cotton tip: Givre only times)."""
+
+    BINDINGS = [Binding("enter", "connect", "Connect", show=True, priority=True)]
+
+    def compose(self) -> ComposeResult:
+        from firmware_bridge.transport import list_ports
+
+        yield TitleBar()
+        yield Label("Device")
+        options = [Option(f"{p.device} · {p.description} · serial {p.serial_number or '-'}", id=p.device) for p in list_ports()]
+        options += [Option("Embedded simulator (spray)", id="sim:spray"), Option("Embedded simulator (probe)", id="sim:probe"),
+                    Option("Manual mode: no device, Givre times only", id="manual")]
+        yield OptionList(*options, id="ports")
+        yield Static("", id="error", classes="error")
+        yield Footer()
+
+    def action_connect(self) -> None:
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        ports = self.query_one("#ports", OptionList)
+        choice = ports.get_option_at_index(ports.highlighted).id if ports.highlighted is not None else None
+        if choice is None:
+            return
+        try:
+            if choice.startswith("sim:"):
+                from sim.device import SimulatedDevice
+
+                device = SimulatedDevice(kind=choice.removeprefix("sim:"), clock=clinic.clock)
+                clinic.device = device
+                choice = device.serve_pty()
+            if choice != "manual":
+                link = Link.open(choice, clock=clinic.clock)
+                link.wait_for_telemetry()
+                clinic.connect(link)
+        except BridgeError as exc:
+            self.query_one("#error", Static).update(f"✗ {exc}")
+            return
+        self.app.switch_screen(SessionScreen())
 
 
 class SessionScreen(Screen[None]):
@@ -262,8 +309,8 @@ class ProcedureScreen(Screen[None]):
         return procedure
 
     def action_stop(self) -> None:
-        self.procedure.stop()
-        self.query_one("#message", Static).update("■ STOP sent to the device")
+        said = self.procedure.stop()
+        self.query_one("#message", Static).update(f"■ STOP: {said}")
 
     def action_arm(self) -> None:
         try:
@@ -539,10 +586,12 @@ class GivreApp(App[None]):
         self.clinic = clinic
 
     def on_mount(self) -> None:
-        if self.clinic.link is not None:
-            self.clinic.recovered = [r.line() for r in recover(self.clinic.store, self.clinic.link)]
         self.clinic.supervisor.start()
-        self.push_screen(SessionScreen())
+        if self.clinic.link is not None:
+            self.clinic.connect(self.clinic.link)
+            self.push_screen(SessionScreen())
+        else:
+            self.push_screen(ConnectScreen())
 
     def switch_to_lesion(self) -> None:
         self.pop_screen()  # summary
@@ -573,6 +622,9 @@ class GivreApp(App[None]):
 
     def on_unmount(self) -> None:
         self.clinic.supervisor.close()  # a running freeze is stopped; the device watchdog is the backstop
+        device = self.clinic.device
+        if device is not None and hasattr(device, "close"):
+            device.close()
 
 
 def device_line(clinic: Clinic) -> str:
