@@ -85,8 +85,7 @@ async def fill_session_and_lesion(pilot: Any, app: GivreApp, profile_id: str) ->
     await pilot.press(*"dr-a", "tab", *"P-0042", "enter")
     await until(pilot, lambda: isinstance(app.screen, LesionScreen), what="lesion screen")
     screen = app.screen
-    screen.query_one("#region").value = "foot-sole"
-    screen.query_one("#side").value = "left"
+    screen.query_one("#region").value = "foot-sole"  # the side is left blank: it is optional
     screen.query_one("#description").value = "two plantar warts"
     options = screen.query_one("#profiles")
     options.highlighted = next(i for i in range(options.option_count) if options.get_option_at_index(i).id == profile_id)

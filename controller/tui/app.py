@@ -247,7 +247,7 @@ class LesionScreen(Screen[None]):
         try:
             lesion = Lesion(
                 profile_id=highlighted.id,
-                site=Site(region=region if region != Select.BLANK else "", side=None if side == Select.BLANK else side,
+                site=Site(region=region if isinstance(region, str) else "", side=side if isinstance(side, str) else None,
                           detail=self.query_one("#detail", Input).value),
                 size_mm=size, description=self.query_one("#description", Input).value,
                 photo=Path(photo_text).expanduser() if photo_text else None,
@@ -480,7 +480,7 @@ class CartridgeScreen(ModalScreen[None]):
         except ValueError:
             self.query_one("#status", Static).update(f"✗ opened: {text!r} is not a date; write YYYY-MM-DD")
             return
-        if size == Select.BLANK:
+        if not isinstance(size, str):
             self.query_one("#status", Static).update("✗ size: pick 8g, 16g or 23g")
             return
         try:
