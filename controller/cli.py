@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
+from controller.config import ConfigError
+from controller.ledger import LedgerError
+from controller.records import RecordError
 from firmware_bridge.errors import BridgeError
+from profiles.library import ProfileError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bench import run as bench_run
     from controller import demo, records_cli
-    from controller.tui import launch as tui_launch
     from controller import run as run_cli
+    from controller.tui import launch as tui_launch
     from profiles import cli as profiles_cli
     from sim import cli as sim_cli
 
@@ -21,18 +26,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="givre", description="Controller for GP cryotherapy devices. With no command: the terminal UI."
     )
     tui_launch.add_arguments(parser)
+    parser.set_defaults(handler=lambda args: tui_launch.run_app(tui_launch.build_clinic(args)))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo.add_arguments(commands.add_parser("demo", help="run freeze-thaw cycles on the embedded simulator"))
-    sim_cli.add_arguments(commands.add_parser("sim", help="serve a simulated device on a pty or TCP"))
-    bench_run.add_arguments(commands.add_parser("bench", help="measure codec speed and link latencies against the simulator"))
-    profiles_cli.add_arguments(commands.add_parser("profiles", help="lesion profiles: list, show, check"))
-    run_cli.add_arguments(commands.add_parser("run", help="one lesion's whole protocol, headless (scripts, CI)"))
-    records_cli.add_records_arguments(commands.add_parser("records", help="sessions in the record store: list, show, verify"))
-    records_cli.add_cartridge_arguments(commands.add_parser("cartridge", help="the gas cartridge: load, status"))
-    commands.add_parser("ports", help="list serial ports with their USB description and serial number")
-    info = commands.add_parser("info", help="connect to a device and show its identity, counters and calibration")
-    info.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def command(name: str, help_text: str, add: Callable[[argparse.ArgumentParser], None] | None,
+                handler: Callable[[argparse.Namespace], int]) -> None:
+        sub = commands.add_parser(name, help=help_text)
+        if add is not None:
+            add(sub)
+        sub.set_defaults(handler=handler)
+
+    command("demo", "the terminal UI on the embedded simulator (--headless: a printed run)", demo.add_arguments, demo.run)
+    command("sim", "serve a simulated device on a pty or TCP", sim_cli.add_arguments, sim_cli.run)
+    command("bench", "measure speed and latencies against the simulator", bench_run.add_arguments, bench_run.run)
+    command("profiles", "lesion profiles: list, show, check", profiles_cli.add_arguments, profiles_cli.run)
+    command("run", "one lesion's whole protocol, headless (scripts, CI)", run_cli.add_arguments, run_cli.run)
+    command("records", "sessions in the record store: list, show, verify", records_cli.add_records_arguments,
+            records_cli.run_records)
+    command("cartridge", "the gas cartridge: load, status", records_cli.add_cartridge_arguments, records_cli.run_cartridge)
+    command("ports", "list serial ports with their USB description and serial number", None, _ports)
+    command("info", "connect to a device and show its identity, counters and calibration", _info_arguments,
+            lambda args: _info(args.port, args.json))
     return parser
 
 
@@ -40,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # patient data: every file Givre creates is private to its user
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
-    except BridgeError as exc:
+        return int(args.handler(args))
+    except (BridgeError, ConfigError, ProfileError, RecordError, LedgerError) as exc:
         print(f"givre: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -52,48 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command is None:
-        from controller.tui import launch as tui_launch
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
-        return tui_launch.run_app(tui_launch.build_clinic(args))
-    if args.command == "demo":
-        from controller import demo
 
-        return demo.run(args)
-    if args.command == "sim":
-        from sim import cli as sim_cli
+def _ports(args: argparse.Namespace) -> int:
+    from firmware_bridge.transport import list_ports
 
-        return sim_cli.run(args)
-    if args.command == "bench":
-        from bench import run as bench_run
-
-        return bench_run.run(args)
-    if args.command == "run":
-        from controller import run as run_cli
-
-        return run_cli.run(args)
-    if args.command == "records":
-        from controller import records_cli
-
-        return records_cli.run_records(args)
-    if args.command == "cartridge":
-        from controller import records_cli
-
-        return records_cli.run_cartridge(args)
-    if args.command == "profiles":
-        from profiles import cli as profiles_cli
-
-        return profiles_cli.run(args)
-    if args.command == "ports":
-        from firmware_bridge.transport import list_ports
-
-        for port in list_ports():
-            print(f"{port.device}\t{port.description}\tserial={port.serial_number or '-'}")
-        return 0
-    if args.command == "info":
-        return _info(args.port, args.json)
-    raise AssertionError(args.command)
+    for port in list_ports():
+        print(f"{port.device}\t{port.description}\tserial={port.serial_number or '-'}")
+    return 0
 
 
 def _info(port: str, as_json: bool) -> int:

@@ -103,3 +103,13 @@ def test_info_reads_identity_counters_and_calibration(capsys: pytest.CaptureFixt
     report = json.loads(capsys.readouterr().out)
     assert report["identity"]["serial"] == "SIM-INFO" and report["identity"]["kind"] == "SPRAY"
     assert report["counters"]["last_end_reason"] == "NONE" and report["calibration"]["tip_gain_ppm"] == 1_000_000
+
+
+def test_the_ui_refuses_a_store_another_givre_is_writing_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controller.records import RecordStore
+
+    db = tmp_path / "r.sqlite"
+    with RecordStore(db):
+        result = subprocess.run([*GIVRE, "--db", str(db)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "another Givre is writing this record store" in result.stderr
+    assert "Traceback" not in result.stderr
