@@ -16,8 +16,6 @@ from firmware_bridge.link import Link, LinkDown
 from firmware_bridge.messages import NOT_AVAILABLE_U32, EndReason, Event, EventCode, FreezeMode, TriggerMode
 from firmware_bridge.session import DeviceEventReceived, RebootDetected, TelemetryReceived
 
-STALE_AFTER_S = 1.0
-
 
 class Certainty(enum.Enum):
     DEVICE_REPORTED = "device_reported"  # FREEZE_DONE from the device: the figures are the device's

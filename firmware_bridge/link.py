@@ -51,7 +51,6 @@ from firmware_bridge.messages import (
     Message,
     Result,
     Stop,
-    Telemetry,
     TriggerMode,
 )
 from firmware_bridge.session import (

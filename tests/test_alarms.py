@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import Rig, wait_until
+from conftest import Rig
 from controller.alarms import AlarmManager, Mode, Priority
 from controller.procedure import State
 from controller.records import RecordNotSaved

@@ -579,6 +579,7 @@ class GivreApp(App[None]):
         Binding("r", "records", "Records", show=True),
         Binding("i", "device", "Device", show=True),
         Binding("x", "faults", "Sim faults", show=True),
+        Binding("b", "toggle_bell", "Bell on/off", show=False),
     ]
 
     def __init__(self, clinic: Clinic) -> None:
@@ -604,6 +605,10 @@ class GivreApp(App[None]):
             self.pop_screen()
         self.pop_screen()
         self.push_screen(SessionScreen())
+
+    def action_toggle_bell(self) -> None:
+        self.clinic.bell = not self.clinic.bell
+        self.notify(f"bell at freeze start and end: {'on' if self.clinic.bell else 'off'}")
 
     def action_cartridge(self) -> None:
         self.push_screen(CartridgeScreen())
