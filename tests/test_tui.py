@@ -179,6 +179,8 @@ def test_form_validation_is_inline_and_writes_nothing(harness: Harness) -> None:
             await pilot.press("ctrl+n")
             assert "region" in str(app.screen.query_one("#error").render())
             assert isinstance(app.screen, LesionScreen)
+            titles = {command.title for command in app.get_system_commands(app.screen)}
+            assert {"Cartridge", "Records", "Device", "Bell", "Simulator faults"} <= titles  # the palette lists them
     asyncio.run(scenario())
     kinds = [e.kind for e in harness.store.events()]
     assert "lesion_recorded" not in kinds and kinds.count("session_started") == 1

@@ -11,7 +11,9 @@ from datetime import date
 from pathlib import Path
 
 from pydantic import ValidationError
-from textual.app import App, ComposeResult
+from collections.abc import Iterable
+
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
@@ -26,7 +28,7 @@ from controller.procedure import Procedure, StartRefused, State
 from controller.records import RecordStore
 from controller.recovery import recover
 from controller.supervisor import Supervisor
-from controller.treatment import Treatment
+from controller.treatment import Treatment, calibration_record
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Link
@@ -63,6 +65,7 @@ class Clinic:
     treatment: Treatment | None = None
     procedure: Procedure | None = None
     recovered: list[str] = field(default_factory=list)
+    calibration_status: str = "unknown"
 
     def __post_init__(self) -> None:
         self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
@@ -73,6 +76,8 @@ class Clinic:
         self.link = link
         self.supervisor.link = link
         self.recovered = [r.line() for r in recover(self.store, link)]
+        cal = calibration_record(link.read_calibration())
+        self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
 
     @property
     def device_kind(self) -> str:
@@ -606,6 +611,16 @@ class GivreApp(App[None]):
         self.pop_screen()
         self.push_screen(SessionScreen())
 
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        """The command palette lists every screen and the bell, beside Textual's own commands."""
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Cartridge", "Load a cartridge, seconds left, keeping time (c)", self.action_cartridge)
+        yield SystemCommand("Records", "Sessions and the hash-chain check (r)", self.action_records)
+        yield SystemCommand("Device", "Identity, counters, link statistics (i)", self.action_device)
+        yield SystemCommand("Bell", "Bell at freeze start and end on or off (b)", self.action_toggle_bell)
+        if self.clinic.device is not None:
+            yield SystemCommand("Simulator faults", "Pull the cable, block the nozzle, empty the cartridge... (x)", self.action_faults)
+
     def action_toggle_bell(self) -> None:
         self.clinic.bell = not self.clinic.bell
         self.notify(f"bell at freeze start and end: {'on' if self.clinic.bell else 'off'}")
@@ -637,7 +652,7 @@ def device_line(clinic: Clinic) -> str:
         return "manual mode: no device, Givre times only"
     ident = clinic.link.identity
     return (f"{ident.kind.name.lower()} {ident.serial} · firmware {ident.firmware} · protocol {ident.protocol} · "
-            f"{ident.cryogen.name} · cap {ident.max_freeze_ms / 1000:g} s · {ident.port}")
+            f"{ident.cryogen.name} · cap {ident.max_freeze_ms / 1000:g} s · calibration {clinic.calibration_status} · {ident.port}")
 
 
 def profile_options(clinic: Clinic, search: str = "") -> list[Option]:
