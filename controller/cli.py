@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("records", "sessions in the record store: list, show, verify", records_cli.add_records_arguments,
             records_cli.run_records)
     command("cartridge", "the gas cartridge: load, status", records_cli.add_cartridge_arguments, records_cli.run_cartridge)
+    command("selftest", "pre-use self-test of a device: PASS / WARN / FAIL with the fix", selftest_arguments, run_selftest_cli)
     command("ports", "list serial ports with their USB description and serial number", None, _ports)
     command("info", "connect to a device and show its identity, counters and calibration", _info_arguments,
             lambda args: _info(args.port, args.json))
@@ -64,6 +65,35 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `givre profiles list | head`
         sys.stderr.close()
         return 0
+
+
+def selftest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
+    parser.add_argument("--db", help="record store: the result is recorded and any gas used is counted")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_selftest_cli(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from controller.config import default_db
+    from controller.records import RecordStore
+    from controller.selftest import Verdict, overall, run_selftest
+    from firmware_bridge.link import Link
+
+    with Link.open(args.port) as link, RecordStore(Path(args.db) if args.db else default_db()) as store:
+        checks = run_selftest(link, store)
+        assert link.identity is not None
+        serial = link.identity.serial
+    verdict = overall(checks)
+    if args.json:
+        print(json.dumps({"device": serial, "result": verdict.value, "checks": [c.as_dict() for c in checks]}))
+    else:
+        for check in checks:
+            print(check.line())
+        print(f"self-test {verdict.value} for device {serial}")
+    return 1 if verdict is Verdict.FAIL else 0
 
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:

@@ -357,6 +357,11 @@ class SimulatedDevice:
         with self._lock:
             self._stalled_until = self.now() + seconds
 
+    def break_watchdog(self) -> None:
+        """A defective device whose host-silence watchdog never fires (what the self-test must catch)."""
+        with self._lock:
+            self.firmware.watchdog_enabled = False
+
     def set_silent(self, silent: bool = True) -> None:
         with self._lock:
             self.firmware.silent = silent

@@ -140,6 +140,7 @@ class Firmware:
         self.silent = False  # fault: decode nothing, answer nothing, send nothing
         self.trigger_held = False  # the hand trigger / foot switch, pressed by the simulator's API
         self.min_telemetry_period_ms = 0.0  # virtual time: keep the wall-time frame rate sane
+        self.watchdog_enabled = True  # a broken device for tests: the self-test must catch it
         self.host_frames = 0
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -347,7 +348,7 @@ class Firmware:
         return min(candidates)
 
     def _check_watchdog(self, device_ms: float, true_s: float) -> None:
-        if self.state is DeviceState.NO_SESSION or self.watchdog_tripped:
+        if self.state is DeviceState.NO_SESSION or self.watchdog_tripped or not self.watchdog_enabled:
             return
         if device_ms - self.last_host_ms <= self.watchdog_ms:
             return
