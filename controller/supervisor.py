@@ -20,6 +20,7 @@ class Supervisor:
         self.alarms = alarms  # alarms raised between procedures (link lost, reboot, faults)
         self.procedure: Procedure | None = None
         self._stopping = threading.Event()
+        self.paused = threading.Event()  # set while the self-test owns the device (it must fall silent)
         self._thread = threading.Thread(target=self._loop, name="givre-controller", daemon=True)
         self.error: BaseException | None = None
 
@@ -40,6 +41,9 @@ class Supervisor:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             procedure = self.procedure
+            if self.paused.is_set():
+                self._stopping.wait(0.05)
+                continue
             try:
                 if procedure is not None and not procedure.finished:
                     procedure.tick()

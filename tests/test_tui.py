@@ -34,7 +34,8 @@ class Harness:
         self.link.wait_for_telemetry()
         self.store = RecordStore(tmp_path / "tui.sqlite", clock=self.clock)
         CartridgeLedger(self.store, Config()).load("23g", date.today())
-        self.clinic = Clinic(self.store, Config(), load_builtins(), self.link, self.clock, self.device, bell=False)
+        self.clinic = Clinic(self.store, Config(), load_builtins(), self.link, self.clock, self.device, bell=False,
+                             selftest_on_connect=False)
         self.app = GivreApp(self.clinic)
 
     def close(self) -> None:
@@ -190,7 +191,7 @@ def test_without_a_port_the_connect_screen_offers_ports_the_simulator_and_manual
     from controller.tui.app import ConnectScreen
 
     store = RecordStore(tmp_path / "c.sqlite")
-    clinic = Clinic(store, Config(), load_builtins(), None, bell=False)
+    clinic = Clinic(store, Config(), load_builtins(), None, bell=False, selftest_on_connect=False)
     app = GivreApp(clinic)
 
     async def scenario() -> None:
@@ -211,3 +212,20 @@ def test_without_a_port_the_connect_screen_offers_ports_the_simulator_and_manual
         if clinic.link is not None:
             clinic.link.close()
         store.close()
+
+
+def test_the_self_test_runs_on_connect_and_its_lines_are_shown(tmp_path: Path) -> None:
+    h = Harness(tmp_path, scale=1)
+    h.clinic.selftest_on_connect = True
+    app = h.app
+
+    async def scenario() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await until(pilot, lambda: any(line.startswith("self-test ") and "running" not in line for line in h.clinic.selftest_lines),
+                        timeout_s=30, what="self-test finished")
+            await until(pilot, lambda: "PASS  watchdog" in str(app.screen.query_one("#selftest").render()), what="lines shown")
+    try:
+        asyncio.run(scenario())
+        assert [e.kind for e in h.store.events()].count("selftest") == 1
+    finally:
+        h.close()

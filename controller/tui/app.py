@@ -6,6 +6,7 @@ procedure, and this app only shows snapshots (10 times a second) and sends inten
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -66,18 +67,43 @@ class Clinic:
     procedure: Procedure | None = None
     recovered: list[str] = field(default_factory=list)
     calibration_status: str = "unknown"
+    selftest_on_connect: bool = True
+    selftest_lines: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
         self.supervisor = Supervisor(self.link, self.alarms)
 
     def connect(self, link: Link) -> None:
-        """Use a freshly opened link; close any unfinished session from a killed host first."""
+        """Use a freshly opened link; close any unfinished session from a killed host first, then
+        run the pre-use self-test."""
         self.link = link
         self.supervisor.link = link
         self.recovered = [r.line() for r in recover(self.store, link)]
         cal = calibration_record(link.read_calibration())
         self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
+        if self.selftest_on_connect:
+            self.start_selftest()
+
+    def start_selftest(self) -> None:
+        """Run the pre-use self-test off the UI thread; the controller loop stands aside meanwhile."""
+        if self.link is None or self.supervisor.paused.is_set():
+            return
+        self.selftest_lines = ["self-test running (a few seconds; the device sprays 150 ms)..."]
+        threading.Thread(target=self._selftest, name="givre-selftest", daemon=True).start()
+
+    def _selftest(self) -> None:
+        from controller.selftest import overall, run_selftest
+
+        assert self.link is not None
+        self.supervisor.paused.set()
+        try:
+            checks = run_selftest(self.link, self.store, self.config)
+            self.selftest_lines = [c.line() for c in checks] + [f"self-test {overall(checks).value}"]
+        except Exception as exc:  # noqa: BLE001 - shown on screen, never a traceback
+            self.selftest_lines = [f"self-test could not run: {exc}"]
+        finally:
+            self.supervisor.paused.clear()
 
     @property
     def device_kind(self) -> str:
@@ -153,7 +179,8 @@ class ConnectScreen(Screen[None]):
 
 
 class SessionScreen(Screen[None]):
-    BINDINGS = [Binding("enter", "start", "Start session", show=True, priority=True)]
+    BINDINGS = [Binding("enter", "start", "Start session", show=True, priority=True),
+                Binding("ctrl+t", "selftest", "Self-test", show=True, priority=True)]
 
     def compose(self) -> ComposeResult:
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
@@ -168,10 +195,18 @@ class SessionScreen(Screen[None]):
             yield Input(placeholder="e.g. P-0042", id="patient")
             yield Static("", id="error", classes="error")
             yield Button("Start session (enter)", id="start", variant="primary")
+            yield Static("", id="selftest")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#operator", Input).focus()
+        self.set_interval(0.2, self._show_selftest)
+
+    def _show_selftest(self) -> None:
+        self.query_one("#selftest", Static).update("\n".join(self.app.clinic.selftest_lines))  # type: ignore[attr-defined]
+
+    def action_selftest(self) -> None:
+        self.app.clinic.start_selftest()  # type: ignore[attr-defined]
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_start()
