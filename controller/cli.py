@@ -16,7 +16,7 @@ from profiles.library import ProfileError
 
 def build_parser() -> argparse.ArgumentParser:
     from bench import run as bench_run
-    from controller import demo, records_cli
+    from controller import calibrate_cli, demo, records_cli
     from controller import run as run_cli
     from controller.tui import launch as tui_launch
     from profiles import cli as profiles_cli
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("records", "sessions in the record store: list, show, verify", records_cli.add_records_arguments,
             records_cli.run_records)
     command("cartridge", "the gas cartridge: load, status", records_cli.add_cartridge_arguments, records_cli.run_cartridge)
+    command("calibrate", "technician calibration, one step: timer, valve, flow or thermocouple", calibrate_cli.add_arguments,
+            calibrate_cli.run)
     command("selftest", "pre-use self-test of a device: PASS / WARN / FAIL with the fix", selftest_arguments, run_selftest_cli)
     command("ports", "list serial ports with their USB description and serial number", None, _ports)
     command("info", "connect to a device and show its identity, counters and calibration", _info_arguments,

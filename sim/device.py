@@ -357,6 +357,11 @@ class SimulatedDevice:
         with self._lock:
             self._stalled_until = self.now() + seconds
 
+    def immerse(self, bath_c: float | None) -> None:
+        """Put the probe's thermocouples in a reference bath (None takes them out)."""
+        with self._lock:
+            self.model.bath_c = bath_c
+
     def break_watchdog(self) -> None:
         """A defective device whose host-silence watchdog never fires (what the self-test must catch)."""
         with self._lock:

@@ -334,7 +334,7 @@ class Firmware:
         out = self._resend_events(device_ms)
         if device_ms >= self.next_telemetry_ms:  # also without a session: a reboot shows at once
             out.append(self._encode(self._telemetry(device_ms), 0))
-            freezing = self.state in (DeviceState.FREEZING, DeviceState.WAIT_TRIGGER)
+            freezing = self.state in (DeviceState.FREEZING, DeviceState.WAIT_TRIGGER) or self.model.valve_open
             period = TELEMETRY_FREEZING_MS if freezing else TELEMETRY_IDLE_MS
             self.next_telemetry_ms = device_ms + max(period, self.min_telemetry_period_ms)
         return out

@@ -92,6 +92,7 @@ class DeviceModel:
     nozzle_blocked: bool = False
     valve_stuck_open: bool = False
     valve_stuck_closed: bool = False
+    bath_c: float | None = None  # calibration: the probe sits in a reference bath at this temperature
 
     def __post_init__(self) -> None:
         if self.cryogen not in CRYOGEN_TIP_C:
@@ -147,6 +148,8 @@ class DeviceModel:
             tissue_target, tissue_tau = BODY_C, WARM_TISSUE_TAU_S
         self.tip_c += (tip_target - self.tip_c) * min(1.0, dt / tip_tau)
         self.tissue_c += (tissue_target - self.tissue_c) * min(1.0, dt / tissue_tau)
+        if self.bath_c is not None:
+            self.tip_c = self.tissue_c = self.bath_c
 
     def _move_valve(self, now: float) -> None:
         while self._transitions and self._transitions[0][0] <= now:
