@@ -59,7 +59,7 @@ def measure(quick: bool = False) -> dict[str, object]:
     results["watchdog_timeout_ms"] = WATCHDOG_MS
     with tempfile.TemporaryDirectory() as scratch:
         results.update(_percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
-        day = clinic_day(Path(scratch) / "day.sqlite", sessions=10 if quick else 40)
+        day = clinic_day(Path(scratch) / "day.sqlite", sessions=4 if quick else 40)
     results["clinic_day_wall_s"] = day.wall_s
     tui_start_ms, tui_stops = measure_tui(5 if quick else 20)
     results["tui_start_ms"] = round(tui_start_ms, 1)

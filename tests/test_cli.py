@@ -78,6 +78,7 @@ def test_demo_on_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ended COMPLETED: requested 10000 ms" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(240)  # a benchmark run, even a quick one, on a loaded 2-core machine
 def test_bench_json_prints_one_object_with_the_contract_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--json", "--quick"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -352,7 +352,15 @@ class ProcedureScreen(Screen[None]):
         said = self.procedure.stop()
         self.query_one("#message", Static).update(f"■ STOP: {said}")
 
+    def _selftest_running(self) -> bool:
+        if self.app.clinic.supervisor.paused.is_set():  # type: ignore[attr-defined]
+            self.query_one("#message", Static).update("✗ the self-test is using the device: wait for it to finish")
+            return True
+        return False
+
     def action_arm(self) -> None:
+        if self._selftest_running():
+            return
         try:
             plan = self.procedure.arm()
         except StartRefused as exc:
@@ -369,7 +377,8 @@ class ProcedureScreen(Screen[None]):
         )
 
     def action_fire(self) -> None:
-        self.procedure.fire()
+        if not self._selftest_running():
+            self.procedure.fire()
 
     def action_halo(self) -> None:
         self.procedure.mark_halo()

@@ -28,7 +28,7 @@ def measure_tui(samples: int) -> tuple[float, list[float]]:
         link.wait_for_telemetry()
         store = RecordStore(Path(scratch) / "tui.sqlite")
         CartridgeLedger(store, Config()).load("23g", date.today())
-        clinic = Clinic(store, Config(), load_builtins(), link, device=device, bell=False)
+        clinic = Clinic(store, Config(), load_builtins(), link, device=device, bell=False, selftest_on_connect=False)
         try:
             return asyncio.run(_drive(clinic, device, samples))
         finally:
