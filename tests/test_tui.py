@@ -229,3 +229,31 @@ def test_the_self_test_runs_on_connect_and_its_lines_are_shown(tmp_path: Path) -
         assert [e.kind for e in h.store.events()].count("selftest") == 1
     finally:
         h.close()
+
+
+def test_the_calibration_screen_runs_a_step_and_shows_its_result(tmp_path: Path) -> None:
+    from controller.tui.app import CalibrationScreen
+
+    h = Harness(tmp_path, scale=1)
+    app = h.app
+
+    async def scenario() -> None:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
+            await pilot.press("ctrl+l")
+            await until(pilot, lambda: isinstance(app.screen, CalibrationScreen), what="calibration screen")
+            screen = app.screen
+            screen.query_one("#mass-before").value = "22"
+            screen.query_one("#mass-after").value = "22.4"
+            screen.query_one("#valve-ms").value = "10000"
+            await pilot.click("#step-flow")
+            await until(pilot, lambda: "must be less than before" in str(screen.query_one("#progress").render()), what="refusal")
+            screen.query_one("#mass-after").value = "21.3"
+            await pilot.click("#step-flow")
+            await until(pilot, lambda: screen.query_one("#results").row_count == 1, what="result row")
+            assert h.link.read_calibration().flow_mg_per_s == 70
+    try:
+        asyncio.run(scenario())
+        assert [e.kind for e in h.store.events()].count("calibration_certificate") == 1
+    finally:
+        h.close()

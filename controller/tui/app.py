@@ -595,6 +595,96 @@ class DeviceScreen(ModalScreen[None]):
             yield Static("\n".join(lines))
 
 
+class CalibrationScreen(ModalScreen[None]):
+    """The technician's guided calibration: one step at a time, measured off the UI thread, results as a table."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True)]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Label("Calibration (technician)")
+            yield Input(placeholder="technician id", id="technician")
+            with Horizontal():
+                yield Button("Timer (10 s)", id="step-timer")
+                yield Button("Valve latency", id="step-valve")
+            yield Input(placeholder="flow: mass before (g)", id="mass-before")
+            yield Input(placeholder="flow: mass after (g)", id="mass-after")
+            yield Input(placeholder="flow: the spray's valve-open ms", id="valve-ms")
+            yield Button("Flow rate", id="step-flow")
+            yield Input(placeholder="thermocouple: point 1 as REF:READING, e.g. 0:3.8", id="point-1")
+            yield Input(placeholder="thermocouple: point 2 as REF:READING, e.g. -196:-199.1", id="point-2")
+            yield Button("Tip thermocouple", id="step-tip")
+            yield Static("", id="progress")
+            table: DataTable[str] = DataTable(id="results")
+            table.add_columns("step", "result", "measured", "written")
+            yield table
+
+    def on_mount(self) -> None:
+        self._done: list[object] = []
+        self._shown = 0
+        self.set_interval(0.2, self._show)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        from controller import calibration
+
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        if clinic.link is None or clinic.supervisor.paused.is_set():
+            self.query_one("#progress", Static).update("✗ no device, or a measurement is already running")
+            return
+        step = (event.button.id or "").removeprefix("step-")
+        try:
+            job = self._job(step, calibration)
+        except (ValueError, calibration.CalibrationError) as exc:
+            self.query_one("#progress", Static).update(f"✗ {exc}; nothing was written")
+            return
+        technician = self.query_one("#technician", Input).value.strip() or "technician"
+        self.query_one("#progress", Static).update(f"measuring: {step}...")
+        threading.Thread(target=self._run, args=(job, technician), daemon=True).start()
+
+    def _job(self, step: str, calibration: object):  # type: ignore[no-untyped-def]
+        link = self.app.clinic.link  # type: ignore[attr-defined]
+        cal = calibration
+        value = lambda key: self.query_one(f"#{key}", Input).value.strip()  # noqa: E731
+        if step == "timer":
+            return lambda: cal.timer(link, 10.0)  # type: ignore[attr-defined]
+        if step == "valve":
+            return lambda: cal.valve(link)  # type: ignore[attr-defined]
+        if step == "flow":
+            before, after, ms = float(value("mass-before")), float(value("mass-after")), int(value("valve-ms"))
+            return lambda: cal.flow(link, before, after, ms)  # type: ignore[attr-defined]
+        points = []
+        for key in ("point-1", "point-2"):
+            ref, _, reading = value(key).partition(":")
+            points.append((float(ref), float(reading)))
+        return lambda: cal.thermocouple(link, "tip", points)  # type: ignore[attr-defined]
+
+    def _run(self, job, technician: str) -> None:  # type: ignore[no-untyped-def]
+        from controller import calibration
+
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        clinic.supervisor.paused.set()
+        try:
+            result = job()
+            clinic.supervisor.paused.clear()
+            calibration.certify(clinic.link, clinic.store, technician, [result])  # type: ignore[arg-type]
+            self._done.append(result)
+        except Exception as exc:  # noqa: BLE001 - shown on screen, never a traceback
+            self._done.append(f"✗ {exc}; nothing was written")
+        finally:
+            clinic.supervisor.paused.clear()
+
+    def _show(self) -> None:
+        while self._shown < len(self._done):
+            item = self._done[self._shown]
+            self._shown += 1
+            if isinstance(item, str):
+                self.query_one("#progress", Static).update(item)
+                continue
+            self.query_one("#progress", Static).update(f"done: {item.step}")  # type: ignore[attr-defined]
+            self.query_one("#results", DataTable).add_row(
+                item.step, "PASS" if item.passed else "FAIL", str(item.measurements), str(item.written or "-"))  # type: ignore[attr-defined]
+
+
 class FaultScreen(ModalScreen[None]):
     """Demo only: the simulator's fault toggles, so a trainee can see each alarm."""
 
@@ -629,6 +719,7 @@ class GivreApp(App[None]):
         Binding("i", "device", "Device", show=True),
         Binding("x", "faults", "Sim faults", show=True),
         Binding("b", "toggle_bell", "Bell on/off", show=False),
+        Binding("ctrl+l", "calibration", "Calibrate", show=True),
     ]
 
     def __init__(self, clinic: Clinic) -> None:
@@ -662,6 +753,7 @@ class GivreApp(App[None]):
         yield SystemCommand("Records", "Sessions and the hash-chain check (r)", self.action_records)
         yield SystemCommand("Device", "Identity, counters, link statistics (i)", self.action_device)
         yield SystemCommand("Bell", "Bell at freeze start and end on or off (b)", self.action_toggle_bell)
+        yield SystemCommand("Calibration", "Technician calibration steps with a certificate (ctrl+l)", self.action_calibration)
         if self.clinic.device is not None:
             yield SystemCommand("Simulator faults", "Pull the cable, block the nozzle, empty the cartridge... (x)", self.action_faults)
 
@@ -671,6 +763,9 @@ class GivreApp(App[None]):
 
     def action_cartridge(self) -> None:
         self.push_screen(CartridgeScreen())
+
+    def action_calibration(self) -> None:
+        self.push_screen(CalibrationScreen())
 
     def action_records(self) -> None:
         self.push_screen(RecordsScreen())
