@@ -15,7 +15,8 @@ from typing import Any
 
 from controller.records import RecordStore
 from firmware_bridge.link import Link
-from firmware_bridge.messages import NOT_AVAILABLE_TEMP, CalData, CalWrite
+from firmware_bridge.messages import NOT_AVAILABLE_TEMP, CalData, CalWrite, EventCode
+from firmware_bridge.session import DeviceEventReceived
 
 TIMER_TOLERANCE_PPM = 5000  # +-0.5 %
 FREEZE_TOLERANCE_MS = 20
@@ -75,18 +76,47 @@ def measure_drift_ppm(link: Link, window_s: float) -> tuple[float, int]:
     return (slope / 1000 - 1) * 1e6, n
 
 
-def timer(link: Link, window_s: float = 10.0) -> StepResult:
-    """Device clock against the host's monotonic clock over a long window: drift in ppm."""
+def timed_freezes(link: Link, count: int, freeze_ms: int) -> tuple[list[int], list[float]]:
+    """A series of device-timed freezes (closed nozzle or dry run). Returns, per freeze,
+    |device-measured - requested| ms, and host-observed duration minus device-measured ms (the
+    host sees both ends through the link, so that figure carries its jitter)."""
+    errors, host_minus_device = [], []
+    for _ in range(count):
+        txn = link.freeze(freeze_ms)
+        started = None
+        deadline = link.clock.monotonic() + freeze_ms / 1000 + 2.0
+        while link.clock.monotonic() < deadline:
+            link.heartbeat(0)
+            item = link.next_event(link.heartbeat_period_s)
+            if not isinstance(item, DeviceEventReceived) or item.event.freeze_txn != txn:
+                continue
+            if item.event.code is EventCode.FREEZE_STARTED:
+                started = item.received_at
+            elif item.event.code is EventCode.FREEZE_DONE:
+                errors.append(abs(item.event.valve_open_ms - freeze_ms))
+                if started is not None:
+                    host_minus_device.append(round((item.received_at - started) * 1000 - item.event.valve_open_ms, 1))
+                break
+        else:
+            raise CalibrationError(f"{link.port}: a {freeze_ms} ms test freeze never reported its end; check the device")
+    return errors, host_minus_device
+
+
+def timer(link: Link, window_s: float = 10.0, freezes: int = 3, freeze_ms: int = 1000) -> StepResult:
+    """Device clock against the host's monotonic clock over a long window (drift in ppm), and a
+    series of device-timed freezes (per-freeze error)."""
     drift_ppm, samples = measure_drift_ppm(link, window_s)
+    errors, host_check = timed_freezes(link, freezes, freeze_ms) if freezes else ([], [])
     current = link.read_calibration().timer_ppm
     # The device's clock already includes the current correction: fold it into the new one.
     correction = round((1 + current / 1e6) / (1 + drift_ppm / 1e6) * 1e6 - 1e6)
-    passed = abs(drift_ppm) <= TIMER_TOLERANCE_PPM
+    passed = abs(drift_ppm) <= TIMER_TOLERANCE_PPM and all(e <= FREEZE_TOLERANCE_MS for e in errors)
     written = {"timer_ppm": correction} if passed else {}
     if passed:
         _write(link, timer_ppm=correction)
-    return StepResult("timer", passed, {"drift_ppm": round(drift_ppm, 1), "window_s": window_s, "samples": samples},
-                      f"|drift| <= {TIMER_TOLERANCE_PPM} ppm", written)
+    return StepResult("timer", passed, {"drift_ppm": round(drift_ppm, 1), "window_s": window_s, "samples": samples,
+                                        "per_freeze_error_ms": errors, "host_minus_device_ms": host_check},
+                      f"|drift| <= {TIMER_TOLERANCE_PPM} ppm, per-freeze error <= {FREEZE_TOLERANCE_MS} ms", written)
 
 
 def valve(link: Link, spray_ms: int = 300) -> StepResult:

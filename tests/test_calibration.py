@@ -16,8 +16,9 @@ pytestmark = pytest.mark.pty
 
 def test_timer_drift_is_measured_and_corrected(tmp_path: Path) -> None:
     with SimulatedDevice(drift_ppm=3000) as device, Link.open(device.serve_pty(), watchdog_ms=2000) as link:
-        result = calibration.timer(link, window_s=3)
+        result = calibration.timer(link, window_s=3, freezes=2, freeze_ms=500)
         assert result.passed and abs(result.measurements["drift_ppm"] - 3000) < 500
+        assert result.measurements["per_freeze_error_ms"] == [0, 0] and len(result.measurements["host_minus_device_ms"]) == 2
         assert link.read_calibration().timer_ppm == result.written["timer_ppm"]
         after, _ = calibration.measure_drift_ppm(link, 3)
         assert abs(after) < 500  # the device's corrected clock now agrees with the host's
@@ -25,7 +26,7 @@ def test_timer_drift_is_measured_and_corrected(tmp_path: Path) -> None:
 
 def test_a_clock_too_far_off_fails_and_nothing_is_written(tmp_path: Path) -> None:
     with SimulatedDevice(drift_ppm=20_000) as device, Link.open(device.serve_pty(), watchdog_ms=2000) as link:
-        result = calibration.timer(link, window_s=2)
+        result = calibration.timer(link, window_s=2, freezes=0)
         assert not result.passed and result.written == {} and link.read_calibration().timer_ppm == 0
 
 
