@@ -43,13 +43,6 @@ class StepResult:
         return dataclasses.asdict(self)
 
 
-def _heartbeat_wait(link: Link, seconds: float) -> None:
-    deadline = link.clock.monotonic() + seconds
-    while link.clock.monotonic() < deadline:
-        link.heartbeat(0)
-        link.next_event(min(link.heartbeat_period_s, max(0.0, deadline - link.clock.monotonic())))
-
-
 def _write(link: Link, **changes: int) -> CalData:
     current = link.read_calibration()
     updated = dataclasses.replace(current, **changes)
@@ -64,7 +57,7 @@ def measure_drift_ppm(link: Link, window_s: float) -> tuple[float, int]:
     previous = link.on_telemetry
     link.on_telemetry = lambda item: samples.append((item.received_at, item.telemetry.uptime_ms))
     try:
-        _heartbeat_wait(link, window_s)
+        link.heartbeat_for(window_s)
     finally:
         link.on_telemetry = previous
     if len(samples) < 10:
@@ -197,7 +190,7 @@ def thermocouple(link: Link, sensor: str, points: list[tuple[float, float]]) -> 
 
 def read_sensor(link: Link, sensor: str, settle_s: float = 2.0) -> float:
     """The calibrated reading now (the probe sits in a bath)."""
-    _heartbeat_wait(link, settle_s)
+    link.heartbeat_for(settle_s)
     latest = link.wait_for_telemetry()
     value = getattr(latest.telemetry, f"{sensor}_cdeg") if latest else NOT_AVAILABLE_TEMP
     if value == NOT_AVAILABLE_TEMP:

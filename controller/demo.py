@@ -82,7 +82,7 @@ def run_headless(args: argparse.Namespace, out: Print = print) -> int:
                     break
                 if cycle < args.cycles:
                     out(f"cycle {cycle}/{args.cycles}: THAW {args.thaw_s:g} s (controller-timed; valve closed)")
-                    _thaw(link, args.thaw_s)
+                    link.heartbeat_for(args.thaw_s, host_state=4)  # controller-timed, valve closed
             counters = link.counters()
             out(
                 f"device counters: {counters.freezes_started} freezes, {counters.total_valve_open_ms} ms valve open since boot, "
@@ -112,14 +112,6 @@ def _progress_printer(out: Print) -> Callable[[TelemetryReceived], None]:
         out(", ".join(parts))
 
     return show
-
-
-def _thaw(link: Link, seconds: float) -> None:
-    """Controller-timed wait with the valve closed; the loop keeps heartbeating the device."""
-    deadline = link.clock.monotonic() + seconds
-    while link.clock.monotonic() < deadline:
-        link.heartbeat(4)
-        link.next_event(min(link.heartbeat_period_s, max(0.0, deadline - link.clock.monotonic())))
 
 
 def _describe(outcome: FreezeOutcome) -> str:

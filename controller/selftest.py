@@ -69,18 +69,6 @@ def overall(checks: list[Check]) -> Verdict:
     return Verdict.FAIL if Verdict.FAIL in verdicts else Verdict.WARN if Verdict.WARN in verdicts else Verdict.PASS
 
 
-def _heartbeat_for(link: Link, seconds: float) -> list[DeviceEventReceived]:
-    """Keep the device fed for a while (the self-test is the controller's loop meanwhile)."""
-    events = []
-    deadline = link.clock.monotonic() + seconds
-    while link.clock.monotonic() < deadline:
-        link.heartbeat(0)
-        item = link.next_event(min(link.heartbeat_period_s, max(0.0, deadline - link.clock.monotonic())))
-        if isinstance(item, DeviceEventReceived):
-            events.append(item)
-    return events
-
-
 def _port_identity(link: Link) -> Check:
     ident = link.identity
     assert ident is not None
@@ -98,7 +86,7 @@ def _device_clock(link: Link) -> Check:
     first = link.wait_for_telemetry()
     if first is None:
         return Check("device clock", Verdict.FAIL, "no telemetry", "Check the link, then retry")
-    _heartbeat_for(link, CLOCK_WINDOW_S)
+    link.heartbeat_for(CLOCK_WINDOW_S)
     last = link.wait_for_telemetry()
     assert last is not None
     host_ms = (last.received_at - first.received_at) * 1000
@@ -116,7 +104,7 @@ def _watchdog(link: Link) -> Check:
     assert ident is not None
     silence_s = ident.watchdog_ms / 1000 * 2 + 0.2
     link.clock.sleep(silence_s)  # the test itself: no frame at all for twice the timeout
-    tripped = any(e.event.code is EventCode.WATCHDOG_TRIP for e in _heartbeat_for(link, 0.3))
+    tripped = any(isinstance(e, DeviceEventReceived) and e.event.code is EventCode.WATCHDOG_TRIP for e in link.heartbeat_for(0.3))
     latest = link.wait_for_telemetry()
     tripped = tripped or bool(latest and latest.telemetry.fault_flags & Fault.WATCHDOG_TRIP)
     if not tripped:

@@ -289,6 +289,18 @@ class Link:
         with self._telemetry_lock:
             return self._latest
 
+    def heartbeat_for(self, seconds: float, host_state: int = 0) -> list[LinkEvent]:
+        """Keep the device fed for a while from the caller's own loop (thaws, measurements);
+        returns the events that arrived meanwhile."""
+        events: list[LinkEvent] = []
+        deadline = self._clock.monotonic() + seconds
+        while self._clock.monotonic() < deadline and not self.lost:
+            self.heartbeat(host_state)
+            item = self.next_event(min(self.heartbeat_period_s, max(0.0, deadline - self._clock.monotonic())))
+            if item is not None:
+                events.append(item)
+        return events
+
     def wait_for_telemetry(self, timeout_s: float = 1.0) -> TelemetryReceived | None:
         """The next telemetry frame from now on (wall-time timeout), e.g. after a (re)connection or a
         CLEAR_FAULT, so a gate never judges the device on data older than the last command."""
