@@ -111,9 +111,8 @@ def test_a_full_two_cycle_plantar_wart_protocol_from_the_keyboard(harness: Harne
             await until(pilot, lambda: procedure.state is State.ARMED, what="armed for cycle 2")
             await pilot.press("f")
             await until(pilot, lambda: procedure.state is State.COMPLETED, timeout_s=30, what="completed")
-            await until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="summary")
-            table = app.screen.query_one("#cycles")
-            assert table.row_count == 2
+            await until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.query_one("#cycles").row_count == 2,
+                        what="summary with both cycles")
             # x20 virtual time: the device thread's wall-time resolution (a few ms) is worth up to 200 ms of device time
             assert [c.valve_open_ms is not None and abs(c.valve_open_ms - 20_000) <= 200 for c in procedure.cycles] == [True, True]
             await pilot.press("e")
@@ -246,10 +245,10 @@ def test_the_calibration_screen_runs_a_step_and_shows_its_result(tmp_path: Path)
             screen.query_one("#mass-before").value = "22"
             screen.query_one("#mass-after").value = "22.4"
             screen.query_one("#valve-ms").value = "10000"
-            await pilot.click("#step-flow")
+            screen.query_one("#step-flow").press()
             await until(pilot, lambda: "must be less than before" in str(screen.query_one("#progress").render()), what="refusal")
             screen.query_one("#mass-after").value = "21.3"
-            await pilot.click("#step-flow")
+            screen.query_one("#step-flow").press()
             await until(pilot, lambda: screen.query_one("#results").row_count == 1, what="result row")
             assert h.link.read_calibration().flow_mg_per_s == 70
     try:
