@@ -51,8 +51,9 @@ def _write(link: Link, **changes: int) -> CalData:
 
 
 def measure_drift_ppm(link: Link, window_s: float) -> tuple[float, int]:
-    """Least-squares slope of device uptime against host arrival time, over every telemetry frame in
-    the window: arrival jitter averages out. Returns (drift ppm, samples)."""
+    """Slope of device uptime against host arrival time over the window, as the median of the slopes
+    between frames at least half the window apart (Theil-Sen): a frame delayed by a busy host moves
+    the median little, where it would drag a least-squares fit. Returns (drift ppm, samples)."""
     samples: list[tuple[float, int]] = []
     previous = link.on_telemetry
     link.on_telemetry = lambda item: samples.append((item.received_at, item.telemetry.uptime_ms))
@@ -62,11 +63,14 @@ def measure_drift_ppm(link: Link, window_s: float) -> tuple[float, int]:
         link.on_telemetry = previous
     if len(samples) < 10:
         raise CalibrationError(f"{link.port}: only {len(samples)} telemetry frames in {window_s:g} s; check the link")
-    n = len(samples)
-    mean_x = sum(x for x, _ in samples) / n
-    mean_y = sum(y for _, y in samples) / n
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in samples) / sum((x - mean_x) ** 2 for x, _ in samples)  # device ms per host s
-    return (slope / 1000 - 1) * 1e6, n
+    span = samples[-1][0] - samples[0][0]
+    slopes = sorted(
+        (y2 - y1) / (x2 - x1)  # device ms per host s
+        for i, (x1, y1) in enumerate(samples)
+        for x2, y2 in samples[i + 1 :]
+        if x2 - x1 >= span / 2
+    )
+    return (slopes[len(slopes) // 2] / 1000 - 1) * 1e6, len(samples)
 
 
 def timed_freezes(link: Link, count: int, freeze_ms: int) -> tuple[list[int], list[float]]:

@@ -436,6 +436,10 @@ class Firmware:
         f = self.freeze
         assert f is not None
         self.model.command_valve(False, true_s)
+        if reason in (EndReason.COMPLETED, EndReason.CAP) and f.deadline_ms is not None:
+            # The device's timer is an interrupt: it ends the freeze at its deadline. This thread may
+            # run a little later (Python scheduling); the valve log keeps that true lateness.
+            device_ms = min(device_ms, f.deadline_ms)
         valve_open_ms = 0 if f.started_ms is None else round(device_ms - f.started_ms)
         halo_to_off = NOT_AVAILABLE_U32 if f.halo_marked_ms is None else round(device_ms - f.halo_marked_ms)
         self.total_valve_open_ms += valve_open_ms
