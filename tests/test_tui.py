@@ -113,6 +113,7 @@ def test_a_full_two_cycle_plantar_wart_protocol_from_the_keyboard(harness: Harne
             await until(pilot, lambda: procedure.state is State.COMPLETED, timeout_s=30, what="completed")
             await until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.query_one("#cycles").row_count == 2,
                         what="summary with both cycles")
+            assert "proposed billing: QZNP004 tariff unknown (unverified)" in str(app.screen.query_one("#billing").render())
             # x20 virtual time: the device thread's wall-time resolution (a few ms) is worth up to 200 ms of device time
             assert [c.valve_open_ms is not None and abs(c.valve_open_ms - 20_000) <= 200 for c in procedure.cycles] == [True, True]
             await pilot.press("e")

@@ -113,12 +113,18 @@ class Clinic:
 class TitleBar(Static):
     """Product and device on one line (a plain Static: screens come and go fast during a procedure)."""
 
+    def __init__(self) -> None:
+        super().__init__("", markup=False)
+
     def on_mount(self) -> None:
         self.update(f"Givre · {device_line(self.app.clinic)}")  # type: ignore[attr-defined]
 
 
 class AlarmBar(Static):
     """Latched alarms in words and symbols (never colour alone), on every treatment screen."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("", markup=False, **kwargs)  # type: ignore[arg-type]
 
     def on_mount(self) -> None:
         self.set_interval(0.1, self.show)
@@ -152,7 +158,7 @@ class ConnectScreen(Screen[None]):
         options += [Option("Embedded simulator (spray)", id="sim:spray"), Option("Embedded simulator (probe)", id="sim:probe"),
                     Option("Manual mode: no device, Givre times only", id="manual")]
         yield OptionList(*options, id="ports")
-        yield Static("", id="error", classes="error")
+        yield Static("", id="error", classes="error", markup=False)
         yield Footer()
 
     def action_connect(self) -> None:
@@ -186,16 +192,16 @@ class SessionScreen(Screen[None]):
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         yield TitleBar()
         with VerticalScroll():
-            yield Static(device_line(clinic), id="device")
+            yield Static(device_line(clinic), id="device", markup=False)
             for line in clinic.recovered:
-                yield Static(f"! {line}", classes="warning")
+                yield Static(f"! {line}", classes="warning", markup=False)
             yield Label("Operator (pseudonymous id)")
             yield Input(placeholder="e.g. dr-martin", id="operator")
             yield Label("Patient (pseudonymous id: never a name)")
             yield Input(placeholder="e.g. P-0042", id="patient")
-            yield Static("", id="error", classes="error")
+            yield Static("", id="error", classes="error", markup=False)
             yield Button("Start session (enter)", id="start", variant="primary")
-            yield Static("", id="selftest")
+            yield Static("", id="selftest", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -243,11 +249,11 @@ class LesionScreen(Screen[None]):
                 yield Input(placeholder="size in mm", id="size")
                 yield Input(placeholder="description (or a photo)", id="description")
                 yield Input(placeholder="photo file path (optional)", id="photo")
-                yield Static("", id="error", classes="error")
+                yield Static("", id="error", classes="error", markup=False)
             with Vertical(id="profile-pane"):
                 yield Input(placeholder="search profiles", id="search")
                 yield OptionList(*profile_options(clinic), id="profiles")
-                yield Static("", id="profile-detail")
+                yield Static("", id="profile-detail", markup=False)
         yield Button("Continue to checklist (ctrl+n)", id="next", variant="primary")
         yield Footer()
 
@@ -323,15 +329,15 @@ class ProcedureScreen(Screen[None]):
         with Horizontal(id="top"):
             yield Digits("--.-", id="countdown")
             with Vertical():
-                yield Static("", id="phase", classes="phase-idle")
-                yield Static("", id="cycle")
-                yield Static("", id="gas")
+                yield Static("", id="phase", classes="phase-idle", markup=False)
+                yield Static("", id="cycle", markup=False)
+                yield Static("", id="gas", markup=False)
         yield ProgressBar(total=100, show_eta=False, id="progress")
         with Horizontal(id="spark-row"):
             yield Sparkline([], id="spark")
-            yield Static("", id="reading")
-        yield Static("", id="checklist")
-        yield Static("", id="message")
+            yield Static("", id="reading", markup=False)
+        yield Static("", id="checklist", markup=False)
+        yield Static("", id="message", markup=False)
         yield Static("■ STOP: space or escape, any time, no confirmation", id="stop-hint")
         yield Footer()
 
@@ -478,16 +484,15 @@ class SummaryScreen(Screen[None]):
         assert p is not None and clinic.treatment is not None
         yield TitleBar()
         yield AlarmBar(id="alarms")
-        yield Static(f"{PHASES[p.state][0]}: {p.profile.name_fr} — session {clinic.treatment.session_id}, lesion {p.lesion_id}", id="verdict")
+        yield Static(f"{PHASES[p.state][0]}: {p.profile.name_fr} — session {clinic.treatment.session_id}, lesion {p.lesion_id}", id="verdict", markup=False)
         table: DataTable[str] = DataTable(id="cycles")
         table.add_columns("cycle", "requested ms", "device ms", "thaw ms", "limited by", "ended", "measured by")
         for c in p.cycles:
             table.add_row(str(c.cycle), str(c.dose.requested_ms), str(c.valve_open_ms), str(c.thaw_ms or "-"), c.dose.limited_by,
                           str(c.end_reason), c.measured_by)
         yield table
-        yield Static(f"cartridge seconds used: {p.cartridge_seconds_used:.3f}   record: {clinic.store.path}")
-        yield Static(f"billing code: act family {p.profile.act_family}, zone {p.lesion.site.zone.value} "
-                     "(code proposal comes with the billing table)")
+        yield Static(f"cartridge seconds used: {p.cartridge_seconds_used:.3f}   record: {clinic.store.path}", markup=False)
+        yield Static(billing_line(clinic), id="billing", markup=False)
         yield Footer()
 
     def action_next_lesion(self) -> None:
@@ -511,7 +516,7 @@ class CartridgeScreen(ModalScreen[None]):
             yield Label("Cartridge")
             yield Select([(name, name) for name in clinic.config.cartridges], prompt="size", id="size")
             yield Input(value=date.today().isoformat(), placeholder="opened YYYY-MM-DD", id="opened")
-            yield Static("", id="status")
+            yield Static("", id="status", markup=False)
             yield Button("Load new cartridge (l)", id="load")
 
     def on_mount(self) -> None:
@@ -564,7 +569,7 @@ class RecordsScreen(ModalScreen[None]):
             for s in summarise(clinic.store).values():
                 table.add_row(s["session_id"], s["started"][:19], s["status"], s["patient"], ", ".join(s["lesions"]))
             yield table
-            yield Static("", id="verify")
+            yield Static("", id="verify", markup=False)
 
     def action_verify(self) -> None:
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
@@ -592,7 +597,7 @@ class DeviceScreen(ModalScreen[None]):
             lines.append(f"link: {stats.bytes_received} bytes in, {stats.session.retransmits} retransmits, "
                          f"{stats.decoder.crc_errors} CRC errors, {stats.session.seq_gaps} frames missed")
         with Vertical(id="dialog"):
-            yield Static("\n".join(lines))
+            yield Static("\n".join(lines), markup=False)
 
 
 class CalibrationScreen(ModalScreen[None]):
@@ -614,7 +619,7 @@ class CalibrationScreen(ModalScreen[None]):
             yield Input(placeholder="thermocouple: point 1 as REF:READING, e.g. 0:3.8", id="point-1")
             yield Input(placeholder="thermocouple: point 2 as REF:READING, e.g. -196:-199.1", id="point-2")
             yield Button("Tip thermocouple", id="step-tip")
-            yield Static("", id="progress")
+            yield Static("", id="progress", markup=False)
             table: DataTable[str] = DataTable(id="results")
             table.add_columns("step", "result", "measured", "written")
             yield table
@@ -824,6 +829,22 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
     return (f"{p.name_en}: {freeze_range(lp)} s × {p.cycles}, default {p.freeze_s.default:g} s, from {p.timing_start.value}\n"
             f"thaw: {thaw}\nsource: {clinic.library.cite(p.freeze_s.source)}\nlimits: {chain} ⇒ {dose.effective_ms / 1000:g} s "
             f"({dose.limited_by})\norigin: {origin}" + "".join(f"\n? {u}" for u in p.uncertain))
+
+
+def billing_line(clinic: Clinic) -> str:
+    """The session's proposal so far (completed lesions); the clinician confirms it when billing."""
+    from controller.billing import Act, load_table, propose
+
+    assert clinic.treatment is not None
+    acts = [Act(p.lesion.site.zone.value, p.profile.act_family, True)  # type: ignore[arg-type]
+            for p in clinic.treatment.procedures if p.state is State.COMPLETED]
+    if not acts:
+        return "billing: no completed lesion to bill yet"
+    proposal = propose(acts, load_table())
+    parts = [f"{a.code}{' (assoc. ' + str(a.association_code) + ')' if a.association_code else ''}"
+             f" {a.amount_eur if a.amount_eur is not None else 'tariff unknown'}{'' if a.verified else ' (unverified)'}"
+             for a in proposal.acts]
+    return "proposed billing: " + "; ".join(parts) + "".join(f"\n! {w}" for w in proposal.warnings)
 
 
 def checklist(clinic: Clinic) -> str:
