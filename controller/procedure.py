@@ -213,7 +213,7 @@ class Procedure:
         self.warnings: list[str] = []
         self.status_text = ""
         self.cartridge_seconds_used = 0.0
-        self._intents: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._intents: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stop_requested = threading.Event()
         self._freeze_started_at: float | None = None
         self._halo_marked = False
@@ -236,28 +236,38 @@ class Procedure:
                 said = f"the device closed its valve after {ack.detail32} ms of freeze"
             except BridgeError as exc:
                 said = f"no answer from the device ({exc.problem}): its watchdog closes the valve by itself"
-        self._intents.put(("stop", None))
+        self._intents.put("stop")
         return said
 
     def fire(self) -> None:
-        self._intents.put(("fire", None))
+        self._intents.put("fire")
 
     def mark_halo(self) -> None:
-        self._intents.put(("mark_halo", None))
+        self._intents.put("mark_halo")
 
     def confirm_thaw(self) -> None:
-        self._intents.put(("confirm_thaw", None))
+        self._intents.put("confirm_thaw")
 
     def pause(self) -> None:
-        self._intents.put(("pause", None))
+        self._intents.put("pause")
 
     def resume(self) -> None:
-        self._intents.put(("resume", None))
+        self._intents.put("resume")
 
     def acknowledge_alarms(self) -> None:
-        self._intents.put(("ack", None))
+        self._intents.put("ack")
 
     # ---- state ---------------------------------------------------------------------------------
+
+    @property
+    def halo_marked(self) -> bool:
+        return self._halo_marked
+
+    def freeze_elapsed_s(self) -> float | None:
+        """Seconds since the current freeze was fired (host clock: for the clinician's cues only)."""
+        if self.state is not State.FREEZING or self._freeze_started_at is None:
+            return None
+        return self.clock.monotonic() - self._freeze_started_at
 
     @property
     def finished(self) -> bool:
@@ -414,7 +424,7 @@ class Procedure:
     def _drain_intents(self) -> None:
         while True:
             try:
-                intent, _ = self._intents.get_nowait()
+                intent = self._intents.get_nowait()
             except queue.Empty:
                 return
             try:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from controller.config import Config, ConfigError, default_db, load_config
 from controller.lesion import Lesion, Region, SessionInfo, Site
-from controller.procedure import Procedure, StartRefused, State
+from controller.procedure import Procedure, StartRefused
 from controller.records import RecordError, RecordStore
 from controller.recovery import recover
 from controller.treatment import Treatment
@@ -126,7 +126,7 @@ def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: 
         procedure.arm()
         while not procedure.finished:
             procedure.tick()
-            _maybe_mark_halo(procedure, args.mark_halo_after, clock)
+            _maybe_mark_halo(procedure, args.mark_halo_after)
     except StartRefused as exc:
         refused = exc.reasons
     finally:
@@ -141,11 +141,12 @@ def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: 
     return 0 if status == "completed" else 1
 
 
-def _maybe_mark_halo(procedure: Procedure, after_s: float | None, clock: Clock) -> None:
-    if after_s is None or procedure.state is not State.FREEZING or procedure.profile.target is not None:
+def _maybe_mark_halo(procedure: Procedure, after_s: float | None) -> None:
+    """The headless stand-in for the clinician's halo key."""
+    if after_s is None or procedure.profile.target is not None or procedure.halo_marked:
         return
-    started = procedure._freeze_started_at  # noqa: SLF001 - the headless stand-in for the clinician's key
-    if started is not None and clock.monotonic() - started >= after_s and not procedure._halo_marked:  # noqa: SLF001
+    elapsed = procedure.freeze_elapsed_s()
+    if elapsed is not None and elapsed >= after_s:
         procedure.mark_halo()
 
 

@@ -76,7 +76,7 @@ class Treatment:
         return procedure
 
     def end(self) -> str:
-        status = session_status([p for p in self.procedures])
+        status = session_status(self.procedures)
         count, head = self.store.head()
         self.store.append("session_ended", {"status": status, "lesions": len(self.procedures), "events_before": count,
                                             "head_before": head}, self.session_id)

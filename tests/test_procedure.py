@@ -71,8 +71,7 @@ def test_a_cryosurgery_profile_is_refused_on_a_spray(make_rig: Callable[..., Rig
 
 def test_dose_chain_device_cap_wins_and_the_record_says_so(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(scale=10, max_freeze_ms=8000)
-    treatment, procedure = rig.procedure("seborrheic-keratosis-thick", freeze_s=25) if False else rig.procedure(
-        "seborrheic-keratosis-thick", requested_freeze_s=25)
+    treatment, procedure = rig.procedure("seborrheic-keratosis-thick", requested_freeze_s=25)
     plan = procedure.arm()
     assert (plan.dose.requested_ms, plan.dose.effective_ms, plan.dose.limited_by) == (25_000, 8000, "device")
     procedure.run()
