@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("bench", "measure speed and latencies against the simulator", bench_run.add_arguments, bench_run.run)
     command("profiles", "lesion profiles: list, show, check", profiles_cli.add_arguments, profiles_cli.run)
     command("run", "one lesion's whole protocol, headless (scripts, CI)", run_cli.add_arguments, run_cli.run)
-    command("records", "sessions in the record store: list, show, verify", records_cli.add_records_arguments,
+    command("records", "sessions in the record store: list, show, verify, export, bill", records_cli.add_records_arguments,
             records_cli.run_records)
     command("cartridge", "the gas cartridge: load, status", records_cli.add_cartridge_arguments, records_cli.run_cartridge)
     command("calibrate", "technician calibration, one step: timer, valve, flow or thermocouple", calibrate_cli.add_arguments,

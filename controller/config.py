@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,6 +14,9 @@ from profiles.schema import HARD_MAX_FREEZE_S
 
 class ConfigError(Exception):
     pass
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class CartridgeSpec(BaseModel):
@@ -43,6 +46,8 @@ class Config(BaseModel):
     cartridge_keeping_days: int = Field(default=7, ge=1, le=365)
     cartridges: dict[str, CartridgeSpec] = Field(default_factory=lambda: dict(SHEET_CARTRIDGES))
     halo_spray_cap_s: float = Field(default=HARD_MAX_FREEZE_S, gt=0, le=HARD_MAX_FREEZE_S)
+    # A newer CCAM table replacing the shipped one (tariffs change); relative to the config file.
+    billing_table: Path | None = None
 
 
 def default_data_dir() -> Path:
@@ -53,20 +58,34 @@ def default_db() -> Path:
     return default_data_dir() / "records.sqlite"
 
 
+def read_toml(path: Path, model: type[M], error: type[Exception]) -> M:
+    """Read and validate one TOML input file; every problem is one line naming the file, the key, the
+    bad value and what is allowed (raised as ``error``)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot be read ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '(file)'} = {_short(repr(e.get('input')))}: "
+                 f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()]
+        raise error("\n".join(lines)) from exc
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_config(path: Path | None) -> Config:
     if path is None:
         candidate = Path(platformdirs.user_config_dir("givre")) / "config.toml"
         if not candidate.exists():
             return Config()
         path = candidate
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from exc
+    config = read_toml(path, Config, ConfigError)
+    if config.billing_table is not None and not config.billing_table.is_absolute():
+        config = config.model_copy(update={"billing_table": path.parent / config.billing_table})
+    return config

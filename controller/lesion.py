@@ -78,6 +78,8 @@ class Lesion(BaseModel):
     size_mm: float | None = Field(default=None, gt=0, le=100)
     description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
     photo: Path | None = None
+    # False for an aesthetic act: not reimbursable, no 'remboursement demandé' (the practice sheet)
+    reimbursable: bool = True
 
     @field_validator("photo")
     @classmethod

@@ -1,4 +1,4 @@
-"""`givre records list|show|verify` and `givre cartridge load|status`."""
+"""`givre records list|show|verify|export|bill` and `givre cartridge load|status`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from controller.billing import BillingError, confirm, load_table, parse_choice, propose
 from controller.config import ConfigError, default_db, load_config
+from controller.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json, write_private
+from controller.fhir import FhirError
 from controller.ledger import CartridgeLedger, LedgerError
+from controller.history import load_sessions
+from controller.lesion import SessionInfo
 from controller.records import RecordError, RecordStore
 
 
@@ -20,8 +27,25 @@ def add_records_arguments(parser: argparse.ArgumentParser) -> None:
     show = actions.add_parser("show", help="one session's events")
     show.add_argument("session_id")
     verify = actions.add_parser("verify", help="walk the hash chain; exit 1 and name the first bad event if tampered")
-    for sub in (listing, show, verify):
+    export = actions.add_parser("export", help="sessions as FHIR R4, CSV (one row per cycle) or JSON; refused if the chain is broken")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--session", metavar="ID", help="one session (default: all)")
+    export.add_argument("--since", type=_day, metavar="DATE", help="sessions started on or after this local day (YYYY-MM-DD)")
+    export.add_argument("--out", type=Path, metavar="FILE", help="write here (0600, atomically) instead of standard output")
+    export.add_argument("--bom", action="store_true", help="CSV: start with a UTF-8 byte-order mark (older spreadsheets)")
+    export.add_argument("--validate", action="store_true", help="FHIR: check each Bundle with fhir.resources (pip install 'givre[fhir]')")
+    export.add_argument("--config", type=Path, help="clinic config file (TOML): its billing table names the CCAM acts")
+    bill = actions.add_parser("bill", help="a session's proposed CCAM acts; --accept or --code records the clinician's choice")
+    bill.add_argument("session_id")
+    choice = bill.add_mutually_exclusive_group()
+    choice.add_argument("--accept", action="store_true", help="record the proposal as it is")
+    choice.add_argument("--code", nargs="+", metavar="CODE[:ASSOC]", help="record these acts instead, e.g. QZNP012:1 QANP007:2")
+    choice.add_argument("--no-billing", action="store_true", help="record that nothing is billed for this session")
+    bill.add_argument("--by", default="operator", help="pseudonymous id of the clinician confirming")
+    bill.add_argument("--config", type=Path, help="clinic config file (TOML)")
+    for sub in (listing, show, verify, export, bill):
         sub.add_argument("--db", type=Path, help=f"record store (default: {default_db()})")
+    for sub in (listing, show, verify, bill):
         sub.add_argument("--json", action="store_true")
 
 
@@ -46,16 +70,75 @@ def _day(text: str) -> date:
 
 def run_records(args: argparse.Namespace) -> int:
     try:
+        if args.action == "bill":
+            return _bill(args)
         with RecordStore(args.db or default_db(), writer=False) as store:
             if args.action == "verify":
                 return _verify(store, args.json)
+            if args.action == "export":
+                return _export(store, args)
             sessions = summarise(store)
             if args.action == "list":
                 return _list(sessions, args.json)
             return _show(store, sessions, args.session_id, args.json)
-    except RecordError as exc:
+    except ExportRefused as exc:
+        print(f"givre records: {exc}", file=sys.stderr)
+        return 1
+    except (RecordError, ConfigError, BillingError, FhirError, OSError) as exc:
         print(f"givre records: {exc}", file=sys.stderr)
         return 2
+
+
+def _export(store: RecordStore, args: argparse.Namespace) -> int:
+    sessions = checked_sessions(store, args.session, args.since)
+    if args.format == "csv":
+        text = to_csv(sessions, bom=args.bom)
+    elif args.format == "json":
+        text = to_json(sessions, store)
+    else:
+        table = load_table(load_config(args.config).billing_table)
+        text = to_fhir(sessions, table, store.photos_dir, validate=args.validate)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_private(args.out, text)
+        print(f"{len(sessions)} session(s) exported as {args.format} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _bill(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    table = load_table(config.billing_table)
+    writing = bool(args.accept or args.code or args.no_billing)
+    with RecordStore(args.db or default_db(), writer=writing) as store:
+        views = load_sessions(store, args.session_id)
+        if not views:
+            raise ExportRefused(f"{store.path}: no session {args.session_id!r}; see `givre records list`")
+        (view,) = views
+        proposal = propose(view.acts(), table)
+        recorded = view.billing
+        if writing:
+            try:
+                SessionInfo(operator=args.by, patient=view.patient)  # the same pseudonymous-id rule as the operator's
+            except ValidationError:
+                raise BillingError(f"--by {args.by!r}: must be a pseudonymous id (letters, digits, '.', '_', '-'; "
+                                   "no spaces, never a name)") from None
+            chosen = None if args.accept else ([] if args.no_billing else parse_choice(args.code, table))
+            recorded = confirm(store, view.session_id, proposal, chosen, table, by=args.by)
+    if args.json:
+        print(json.dumps({"session_id": view.session_id, "proposal": proposal.as_record(), "confirmed": recorded}, ensure_ascii=False))
+        return 0
+    print(f"session {view.session_id}: proposed {proposal.line()}")
+    for act in proposal.acts:
+        print(f"  {act.code}: {act.label} ({act.lesions} lesion(s))")
+    for line in (*proposal.not_billed, *proposal.warnings):
+        print(f"  ! {line}")
+    if recorded is None:
+        print("  not confirmed yet: --accept, --code CODE[:ASSOC] ... or --no-billing")
+    else:
+        acts = ", ".join(f"{a['code']}" + (f" (assoc. {a['association_code']})" if a["association_code"] else "") for a in recorded["chosen"])
+        print(f"  confirmed by {recorded['by']}: {acts or 'nothing billed'}{' (changed from the proposal)' if recorded['changed'] else ''}")
+    return 0
 
 
 def run_cartridge(args: argparse.Namespace) -> int:
@@ -84,24 +167,14 @@ def run_cartridge(args: argparse.Namespace) -> int:
 
 
 def summarise(store: RecordStore) -> dict[str, dict[str, Any]]:
+    """One line of facts per session (the `records list` contract)."""
     sessions: dict[str, dict[str, Any]] = {}
-    for event in store.events():
-        sid = event.session_id
-        if sid is None:
-            continue
-        p = event.payload
-        if event.kind == "session_started":
-            sessions[sid] = {"session_id": sid, "started": event.ts_utc, "patient": p["patient"], "operator": p["operator"],
-                             "device": (p.get("device") or {}).get("serial"), "status": "in progress", "lesions": [], "cycles": 0}
-        elif sid not in sessions:
-            continue
-        elif event.kind == "lesion_recorded":
-            sessions[sid]["lesions"].append(p["profile"]["id"])
-        elif event.kind == "freeze_result":
-            sessions[sid]["cycles"] += 1
-        elif event.kind == "session_ended":
-            sessions[sid]["status"] = p["status"]
-            sessions[sid]["ended"] = event.ts_utc
+    for view in load_sessions(store):
+        sessions[view.session_id] = {
+            "session_id": view.session_id, "started": view.started, "patient": view.patient, "operator": view.operator,
+            "device": (view.device or {}).get("serial"), "status": view.status, "lesions": [lesion.profile_id for lesion in view.lesions],
+            "cycles": len(view.cycles), **({"ended": view.ended} if view.ended else {}),
+        }
     return sessions
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.billing import BillingError, CcamTable, load_table, propose
 from controller.config import Config, ConfigError, default_db, load_config
+from controller.history import view_of
 from controller.lesion import Lesion, Region, SessionInfo, Site
 from controller.procedure import Procedure, StartRefused
 from controller.records import RecordError, RecordStore
@@ -45,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-mm", type=float)
     parser.add_argument("--patient", default="anonymous", help="pseudonymous patient id (never a name)")
     parser.add_argument("--operator", default="operator", help="pseudonymous operator id")
+    parser.add_argument("--aesthetic", action="store_true",
+                        help="an aesthetic act: not reimbursable, left out of the billing proposal")
     parser.add_argument("--cycles", type=int, help="fewer cycles than the profile plans")
     parser.add_argument("--freeze-s", type=float, help="freeze seconds per cycle, within the profile's range")
     parser.add_argument("--trigger", choices=sorted(TRIGGERS), default="host", help="who opens the valve (default: host)")
@@ -60,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (UsageError, ConfigError, ProfileError, RecordError) as exc:
+    except (UsageError, ConfigError, ProfileError, RecordError, BillingError) as exc:
         print(f"givre run: {exc}", file=sys.stderr)
         return 2
 
@@ -71,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.scale <= 0:
         raise UsageError(f"--scale {args.scale}: must be > 0")
     config = load_config(args.config)
+    table = load_table(config.billing_table)  # a bad table is reported before anything freezes
     library = load_library(args.profiles if args.profiles is not None else default_clinic_dir())
     loaded = library.get(args.profile)
     lesion, info = _inputs(args, loaded.profile.name_fr, loaded.profile.name_en)
@@ -80,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         link = None if args.manual else _connect(args.port, clock, args.scale)
         try:
             recovered = recover(store, link)
-            return _treat(args, config, store, clock, link, info, lesion, loaded, recovered, db)
+            return _treat(args, config, store, clock, link, info, lesion, loaded, recovered, db, table)
         finally:
             if link is not None:
                 link.close()
@@ -90,7 +95,8 @@ def _inputs(args: argparse.Namespace, name_fr: str, name_en: str) -> tuple[Lesio
     try:
         site = Site(region=args.site, side=args.side, detail=args.site_detail)
         description = args.description if args.description is not None else f"{name_fr} ({name_en})"
-        lesion = Lesion(profile_id=args.profile, site=site, size_mm=args.size_mm, description=description, photo=args.photo)
+        lesion = Lesion(profile_id=args.profile, site=site, size_mm=args.size_mm, description=description, photo=args.photo,
+                        reimbursable=not args.aesthetic)
         info = SessionInfo(operator=args.operator, patient=args.patient)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -114,7 +120,7 @@ def _connect(port: str, clock: Clock, scale: float) -> Link:
 
 
 def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: Clock, link: Link | None,
-           info: SessionInfo, lesion: Lesion, loaded: Any, recovered: list[Any], db: Path) -> int:
+           info: SessionInfo, lesion: Lesion, loaded: Any, recovered: list[Any], db: Path, table: CcamTable) -> int:
     treatment = Treatment(store, config, clock, info, link)
     treatment.start()
     reconnect = (lambda: _connect(args.port, clock, args.scale)) if link is not None else None
@@ -134,6 +140,7 @@ def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: 
             signal.signal(sig, handler)
     status = treatment.end()
     result = _result(status, treatment, procedure, recovered, refused, store, db)
+    result["billing"] = propose(view_of(store, treatment.session_id).acts(), table).as_record()
     if args.json:
         print(json.dumps(result, ensure_ascii=False, sort_keys=True))
     else:
@@ -185,5 +192,9 @@ def _print_human(result: dict[str, Any]) -> None:
               f"ended {c['end_reason']}, thaw {c['thaw_ms']} ms")
     for alarm in result["alarms"]:
         print(f"  alarm {alarm['priority']}: {alarm['text']}")
+    billing = result["billing"]
+    print(f"  proposed billing: {', '.join(a['code'] for a in billing['acts']) or 'none'}"
+          f"{' (aesthetic act: not reimbursable)' if billing['aesthetic_lesions'] else ''}; "
+          f"confirm with `givre records bill {result['session_id']} --accept`")
     print(f"  cartridge seconds used: {result['cartridge_seconds_used']}; record {result['record']['db']} "
           f"({result['record']['events']} events, head {result['record']['head'][:16]})")

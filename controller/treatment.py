@@ -64,10 +64,11 @@ class Treatment:
         p = profile.profile
         self.store.append(
             "lesion_recorded",
-            {"lesion_id": lesion_id, "profile": {"id": p.id, "name_fr": p.name_fr, "origin": profile.origin,
-                                                 "overrides_builtin": profile.overrides_builtin, "indication": p.indication.value},
+            {"lesion_id": lesion_id, "profile": {"id": p.id, "name_fr": p.name_fr, "name_en": p.name_en, "family": p.family,
+                                                 "origin": profile.origin, "overrides_builtin": profile.overrides_builtin,
+                                                 "indication": p.indication.value},
              "site": lesion.site.model_dump(mode="json"), "zone": lesion.site.zone.value, "size_mm": lesion.size_mm,
-             "description": lesion.description, "photo": photo},
+             "description": lesion.description, "photo": photo, "reimbursable": lesion.reimbursable},
             self.session_id,
         )
         procedure = Procedure(store=self.store, config=self.config, clock=self.clock, session_id=self.session_id, lesion_id=lesion_id,

@@ -11,8 +11,8 @@ def test_the_shipped_table_holds_the_sheets_codes_and_marks_what_is_unverified()
     table = load_table()
     codes = {c.code: c for c in table.code}
     assert set(codes) == {"QANP007", "QANP005", "QZNP004", "QZNP012", "QZNP005", "QZNP022", "QZNP014"}
-    assert codes["QZNP012"].tariff_eur == Decimal("30.53") and codes["QZNP012"].label_verified
-    assert not codes["QZNP004"].label_verified and codes["QZNP004"].tariff_eur is None  # never invented
+    assert codes["QZNP012"].tariff_eur == Decimal("30.53") and codes["QZNP012"].verified
+    assert not codes["QZNP004"].verified and codes["QZNP004"].tariff_eur is None  # never invented
 
 
 def test_face_and_body_lesions_propose_two_codes_with_association() -> None:
