@@ -222,8 +222,8 @@ def parse_choice(items: Iterable[str], table: CcamTable) -> list[ChosenAct]:
         chosen.append(ChosenAct(code, int(assoc) if assoc else None))
     if len(chosen) > MAX_ACTS:
         raise BillingError(f"{len(chosen)} acts: at most {MAX_ACTS} acts per session (association rule)")
-    if len(chosen) == 2 and {c.association_code for c in chosen} == {None}:
-        raise BillingError("two acts need association codes, e.g. QZNP012:1 QANP007:2")
+    if len(chosen) == 2 and (None in {c.association_code for c in chosen} or chosen[0].association_code == chosen[1].association_code):
+        raise BillingError("two acts need different association codes, e.g. QZNP012:1 QANP007:2")
     return chosen
 
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("run", "one lesion's whole protocol, headless (scripts, CI)", run_cli.add_arguments, run_cli.run)
     command("records", "sessions in the record store: list, show, verify, export, bill", records_cli.add_records_arguments,
             records_cli.run_records)
+    command("report", "the day report: sessions, acts and codes, cartridge use and cost, alarms, devices (--html FILE)",
+            records_cli.add_report_arguments, records_cli.run_report)
     command("cartridge", "the gas cartridge: load, status", records_cli.add_cartridge_arguments, records_cli.run_cartridge)
     command("calibrate", "technician calibration, one step: timer, valve, flow or thermocouple", calibrate_cli.add_arguments,
             calibrate_cli.run)

@@ -19,6 +19,7 @@ from controller.ledger import CartridgeLedger, LedgerError
 from controller.history import load_sessions
 from controller.lesion import SessionInfo
 from controller.records import RecordError, RecordStore
+from controller.report import build_report, report_html, report_text
 
 
 def add_records_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,3 +215,33 @@ def _verify(store: RecordStore, as_json: bool) -> int:
         print(f"TAMPERED: event {bad.seq} ({bad.kind}, {bad.ts_utc}) does not follow the chain; "
               "everything from it on is untrustworthy")
     return 0 if bad is None else 1
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--date", type=_day, default=None, metavar="YYYY-MM-DD", help="the local day (default: today)")
+    parser.add_argument("--db", type=Path, help=f"record store (default: {default_db()})")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="also write a standalone web page with a chart of cartridge use")
+    parser.add_argument("--config", type=Path, help="clinic config file (TOML): its billing table prices the acts")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    try:
+        table = load_table(load_config(args.config).billing_table)
+        with RecordStore(args.db or default_db(), writer=False) as store:
+            report = build_report(store, args.date or date.today(), table)
+        if args.html is not None:
+            write_private(args.html, report_html(report))
+    except ExportRefused as exc:
+        print(f"givre report: {exc}", file=sys.stderr)
+        return 1
+    except (RecordError, ConfigError, BillingError, OSError) as exc:
+        print(f"givre report: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, sort_keys=True))
+    else:
+        sys.stdout.write(report_text(report))
+        if args.html is not None:
+            print(f"web page: {args.html}")
+    return 0
