@@ -16,7 +16,7 @@ from controller.config import Config
 from controller.ledger import CartridgeLedger
 from controller.procedure import State
 from controller.records import RecordStore
-from controller.tui.app import Clinic, GivreApp, LesionScreen, ProcedureScreen, SessionScreen, SummaryScreen
+from controller.tui.app import BillingScreen, Clinic, GivreApp, LesionScreen, ProcedureScreen, SessionScreen, SummaryScreen
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import load_builtins
@@ -81,13 +81,14 @@ async def until(pilot: Any, predicate: Callable[[], object], timeout_s: float = 
         await pilot.pause(0.02)
 
 
-async def fill_session_and_lesion(pilot: Any, app: GivreApp, profile_id: str) -> None:
+async def fill_session_and_lesion(pilot: Any, app: GivreApp, profile_id: str, aesthetic: bool = False) -> None:
     await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
     await pilot.press(*"dr-a", "tab", *"P-0042", "enter")
     await until(pilot, lambda: isinstance(app.screen, LesionScreen), what="lesion screen")
     screen = app.screen
     screen.query_one("#region").value = "foot-sole"  # the side is left blank: it is optional
     screen.query_one("#description").value = "two plantar warts"
+    screen.query_one("#aesthetic").value = aesthetic
     options = screen.query_one("#profiles")
     options.highlighted = next(i for i in range(options.option_count) if options.get_option_at_index(i).id == profile_id)
     await pilot.press("ctrl+n")
@@ -117,10 +118,21 @@ def test_a_full_two_cycle_plantar_wart_protocol_from_the_keyboard(harness: Harne
             # x20 virtual time: the device thread's wall-time resolution (a few ms) is worth up to 200 ms of device time
             assert [c.valve_open_ms is not None and abs(c.valve_open_ms - 20_000) <= 200 for c in procedure.cycles] == [True, True]
             await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, BillingScreen), what="billing screen")
+            assert app.screen.query_one("#codes").value == "QZNP004"  # the proposal, ready to confirm or change
+            app.screen.query_one("#codes").value = "QZNP004 QANP007"
+            await pilot.press("ctrl+b")
+            await until(pilot, lambda: "different association codes" in str(app.screen.query_one("#billing-error").render()),
+                        what="a bad choice refused inline")
+            app.screen.query_one("#codes").value = "QZNP004:1 QANP007:2"
+            await pilot.press("ctrl+b")
             await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="back to a new session")
     asyncio.run(scenario())
     kinds = [e.kind for e in harness.store.events()]
-    assert kinds.count("freeze_result") == 2 and "thaw_done" in kinds and kinds[-1] == "session_ended"
+    assert kinds.count("freeze_result") == 2 and "thaw_done" in kinds and kinds[-2:] == ["session_ended", "billing_confirmed"]
+    billing = list(harness.store.events())[-1].payload
+    assert [(a["code"], a["association_code"]) for a in billing["chosen"]] == [("QZNP004", 1), ("QANP007", 2)]
+    assert billing["changed"] and billing["by"] == "dr-a" and [a["code"] for a in billing["proposed"]["acts"]] == ["QZNP004"]
 
 
 def test_stop_mid_freeze_closes_the_valve_and_records_aborted(slow_harness: Harness) -> None:
@@ -128,7 +140,7 @@ def test_stop_mid_freeze_closes_the_valve_and_records_aborted(slow_harness: Harn
     async def scenario() -> None:
         app = harness.app
         async with app.run_test(size=(80, 24)) as pilot:
-            await fill_session_and_lesion(pilot, app, "seborrheic-keratosis-thick")
+            await fill_session_and_lesion(pilot, app, "seborrheic-keratosis-thick", aesthetic=True)
             procedure = harness.clinic.procedure
             assert procedure is not None
             await pilot.press("a")
@@ -142,6 +154,8 @@ def test_stop_mid_freeze_closes_the_valve_and_records_aborted(slow_harness: Harn
     asyncio.run(scenario())
     results = [e.payload for e in harness.store.events() if e.kind == "freeze_result"]
     assert results[0]["end_reason"] == "STOPPED"
+    (lesion,) = [e.payload for e in harness.store.events() if e.kind == "lesion_recorded"]
+    assert lesion["reimbursable"] is False  # the form's aesthetic box reached the record
 
 
 def test_a_simulator_fault_reaches_the_screen_and_the_record(slow_harness: Harness) -> None:

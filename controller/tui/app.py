@@ -18,7 +18,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Digits, Footer, Input, Label, OptionList, ProgressBar, Select, Sparkline, Static
+from textual.widgets import Button, Checkbox, DataTable, Digits, Footer, Input, Label, OptionList, ProgressBar, Select, Sparkline, Static
 from textual.widgets.option_list import Option
 
 from controller.alarms import AlarmManager, Mode
@@ -249,6 +249,7 @@ class LesionScreen(Screen[None]):
                 yield Input(placeholder="size in mm", id="size")
                 yield Input(placeholder="description (or a photo)", id="description")
                 yield Input(placeholder="photo file path (optional)", id="photo")
+                yield Checkbox("aesthetic act (not reimbursable)", id="aesthetic")
                 yield Static("", id="error", classes="error", markup=False)
             with Vertical(id="profile-pane"):
                 yield Input(placeholder="search profiles", id="search")
@@ -297,6 +298,7 @@ class LesionScreen(Screen[None]):
                           detail=self.query_one("#detail", Input).value),
                 size_mm=size, description=self.query_one("#description", Input).value,
                 photo=Path(photo_text).expanduser() if photo_text else None,
+                reimbursable=not self.query_one("#aesthetic", Checkbox).value,
             )
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -500,10 +502,74 @@ class SummaryScreen(Screen[None]):
 
     def action_end_session(self) -> None:
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
-        if clinic.treatment is not None:
-            status = clinic.treatment.end()
-            self.app.notify(f"session {clinic.treatment.session_id} ended: {status}")
-            clinic.treatment = None
+        if clinic.treatment is None:
+            self.app.switch_to_session()  # type: ignore[attr-defined]
+            return
+        session_id, operator = clinic.treatment.session_id, clinic.treatment.info.operator
+        status = clinic.treatment.end()
+        self.app.notify(f"session {session_id} ended: {status}")
+        clinic.treatment = None
+        self.app.push_screen(BillingScreen(session_id, operator))
+
+
+class BillingScreen(ModalScreen[None]):
+    """The session's proposed CCAM acts; the clinician confirms or changes them and the choice is recorded."""
+
+    BINDINGS = [Binding("ctrl+b", "confirm", "Confirm billing", show=True, priority=True),
+                Binding("escape", "later", "Decide later", show=True)]
+
+    def __init__(self, session_id: str, operator: str) -> None:
+        super().__init__()
+        self.session_id = session_id
+        self.operator = operator
+
+    def compose(self) -> ComposeResult:
+        from controller.billing import load_table, propose
+        from controller.history import view_of
+
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        self.table = load_table(clinic.config.billing_table)
+        self.proposal = propose(view_of(clinic.store, self.session_id).acts(), self.table)
+        lines = [f"Billing for session {self.session_id} ({self.table.version})", f"proposed: {self.proposal.line()}"]
+        lines += [f"  {a.code}: {a.label} — {a.lesions} lesion(s)" for a in self.proposal.acts]
+        lines += [f"! {line}" for line in (*self.proposal.not_billed, *self.proposal.warnings)]
+        with Vertical(id="dialog"):
+            yield Static("\n".join(lines), id="proposal", markup=False)
+            yield Label("Acts to bill (change if needed; CODE or CODE:ASSOCIATION, empty = nothing billed):")
+            yield Input(" ".join(f"{a.code}:{a.association_code}" if a.association_code else a.code for a in self.proposal.acts),
+                        id="codes")
+            yield Static("", id="billing-error", classes="error", markup=False)
+            with Horizontal():
+                yield Button("Confirm (ctrl+b)", id="confirm", variant="primary")
+                yield Button("Decide later (esc)", id="later")
+        yield Footer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_confirm() if event.button.id == "confirm" else self.action_later()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_confirm()
+
+    def action_confirm(self) -> None:
+        from controller.billing import BillingError, confirm, parse_choice
+
+        clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
+        try:
+            chosen = parse_choice(self.query_one("#codes", Input).value.split(), self.table)
+            recorded = confirm(clinic.store, self.session_id, self.proposal, chosen, self.table, by=self.operator)
+        except BillingError as exc:
+            self.query_one("#billing-error", Static).update(f"✗ {exc}")
+            return
+        acts = ", ".join(a["code"] for a in recorded["chosen"]) or "nothing billed"
+        self.app.notify(f"billing recorded: {acts}" + (" (changed from the proposal)" if recorded["changed"] else ""))
+        self._close()
+
+    def action_later(self) -> None:
+        self.app.notify(f"billing not confirmed; later: givre records bill {self.session_id}", severity="warning")
+        self._close()
+
+    def _close(self) -> None:
+        self.app.pop_screen()
         self.app.switch_to_session()  # type: ignore[attr-defined]
 
 
@@ -832,19 +898,15 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
 
 
 def billing_line(clinic: Clinic) -> str:
-    """The session's proposal so far (completed lesions); the clinician confirms it when billing."""
-    from controller.billing import Act, load_table, propose
+    """The session's proposal so far (completed lesions); the clinician confirms it when the session ends."""
+    from controller.billing import load_table, propose
+    from controller.history import view_of
 
     assert clinic.treatment is not None
-    acts = [Act(p.lesion.site.zone.value, p.profile.act_family, True)  # type: ignore[arg-type]
-            for p in clinic.treatment.procedures if p.state is State.COMPLETED]
-    if not acts:
+    proposal = propose(view_of(clinic.store, clinic.treatment.session_id).acts(), load_table(clinic.config.billing_table))
+    if not proposal.acts and not proposal.aesthetic_lesions:
         return "billing: no completed lesion to bill yet"
-    proposal = propose(acts, load_table())
-    parts = [f"{a.code}{' (assoc. ' + str(a.association_code) + ')' if a.association_code else ''}"
-             f" {a.amount_eur if a.amount_eur is not None else 'tariff unknown'}{'' if a.verified else ' (unverified)'}"
-             for a in proposal.acts]
-    return "proposed billing: " + "; ".join(parts) + "".join(f"\n! {w}" for w in proposal.warnings)
+    return "proposed billing: " + proposal.line() + "".join(f"\n! {w}" for w in proposal.warnings)
 
 
 def checklist(clinic: Clinic) -> str:
