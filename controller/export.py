@@ -81,14 +81,16 @@ def to_csv(sessions: list[SessionView], bom: bool = False) -> str:
     return ("\ufeff" if bom else "") + out.getvalue()
 
 
-def to_fhir(sessions: list[SessionView], table: CcamTable, photos_dir: Path | None, validate: bool = False) -> str:
-    """One session: a Bundle as a JSON document. Several: one Bundle per line (NDJSON, as FHIR bulk data)."""
+def to_fhir(sessions: list[SessionView], table: CcamTable, photos_dir: Path | None, validate: bool = False,
+            single: bool = False) -> str:
+    """single (--session): the Bundle as one JSON document. Otherwise one Bundle per line (NDJSON, as
+    FHIR bulk data), however many sessions there are, so scripts read one shape."""
     builder = BundleBuilder(table, photos_dir)
     bundles = [builder.bundle(s) for s in sessions]
     if validate:
         for bundle in bundles:
             validate_bundle(bundle)
-    if len(bundles) == 1:
+    if single:
         return json.dumps(bundles[0], ensure_ascii=False, indent=1) + "\n"
     return "".join(json.dumps(b, ensure_ascii=False, separators=(",", ":")) + "\n" for b in bundles)
 

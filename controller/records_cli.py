@@ -98,7 +98,7 @@ def _export(store: RecordStore, args: argparse.Namespace) -> int:
         text = to_json(sessions, store)
     else:
         table = load_table(load_config(args.config).billing_table)
-        text = to_fhir(sessions, table, store.photos_dir, validate=args.validate)
+        text = to_fhir(sessions, table, store.photos_dir, validate=args.validate, single=args.session is not None)
     if args.out is None:
         sys.stdout.write(text)
     else:

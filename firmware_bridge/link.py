@@ -385,6 +385,7 @@ class Link:
         return waiter.reply
 
     def _submit(self, msg: Message, waiter: _Waiter | None) -> None:
+        msg.pack()  # a field out of range is the caller's ValueError, never the link thread's death
         if self._lost is not None:
             raise self._lost
         if self._closing.is_set():

@@ -47,6 +47,12 @@ def test_handshake_reports_the_device_identity(device: SimulatedDevice, link: Li
     assert ident.port == device.url
 
 
+def test_a_field_out_of_range_is_the_callers_error_and_the_link_lives_on(link: Link) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        link.handshake(watchdog_ms=100_000)  # the wire field is 16 bits
+    assert link.counters().boot_count >= 1  # the link thread still answers
+
+
 def test_a_device_timed_freeze_reports_the_device_measurement(device: SimulatedDevice, link: Link) -> None:
     outcome = supervise_freeze(link, 300)
     assert outcome.certainty is Certainty.DEVICE_REPORTED and outcome.end_reason is EndReason.COMPLETED

@@ -1,0 +1,271 @@
+"""Billing, exports and the day report, read back from a real session recorded against the simulator.
+
+One session treats two face lesions and one body lesion (reimbursable) and one aesthetic face lesion
+with device-timed freezes on a pty; every test reads that record through the commands clinics use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sqlite3
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from controller.cli import main
+from controller.config import Config
+from controller.export import CSV_COLUMNS
+from controller.ledger import CartridgeLedger
+from controller.lesion import Lesion, SessionInfo, Site
+from controller.records import RecordStore, file_mode
+from controller.treatment import Treatment
+from firmware_bridge.clock import Clock
+from firmware_bridge.link import Link
+from profiles.library import load_builtins
+from sim.device import SimulatedDevice
+
+pytestmark = pytest.mark.pty
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8cfc0f01f0005000201"
+                    "a5f1d8f40000000049454e44ae426082")
+LESIONS = [  # profile, region, aesthetic
+    ("actinic-keratosis", "cheek", False),
+    ("actinic-keratosis", "nose", False),
+    ("plantar-wart", "foot-sole", False),
+    ("solar-lentigo", "cheek", True),
+]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    db: Path
+    session_id: str
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
+    folder = tmp_path_factory.mktemp("exports")
+    photo = folder / "lesion.png"
+    photo.write_bytes(PNG)
+    clock = Clock(50)
+    library = load_builtins()
+    with SimulatedDevice(clock=clock, serial="SIM-EXPORT") as device:
+        link = Link.open(device.serve_pty(), clock=clock, watchdog_ms=60_000)
+        link.wait_for_telemetry()
+        with RecordStore(folder / "records.sqlite", clock=clock) as store:
+            CartridgeLedger(store, Config()).load("23g", date.today())
+            treatment = Treatment(store, Config(), clock, SessionInfo(operator="dr-a", patient="P-0042"), link)
+            treatment.start()
+            for index, (profile_id, region, aesthetic) in enumerate(LESIONS):
+                lesion = Lesion(profile_id=profile_id, site=Site(region=region, side="left"), description=f"lesion {index + 1}",
+                                photo=photo if index == 0 else None, reimbursable=not aesthetic)
+                procedure = treatment.lesion(lesion, library.get(profile_id), auto=True)
+                procedure.arm()
+                while not procedure.finished:
+                    procedure.tick()
+            assert treatment.end() == "completed"
+            session_id = treatment.session_id
+        link.close()
+    yield Recorded(folder / "records.sqlite", session_id)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _freeze_results(db: Path) -> list[dict]:  # type: ignore[type-arg]
+    with RecordStore(db, writer=False) as store:
+        results = {(e.payload["lesion_id"], e.payload["cycle"]): dict(e.payload) for e in store.events() if e.kind == "freeze_result"}
+        for e in store.events():
+            if e.kind == "thaw_done":
+                results[(e.payload["lesion_id"], e.payload["cycle"])]["thaw_ms"] = e.payload["thaw_ms"]
+    return list(results.values())
+
+
+def test_face_and_body_lesions_propose_codes_with_association_and_the_aesthetic_act_is_left_out(
+        recorded: Recorded, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "records", "bill", recorded.session_id, "--db", str(recorded.db), "--json")
+    assert code == 0
+    proposal = json.loads(out)["proposal"]
+    # Two face lesions (1-10: QANP007) and one body lesion (1-10: QZNP004); both tariffs unknown, so the
+    # order is the clinician's to confirm and the warning says so.
+    assert {(a["code"], a["lesions"]) for a in proposal["acts"]} == {("QANP007", 2), ("QZNP004", 1)}
+    assert sorted(a["association_code"] for a in proposal["acts"]) == [1, 2]
+    assert proposal["aesthetic_lesions"] == 1 and proposal["total_eur"] is None
+    assert any("order of association" in w for w in proposal["warnings"])
+    assert any("QANP007: tariff unknown; the sheet's range is 22.78-38.45 EUR" in w for w in proposal["warnings"])
+
+
+def test_a_clinic_table_from_the_config_prices_the_acts_at_100_and_50_percent(
+        recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def entry(code: str, zone: str, tariff: str) -> str:
+        return (f'[[code]]\ncode = "{code}"\nzone = "{zone}"\ntechnique = "cryotherapy"\nlesions_min = 1\nlesions_max = 10\n'
+                f'label = "{code} label"\nverified = true\ntariff_eur = "{tariff}"\nsource = "clinic table 2027"\n')
+    newer = 'version = "clinic-2027"\n' + entry("QANP007", "face", "30.00") + entry("QZNP004", "body", "25.00")
+    (tmp_path / "ccam-2027.toml").write_text(newer, encoding="utf-8")
+    (tmp_path / "config.toml").write_text('billing_table = "ccam-2027.toml"\n', encoding="utf-8")
+    code, out, err = _run(capsys, "records", "bill", recorded.session_id, "--db", str(recorded.db), "--config",
+                          str(tmp_path / "config.toml"), "--json")
+    assert code == 0, err
+    proposal = json.loads(out)["proposal"]
+    assert proposal["table_version"].startswith("clinic-2027")
+    assert [(a["code"], a["association_code"], a["amount_eur"]) for a in proposal["acts"]] == [
+        ("QANP007", 1, "30.00"), ("QZNP004", 2, "12.50")]
+    assert proposal["total_eur"] == "42.50"
+
+
+def test_a_bad_billing_table_or_choice_is_one_clear_line(recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.toml").write_text('version = "x"\n[[code]]\ncode = "QZNP4"\n', encoding="utf-8")
+    (tmp_path / "config.toml").write_text(f'billing_table = "{tmp_path / "bad.toml"}"\n', encoding="utf-8")
+    code, _, err = _run(capsys, "records", "bill", recorded.session_id, "--db", str(recorded.db), "--config", str(tmp_path / "config.toml"))
+    assert code == 2 and "Traceback" not in err
+    assert f"{tmp_path / 'bad.toml'}: code.0.code = 'QZNP4': String should match pattern" in err
+    code, _, err = _run(capsys, "records", "bill", recorded.session_id, "--db", str(recorded.db), "--code", "QZNP999")
+    assert code == 2 and "'QZNP999': not a code in the billing table" in err and "allowed: QANP007" in err
+
+
+def test_the_clinicians_choice_is_recorded_and_a_correction_is_a_new_event(
+        recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "copy.sqlite"
+    shutil.copy(recorded.db, db)
+    assert _run(capsys, "records", "bill", recorded.session_id, "--db", str(db), "--accept", "--by", "dr-a")[0] == 0
+    assert _run(capsys, "records", "bill", recorded.session_id, "--db", str(db), "--code", "QZNP004", "--by", "dr-a")[0] == 0
+    code, out, _ = _run(capsys, "records", "bill", recorded.session_id, "--db", str(db), "--json")
+    confirmed = json.loads(out)["confirmed"]
+    assert [a["code"] for a in confirmed["chosen"]] == ["QZNP004"] and confirmed["changed"] and confirmed["by"] == "dr-a"
+    with RecordStore(db, writer=False) as store:
+        assert [e.kind for e in store.events()].count("billing_confirmed") == 2 and store.verify() is None
+
+
+def test_the_fhir_export_validates_and_carries_the_codes_with_their_systems(
+        recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "session.json"
+    code, _, err = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id,
+                        "--validate", "--out", str(out_file))
+    assert code == 0, err
+    assert file_mode(out_file) == 0o600
+    data = json.loads(out_file.read_text(encoding="utf-8"))
+    Bundle.model_validate(data)  # the real FHIR models, not a hand check
+    resources = [e["resource"] for e in data["entry"]]
+    kinds = [r["resourceType"] for r in resources]
+    assert kinds.count("Patient") == kinds.count("Practitioner") == kinds.count("Device") == 1
+    assert kinds.count("Procedure") == 4 and kinds.count("Media") == 1
+    procedures = [r for r in resources if r["resourceType"] == "Procedure"]
+    systems = [{c["system"]: c["code"] for c in p["code"]["coding"]} for p in procedures]
+    assert all(s["http://snomed.info/sct"] == "26782000" for s in systems)
+    assert [s.get("https://smt.esante.gouv.fr/terminologie-ccam") for s in systems] == ["QANP007", "QANP007", "QZNP004", None]
+    assert procedures[0]["bodySite"][0]["coding"][0]["code"] == "73897004"  # cheek: skin structure of face
+    assert procedures[0]["reasonCode"][0]["coding"][0]["code"] == "201101007"  # actinic keratosis
+    assert "coding" not in procedures[2]["reasonCode"][0]  # plantar wart: no sourced code, text only
+    assert any("aesthetic act" in n["text"] for n in procedures[3]["note"])
+    device = next(r for r in resources if r["resourceType"] == "Device")
+    assert device["serialNumber"] == "SIM-EXPORT" and "calibration" in device["note"][0]["text"]
+    freezes = [r for r in resources if r["resourceType"] == "Observation" and r["code"]["text"].startswith("Freeze time")]
+    measured = [p["freeze_ms_device"] / 1000 for p in _freeze_results(recorded.db)]
+    assert [o["valueQuantity"]["value"] for o in freezes] == measured
+    assert {(o["valueQuantity"]["system"], o["valueQuantity"]["code"]) for o in freezes} == {("http://unitsofmeasure.org", "s")}
+    media = next(r for r in resources if r["resourceType"] == "Media")
+    assert media["content"]["contentType"] == "image/png" and media["content"]["size"] == len(PNG)
+    # The same record exports to the same Bundle (deterministic ids).
+    assert _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id)[1] == \
+        out_file.read_text(encoding="utf-8")
+
+
+def test_csv_has_one_row_per_cycle_and_round_trips_the_device_measured_durations(
+        recorded: Recorded, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "csv", "--bom")
+    assert code == 0 and out.startswith("\ufeff")
+    rows = list(csv.DictReader(io.StringIO(out.removeprefix("\ufeff"))))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    results = _freeze_results(recorded.db)
+    assert len(rows) == len(results) == 5  # 1 + 1 + 2 + 1 cycles
+    by_key = {(r["lesion_id"], int(r["cycle"])): r for r in rows}
+    for result in results:
+        row = by_key[(result["lesion_id"], result["cycle"])]
+        assert int(row["freeze_ms_device"]) == result["freeze_ms_device"]
+        assert row["thaw_ms"] == ("" if result.get("thaw_ms") is None else str(result["thaw_ms"]))
+        assert float(row["cartridge_seconds"]) == result["cartridge_seconds"]
+        assert row["measured_by"] == "device"
+    assert by_key[("L3", 1)]["thaw_ms"] != ""  # the plantar wart's thaw between its two cycles
+    assert by_key[("L4", 1)]["reimbursable"] == "no"
+    for row in rows:
+        date.fromisoformat(row["result_at"][:10])
+
+
+def test_exports_hold_nothing_about_the_patient_beyond_the_pseudonymous_id(
+        recorded: Recorded, capsys: pytest.CaptureFixture[str]) -> None:
+    _, fhir_text, _ = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir")
+    (bundle,) = [json.loads(line) for line in fhir_text.splitlines()]  # several sessions would be one Bundle per line
+    (patient,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert set(patient) == {"resourceType", "meta", "identifier"}
+    assert [i["value"] for i in patient["identifier"]] == ["P-0042"]
+    assert patient["meta"]["security"][0]["code"] == "PSEUDED"
+    (practitioner,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Practitioner"]
+    assert set(practitioner) == {"resourceType", "identifier"}
+
+    def keys(value: object) -> set[str]:
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        return {k for v in value for k in keys(v)} if isinstance(value, list) else set()
+    about_people = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] != "Device"]  # deviceName is the device's
+    assert not {"name", "birthDate", "gender", "address", "telecom", "photo", "contact"} & keys(about_people)
+    _, csv_text, _ = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "csv")
+    assert [c for c in csv.DictReader(io.StringIO(csv_text)).fieldnames or [] if "patient" in c] == ["patient"]
+    _, json_text, _ = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "json")
+    session = json.loads(json_text)["sessions"][0]
+    assert session["patient"] == "P-0042" and not {"name", "birth_date", "address"} & set(session)
+
+
+def test_the_export_of_a_tampered_store_is_refused_naming_the_first_bad_event(
+        recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "tampered.sqlite"
+    shutil.copy(recorded.db, db)
+    with sqlite3.connect(db) as raw:
+        seq = raw.execute("SELECT seq FROM events WHERE kind = 'freeze_result' ORDER BY seq LIMIT 1").fetchone()[0]
+        raw.executescript("DROP TRIGGER events_no_update;")
+        raw.execute("UPDATE events SET payload = replace(payload, '\"freeze_ms_device\":', '\"freeze_ms_device\":1') WHERE seq = ?", (seq,))
+    out_file = tmp_path / "export.csv"
+    for fmt in ("fhir", "csv", "json"):
+        code, out, err = _run(capsys, "records", "export", "--db", str(db), "--format", fmt, "--out", str(out_file))
+        assert code == 1 and out == "" and not out_file.exists()
+        assert f"refusing to export: event {seq} (freeze_result," in err
+    code, _, err = _run(capsys, "report", "--db", str(db))
+    assert code == 1 and f"event {seq} (freeze_result," in err
+
+
+def test_the_day_report_counts_acts_gas_and_alarms_and_draws_the_chart(
+        recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with RecordStore(recorded.db, writer=False) as store:
+        day = next(iter(store.events())).ts_utc
+    from datetime import datetime
+    local_day = datetime.fromisoformat(day).astimezone().date().isoformat()
+    page = tmp_path / "day.html"
+    code, out, err = _run(capsys, "report", "--db", str(recorded.db), "--date", local_day, "--html", str(page), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["day"] == local_day and report["sessions_by_status"] == {"completed": 1}
+    assert report["lesions_by_profile"] == {"actinic-keratosis": {"treated": 2, "not_completed": 0},
+                                            "plantar-wart": {"treated": 1, "not_completed": 0},
+                                            "solar-lentigo": {"treated": 1, "not_completed": 0}}
+    assert set(report["acts_by_code"]) == {"QANP007", "QZNP004"} and report["acts_with_unknown_tariff"] == 2
+    assert report["aesthetic_lesions"] == 1 and report["unconfirmed_sessions"] == 1
+    used = sum(p["cartridge_seconds"] for p in _freeze_results(recorded.db))
+    assert report["cartridge_seconds"] == pytest.approx(used)
+    assert report["cartridge_cost_eur"] == pytest.approx(round(used * 30 / 350, 2))  # 23 g: 30 EUR for 350 s (the sheet)
+    assert "calibration_overdue" in report["alarms"] and "SIM-EXPORT" in report["devices"]
+    assert file_mode(page) == 0o600
+    text = page.read_text(encoding="utf-8")
+    svg = text[text.index("<svg"): text.index("</svg>") + len("</svg>")]
+    ET.fromstring(svg)  # well-formed, standalone
+    assert "P-0042" in text and "QANP007" in text and "<script" not in text
+    code, out, _ = _run(capsys, "report", "--db", str(recorded.db), "--date", "2001-01-01")
+    assert code == 0 and "0 session(s)" in out
