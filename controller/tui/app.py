@@ -530,18 +530,18 @@ class BillingScreen(ModalScreen[None]):
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         self.table = load_table(clinic.config.billing_table)
         self.proposal = propose(view_of(clinic.store, self.session_id).acts(), self.table)
-        lines = [f"Billing for session {self.session_id} ({self.table.version})", f"proposed: {self.proposal.line()}"]
-        lines += [f"  {a.code}: {a.label} — {a.lesions} lesion(s)" for a in self.proposal.acts]
-        lines += [f"! {line}" for line in (*self.proposal.not_billed, *self.proposal.warnings)]
-        with Vertical(id="dialog"):
-            yield Static("\n".join(lines), id="proposal", markup=False)
-            yield Label("Acts to bill (change if needed; CODE or CODE:ASSOCIATION, empty = nothing billed):")
+        details = [f"{a.code} ({a.lesions} lesion(s)): {a.label}" for a in self.proposal.acts]
+        details += [f"! {line}" for line in (*self.proposal.not_billed, *self.proposal.warnings)]
+        with VerticalScroll(id="dialog"):
+            yield Static(f"Billing for session {self.session_id}\nproposed: {self.proposal.line()}", id="proposal", markup=False)
+            yield Label("Acts: CODE or CODE:ASSOC (1 = 100 %, 2 = 50 %); empty = none billed")
             yield Input(" ".join(f"{a.code}:{a.association_code}" if a.association_code else a.code for a in self.proposal.acts),
                         id="codes")
             yield Static("", id="billing-error", classes="error", markup=False)
             with Horizontal():
                 yield Button("Confirm (ctrl+b)", id="confirm", variant="primary")
                 yield Button("Decide later (esc)", id="later")
+            yield Static("\n".join(details + [f"table: {self.table.version}"]), id="billing-details", markup=False)
         yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
