@@ -15,9 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import tempfile
+from datetime import date
 from pathlib import Path
 
 from bench.clinic_day import clinic_day
+from controller.billing import load_table
+from controller.export import checked_sessions, to_csv, to_fhir
+from controller.report import build_report
 from controller.tui.benchmark import measure_tui
 from controller.freeze import supervise_freeze
 from controller.records import RecordStore
@@ -60,6 +64,7 @@ def measure(quick: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as scratch:
         results.update(_percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
         day = clinic_day(Path(scratch) / "day.sqlite", sessions=4 if quick else 40)
+        results.update(_exports(Path(scratch) / "day.sqlite"))
     results["clinic_day_wall_s"] = day.wall_s
     tui_start_ms, tui_stops = measure_tui(5 if quick else 20)
     results["tui_start_ms"] = round(tui_start_ms, 1)
@@ -69,6 +74,17 @@ def measure(quick: bool = False) -> dict[str, object]:
     results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n,
                           "tui_stop": len(tui_stops)}
     return results
+
+
+def _exports(db: Path) -> dict[str, float]:
+    """The clinic day's whole store read back: each export verifies the chain first, as the CLI does."""
+    table = load_table()
+    with RecordStore(db, writer=False) as store:
+        return {
+            "export_fhir_ms": round(_timed(lambda: to_fhir(checked_sessions(store), table, store.photos_dir)), 1),
+            "export_csv_ms": round(_timed(lambda: to_csv(checked_sessions(store))), 1),
+            "day_report_ms": round(_timed(lambda: build_report(store, date.today(), table)), 1),
+        }
 
 
 def _record_appends(db: Path, n: int) -> list[float]:

@@ -189,7 +189,7 @@ def _print_human(result: dict[str, Any]) -> None:
     for c in result["cycles"]:
         print(f"  cycle {c['cycle']}: requested {c['freeze_ms_requested']} ms (limited by {c['limited_by']}), "
               f"{'device' if c['measured_by'] == 'device' else 'host'} measured {c['freeze_ms_device']} ms, "
-              f"ended {c['end_reason']}, thaw {c['thaw_ms']} ms")
+              f"ended {c['end_reason']}, thaw {'-' if c['thaw_ms'] is None else c['thaw_ms']} ms")
     for alarm in result["alarms"]:
         print(f"  alarm {alarm['priority']}: {alarm['text']}")
     billing = result["billing"]

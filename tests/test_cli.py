@@ -85,7 +85,7 @@ def test_bench_json_prints_one_object_with_the_contract_keys(capsys: pytest.Capt
     for key in (
         "codec_frames_per_s", "roundtrip_ms_p50", "roundtrip_ms_p99", "stop_latency_ms_p50", "stop_latency_ms_p99",
         "freeze_error_ms_p99", "watchdog_close_ms_p99", "samples", "record_event_ms_p99", "clinic_day_wall_s",
-        "tui_start_ms", "tui_stop_ms_p99",
+        "tui_start_ms", "tui_stop_ms_p99", "export_fhir_ms", "export_csv_ms", "day_report_ms",
     ):
         assert key in results
 
