@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from controller.billing import BillingError
 from controller.config import ConfigError
 from controller.ledger import LedgerError
 from controller.records import RecordError
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (BridgeError, ConfigError, ProfileError, RecordError, LedgerError) as exc:
+    except (BridgeError, ConfigError, ProfileError, RecordError, LedgerError, BillingError) as exc:
         print(f"givre: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

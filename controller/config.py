@@ -64,7 +64,7 @@ def read_toml(path: Path, model: type[M], error: type[Exception]) -> M:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: cannot be read ({exc})") from exc
+        raise error(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}); check the path") from exc
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from exc
     try:
@@ -87,5 +87,5 @@ def load_config(path: Path | None) -> Config:
         path = candidate
     config = read_toml(path, Config, ConfigError)
     if config.billing_table is not None and not config.billing_table.is_absolute():
-        config = config.model_copy(update={"billing_table": path.parent / config.billing_table})
+        config = config.model_copy(update={"billing_table": path.parent.resolve() / config.billing_table})
     return config

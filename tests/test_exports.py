@@ -129,6 +129,8 @@ def test_a_bad_billing_table_or_choice_is_one_clear_line(recorded: Recorded, tmp
     code, _, err = _run(capsys, "records", "bill", recorded.session_id, "--db", str(recorded.db), "--config", str(tmp_path / "config.toml"))
     assert code == 2 and "Traceback" not in err
     assert f"{tmp_path / 'bad.toml'}: code.0.code = 'QZNP4': String should match pattern" in err
+    code, _, err = _run(capsys, "--config", str(tmp_path / "config.toml"), "--db", str(tmp_path / "ui.sqlite"))  # the UI
+    assert code == 2 and err.startswith(f"givre: {tmp_path / 'bad.toml'}: code.0.code") and not (tmp_path / "ui.sqlite").exists()
     code, _, err = _run(capsys, "records", "bill", recorded.session_id, "--db", str(recorded.db), "--code", "QZNP999")
     assert code == 2 and "'QZNP999': not a code in the billing table" in err and "allowed: QANP007" in err
 

@@ -22,6 +22,7 @@ from textual.widgets import Button, Checkbox, DataTable, Digits, Footer, Input, 
 from textual.widgets.option_list import Option
 
 from controller.alarms import AlarmManager, Mode
+from controller.billing import CcamTable, load_table
 from controller.config import Config
 from controller.ledger import CartridgeLedger, LedgerError
 from controller.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
@@ -69,6 +70,7 @@ class Clinic:
     calibration_status: str = "unknown"
     selftest_on_connect: bool = True
     selftest_lines: list[str] = field(default_factory=list)
+    billing_table: CcamTable = field(default_factory=load_table)
 
     def __post_init__(self) -> None:
         self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
@@ -524,11 +526,11 @@ class BillingScreen(ModalScreen[None]):
         self.operator = operator
 
     def compose(self) -> ComposeResult:
-        from controller.billing import load_table, propose
+        from controller.billing import propose
         from controller.history import view_of
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
-        self.table = load_table(clinic.config.billing_table)
+        self.table = clinic.billing_table
         self.proposal = propose(view_of(clinic.store, self.session_id).acts(), self.table)
         details = [f"{a.code} ({a.lesions} lesion(s)): {a.label}" for a in self.proposal.acts]
         details += [f"! {line}" for line in (*self.proposal.not_billed, *self.proposal.warnings)]
@@ -899,11 +901,11 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
 
 def billing_line(clinic: Clinic) -> str:
     """The session's proposal so far (completed lesions); the clinician confirms it when the session ends."""
-    from controller.billing import load_table, propose
+    from controller.billing import propose
     from controller.history import view_of
 
     assert clinic.treatment is not None
-    proposal = propose(view_of(clinic.store, clinic.treatment.session_id).acts(), load_table(clinic.config.billing_table))
+    proposal = propose(view_of(clinic.store, clinic.treatment.session_id).acts(), clinic.billing_table)
     if not proposal.acts and not proposal.aesthetic_lesions:
         return "billing: no completed lesion to bill yet"
     return "proposed billing: " + proposal.line() + "".join(f"\n! {w}" for w in proposal.warnings)

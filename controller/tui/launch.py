@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from controller.billing import load_table
 from controller.config import default_db, load_config
 from controller.records import RecordStore
 from controller.tui.app import Clinic, GivreApp
@@ -29,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_clinic(args: argparse.Namespace, *, device: object | None = None, url: str | None = None, clock: Clock | None = None) -> Clinic:
     clock = clock or Clock()
     config = load_config(getattr(args, "config", None))
+    table = load_table(config.billing_table)  # a bad clinic table is one line before the UI opens
     library = load_library(args.profiles if getattr(args, "profiles", None) is not None else default_clinic_dir())
     store = RecordStore(getattr(args, "db", None) or default_db(), clock=clock)
     port = url or getattr(args, "port", None)
@@ -40,7 +42,8 @@ def build_clinic(args: argparse.Namespace, *, device: object | None = None, url:
     except BaseException:
         store.close()
         raise
-    return Clinic(store, config, library, link, clock, device, TRIGGERS[getattr(args, "trigger", "host")], not getattr(args, "no_bell", False))
+    return Clinic(store, config, library, link, clock, device, TRIGGERS[getattr(args, "trigger", "host")],
+                  not getattr(args, "no_bell", False), billing_table=table)
 
 
 def run_app(clinic: Clinic) -> int:
