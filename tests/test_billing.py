@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
-from controller.billing import Act, load_table, propose
+import pytest
+
+from controller.billing import Act, BillingError, load_table, parse_choice, propose
 
 
 def test_the_shipped_table_holds_the_sheets_codes_and_marks_what_is_unverified() -> None:
@@ -32,3 +35,33 @@ def test_a_single_act_has_no_association_code_and_a_third_is_not_billed() -> Non
     assert act.code == "QZNP004" and act.association_code is None and not act.verified
     three = propose([Act("body", "cryotherapy", True), Act("face", "cryotherapy", True), Act("body", "cryosurgery", True)], load_table())
     assert len(three.acts) == 2 and any("at most two acts" in line for line in three.not_billed)
+
+
+def test_a_table_with_overlapping_bands_or_a_repeated_code_is_refused(tmp_path: Path) -> None:
+    def entry(code: str, low: int, high: int) -> str:
+        return (f'[[code]]\ncode = "{code}"\nzone = "body"\ntechnique = "cryotherapy"\nlesions_min = {low}\nlesions_max = {high}\n'
+                f'label = "a label"\nverified = false\ntariff_eur = ""\nsource = "test"\n')
+    overlapping = tmp_path / "overlap.toml"
+    overlapping.write_text('version = "t"\n' + entry("QZNP004", 1, 10) + entry("QZNP012", 10, 50), encoding="utf-8")
+    with pytest.raises(BillingError, match="QZNP004 and QZNP012 both cover cryotherapy bands that overlap"):
+        load_table(overlapping)
+    repeated = tmp_path / "repeated.toml"
+    repeated.write_text('version = "t"\n' + entry("QZNP004", 1, 10) + entry("QZNP004", 11, 50), encoding="utf-8")
+    with pytest.raises(BillingError, match="QZNP004 appears twice"):
+        load_table(repeated)
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["QZNP004:4"], "association code must be 1"),
+    (["QZNP004:1", "QANP007:1"], "different association codes"),
+    (["QZNP004:1", "QANP007:2", "QZNP012:2"], "at most 2 acts"),
+    (["XXXX123"], "not a code in the billing table"),
+])
+def test_a_bad_clinician_choice_says_what_is_allowed(items: list[str], message: str) -> None:
+    with pytest.raises(BillingError, match=message):
+        parse_choice(items, load_table())
+
+
+def test_the_clinicians_choice_reads_codes_in_any_case_with_their_association() -> None:
+    chosen = parse_choice(["qznp012:1", "QANP007:2"], load_table())
+    assert [(c.code, c.association_code) for c in chosen] == [("QZNP012", 1), ("QANP007", 2)]

@@ -158,3 +158,16 @@ def test_a_photo_is_copied_into_the_store_with_its_hash(tmp_path: Path, capsys: 
     assert recorded["photo"] == {"sha256": digest, "file": f"{digest}.jpg"} and recorded["zone"] == "face"
     stored = tmp_path / "r-photos" / f"{digest}.jpg"
     assert stored.read_bytes() == photo.read_bytes() and oct(stored.stat().st_mode & 0o777) == "0o600"
+
+
+def test_run_proposes_billing_and_an_aesthetic_act_is_not_reimbursable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "r.sqlite")
+    code, result = run_json(capsys, "--manual", "--profile", "common-wart", "--site", "hand", "--db", db, "--scale", "50")
+    assert code == 0 and [a["code"] for a in result["billing"]["acts"]] == ["QZNP004"]
+    assert result["billing"]["acts"][0]["association_code"] is None and result["billing"]["total_eur"] is None  # tariff unknown
+    code, result = run_json(capsys, "--manual", "--profile", "solar-lentigo", "--site", "cheek", "--aesthetic", "--db", db,
+                            "--scale", "50")
+    assert code == 0 and result["billing"]["acts"] == [] and result["billing"]["aesthetic_lesions"] == 1
+    assert main(["records", "show", result["session_id"], "--db", db, "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    assert next(e for e in events if e["kind"] == "lesion_recorded")["payload"]["reimbursable"] is False
