@@ -628,14 +628,16 @@ class RecordsScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True), Binding("v", "verify", "Verify chain", show=True)]
 
     def compose(self) -> ComposeResult:
-        from controller.records_cli import summarise
+        from controller.history import load_sessions
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         with Vertical(id="dialog"):
             table: DataTable[str] = DataTable(id="sessions")
-            table.add_columns("session", "started", "status", "patient", "lesions")
-            for s in summarise(clinic.store).values():
-                table.add_row(s["session_id"], s["started"][:19], s["status"], s["patient"], ", ".join(s["lesions"]))
+            table.add_columns("session", "started", "status", "patient", "lesions", "billing")
+            for s in load_sessions(clinic.store):
+                billing = "-" if s.billing is None else (", ".join(a["code"] for a in s.billing["chosen"]) or "none billed")
+                table.add_row(s.session_id, s.started[:19], s.status, s.patient, ", ".join(lesion.profile_id for lesion in s.lesions),
+                              billing)
             yield table
             yield Static("", id="verify", markup=False)
 
