@@ -12,7 +12,7 @@ import json
 import shutil
 import sqlite3
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from conftest import Rig
 from controller.cli import main
 from controller.config import Config
 from controller.export import CSV_COLUMNS
@@ -271,3 +272,22 @@ def test_the_day_report_counts_acts_gas_and_alarms_and_draws_the_chart(
     assert "P-0042" in text and "QANP007" in text and "<script" not in text
     code, out, _ = _run(capsys, "report", "--db", str(recorded.db), "--date", "2001-01-01")
     assert code == 0 and "0 session(s)" in out
+
+
+def test_cryosurgery_by_probe_exports_as_cryosurgery_with_its_ccam_act_and_tissue_temperatures(
+        make_rig: Callable[..., Rig], capsys: pytest.CaptureFixture[str]) -> None:
+    rig = make_rig(kind="probe", scale=50)
+    treatment, procedure = rig.procedure("superficial-bcc", region="nose")
+    procedure.arm()
+    procedure.run()
+    treatment.end()
+    rig.store.close()  # the CLI opens the store as its own reader
+    code, out, err = _run(capsys, "records", "export", "--db", str(rig.store.path), "--format", "fhir", "--session",
+                          treatment.session_id, "--validate")
+    assert code == 0, err
+    resources = [e["resource"] for e in json.loads(out)["entry"]]
+    (proc,) = [r for r in resources if r["resourceType"] == "Procedure"]
+    assert proc["code"]["text"] == "Cryosurgery by contact cryoprobe (controlled destruction)"
+    assert {c["code"] for c in proc["code"]["coding"]} == {"26782000", "QZNP022"}  # one lesion by contact cryode
+    tissue = [r for r in resources if r["resourceType"] == "Observation" and r["valueQuantity"]["code"] == "Cel"]
+    assert len(tissue) == 2 and all(o["valueQuantity"]["value"] <= -50 for o in tissue)
