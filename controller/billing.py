@@ -55,6 +55,14 @@ class CcamCode(BaseModel):
             raise ValueError(f"{self.code}: lesions_min {self.lesions_min} > lesions_max {self.lesions_max}")
         return self
 
+    @property
+    def fully_verified(self) -> bool:
+        """Label and tariff both read from a published source."""
+        return self.verified and self.tariff_eur is not None
+
+    def amount(self, rate: Decimal) -> Decimal | None:
+        return None if self.tariff_eur is None else (self.tariff_eur * rate).quantize(Decimal("0.01"))
+
     def covers(self, zone: Zone, technique: Technique, count: int) -> bool:
         return self.technique == technique and self.zone in (zone, "any") and self.lesions_min <= count <= self.lesions_max
 
@@ -156,7 +164,7 @@ class Proposal:
         return "; ".join(a.line() for a in self.acts) + aesthetic
 
     def as_record(self) -> dict[str, Any]:
-        return _plain(asdict(self)) | {"total_eur": None if self.total_eur is None else str(self.total_eur)}
+        return _plain(asdict(self)) | {"total_eur": _plain(self.total_eur)}
 
 
 def _plain(value: Any) -> Any:
@@ -194,14 +202,13 @@ def propose(acts: Iterable[Act], table: CcamTable) -> Proposal:
             continue
         association = rank + 1 if len(found) > 1 else None
         rate = ASSOCIATION_RATES[association or 1]
-        amount = (code.tariff_eur * rate).quantize(Decimal("0.01")) if code.tariff_eur is not None else None
         if not code.verified:
             warnings.append(f"{code.code}: label not verified ({code.source})")
         if code.tariff_eur is None:
             known = table.tariff_range.get(code.technique)
             warnings.append(f"{code.code}: tariff unknown" + (f"; the sheet's range is {known.text()}" if known else ""))
-        proposed.append(ProposedAct(code.code, code.label, code.verified and code.tariff_eur is not None, count, code.tariff_eur,
-                                    association, rate, amount, lesion_ids))
+        proposed.append(ProposedAct(code.code, code.label, code.fully_verified, count, code.tariff_eur, association, rate,
+                                    code.amount(rate), lesion_ids))
     return Proposal(tuple(proposed), tuple(not_billed), aesthetic, tuple(warnings), table.version)
 
 
@@ -237,11 +244,9 @@ def confirm(store: RecordStore, session_id: str, proposal: Proposal, chosen: lis
     for c in chosen:
         entry = table.get(c.code)
         rate = ASSOCIATION_RATES[c.association_code or 1]
-        amount = None if entry.tariff_eur is None else (entry.tariff_eur * rate).quantize(Decimal("0.01"))
+        amount = entry.amount(rate)
         acts.append({"code": c.code, "association_code": c.association_code, "rate": str(rate), "label": entry.label,
-                     "verified": entry.verified and entry.tariff_eur is not None,
-                     "tariff_eur": None if entry.tariff_eur is None else str(entry.tariff_eur),
-                     "amount_eur": None if amount is None else str(amount)})
+                     "verified": entry.fully_verified, "tariff_eur": _plain(entry.tariff_eur), "amount_eur": _plain(amount)})
     changed = [(a["code"], a["association_code"]) for a in acts] != [(a.code, a.association_code) for a in proposal.acts]
     payload = {"proposed": proposal.as_record(), "chosen": acts, "changed": changed, "by": by,
                "reimbursement_requested": bool(acts), "aesthetic_lesions": proposal.aesthetic_lesions}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from controller import calibration
 from controller.config import default_db
-from controller.records import RecordStore
+from controller.records import RecordStore, write_private
 from firmware_bridge.link import Link
 
 
@@ -40,9 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"givre calibrate: {exc}; nothing was written", file=sys.stderr)
         return 2
     if args.certificate is not None:
-        fd = os.open(args.certificate, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as page:
-            page.write(calibration.certificate_html(certificate))
+        write_private(args.certificate, calibration.certificate_html(certificate).encode("utf-8"))
     if args.json:
         print(json.dumps(certificate, sort_keys=True))
     else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -93,20 +92,3 @@ def to_fhir(sessions: list[SessionView], table: CcamTable, photos_dir: Path | No
     if single:
         return json.dumps(bundles[0], ensure_ascii=False, indent=1) + "\n"
     return "".join(json.dumps(b, ensure_ascii=False, separators=(",", ":")) + "\n" for b in bundles)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file holding health data: 0600, complete or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-

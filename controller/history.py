@@ -104,12 +104,17 @@ class SessionView:
         return [lesion.act() for lesion in self.lesions if lesion.completed]
 
     def local_day(self) -> date:
-        return datetime.fromisoformat(self.started).astimezone().date()
+        return local_time(self.started).date()
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["cartridge_seconds"] = self.cartridge_seconds
         return data
+
+
+def local_time(ts_utc: str) -> datetime:
+    """A recorded UTC timestamp in this machine's time zone: the clinic's day and clock."""
+    return datetime.fromisoformat(ts_utc).astimezone()
 
 
 def build_sessions(events: Iterable[Event]) -> dict[str, SessionView]:

@@ -12,7 +12,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import stat
 import threading
@@ -193,18 +192,13 @@ class RecordStore:
 
     def store_photo(self, source: Path) -> tuple[str, str]:
         """Copy a photo into the store (0600); returns (sha256, stored file name)."""
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        data = source.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         self.photos_dir.mkdir(mode=0o700, exist_ok=True)
         name = f"{digest}{source.suffix.lower()}"
         target = self.photos_dir / name
         if not target.exists():
-            tmp = target.with_suffix(target.suffix + ".tmp")
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                shutil.copyfileobj(src, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
+            write_private(target, data)
         return digest, name
 
     # ---- reading -------------------------------------------------------------------------------
@@ -237,6 +231,23 @@ class RecordStore:
                 return Event(seq, sid, ts, mono, kind, body, prev_hash, digest)
             prev, expected_seq = digest, seq + 1
         return None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file holding health data (photo, export, report, certificate): 0600, on disk, and
+    complete or not there at all (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_mode(path: Path) -> int:

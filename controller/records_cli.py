@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from controller.billing import BillingError, confirm, load_table, parse_choice, propose
 from controller.config import ConfigError, default_db, load_config
-from controller.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json, write_private
+from controller.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json
 from controller.fhir import FhirError
 from controller.ledger import CartridgeLedger, LedgerError
 from controller.history import load_sessions
 from controller.lesion import SessionInfo
-from controller.records import RecordError, RecordStore
+from controller.records import RecordError, RecordStore, write_private
 from controller.report import build_report, report_html, report_text
 
 
@@ -102,7 +102,7 @@ def _export(store: RecordStore, args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        write_private(args.out, text)
+        write_private(args.out, text.encode("utf-8"))
         print(f"{len(sessions)} session(s) exported as {args.format} to {args.out}", file=sys.stderr)
     return 0
 
@@ -231,7 +231,7 @@ def run_report(args: argparse.Namespace) -> int:
         with RecordStore(args.db or default_db(), writer=False) as store:
             report = build_report(store, args.date or date.today(), table)
         if args.html is not None:
-            write_private(args.html, report_html(report))
+            write_private(args.html, report_html(report).encode("utf-8"))
     except ExportRefused as exc:
         print(f"givre report: {exc}", file=sys.stderr)
         return 1

@@ -11,13 +11,13 @@ from __future__ import annotations
 import html
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from controller.billing import CcamTable, propose
 from controller.export import checked_sessions
-from controller.history import SessionView
+from controller.history import SessionView, local_time
 from controller.records import RecordStore
 
 
@@ -60,10 +60,6 @@ class DayReport:
         return asdict(self)
 
 
-def _local_day(ts_utc: str) -> date:
-    return datetime.fromisoformat(ts_utc).astimezone().date()
-
-
 def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
     sessions = [s for s in checked_sessions(store) if s.local_day() == day]
     count, head = store.head()
@@ -98,7 +94,7 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
             device["sessions"] += 1
             device["calibration"] = s.calibration.get("status", "unknown") + (f", due {s.calibration['due_on']}" if s.calibration.get("due_on") else "")
     for event in store.events():
-        if event.session_id is None and _local_day(event.ts_utc) == day:
+        if event.session_id is None and local_time(event.ts_utc).date() == day:
             if event.kind == "alarm_raised":
                 _count_alarm(report, event.payload)
             elif event.kind == "calibration_certificate":
@@ -135,7 +131,7 @@ def _session_line(s: SessionView, table: CcamTable, cost_per_s: dict[str, float]
             break
         if c.cartridge_id is not None and cost is not None:
             cost += c.cartridge_seconds * cost_per_s[c.cartridge_id]
-    return SessionLine(s.session_id, datetime.fromisoformat(s.started).astimezone().strftime("%H:%M"), s.patient, s.status,
+    return SessionLine(s.session_id, local_time(s.started).strftime("%H:%M"), s.patient, s.status,
                        len(s.lesions), sum(lesion.completed for lesion in s.lesions), s.cartridge_seconds,
                        None if cost is None else round(cost, 2), acts, billing)
 
