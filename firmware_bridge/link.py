@@ -30,8 +30,9 @@ from firmware_bridge.errors import (
 from firmware_bridge.messages import (
     PROTO_MAJOR,
     PROTO_MINOR,
-    SCHEMA_HASH,
+    SCHEMA_HASHES,
     Ack,
+    Bye,
     CalData,
     CalRead,
     CalWrite,
@@ -71,6 +72,7 @@ from firmware_bridge.transport import SerialTransport
 HANDSHAKE_TIMEOUT_S = 1.5
 REQUEST_TIMEOUT_S = 2.0  # outer bound; the session gives up earlier after its retries
 RETRY_INTERVAL_S = 0.06  # all three are wall-time limits (Clock.wall)
+BYE_TIMEOUT_S = 0.5  # a clean exit waits this long for the device to confirm the session's end
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ class DeviceIdentity:
     watchdog_ms: int
     capabilities: Capability
     fault_flags: int
+    session_id: int  # this session's HELLO nonce: 1.1 devices stamp it on every event
+    session_minor: int  # the protocol minor both ends speak: 1 and above ends sessions with BYE
 
     @classmethod
     def from_hello_ack(cls, port: str, ack: HelloAck) -> DeviceIdentity:
@@ -101,6 +105,8 @@ class DeviceIdentity:
             watchdog_ms=ack.watchdog_ms,
             capabilities=ack.capabilities,
             fault_flags=ack.fault_flags,
+            session_id=ack.host_nonce,
+            session_minor=min(PROTO_MINOR, ack.proto_minor),
         )
 
 
@@ -163,7 +169,7 @@ class Link:
         self.port = transport.url
         self._transport = transport
         self._clock = clock
-        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S))
+        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S), first_txn=random.randrange(1, 0x10000))
         self._decoder = FrameDecoder()
         self._outbox: queue.SimpleQueue[tuple[Message, _Waiter | None]] = queue.SimpleQueue()
         self._waiters: dict[int, _Waiter] = {}
@@ -208,11 +214,12 @@ class Link:
         ack = reply.message
         if not isinstance(ack, HelloAck) or ack.host_nonce != nonce:
             raise NotAGivreDevice(self.port, "answered HELLO with something else", "Check that this is the cryotherapy device's port")
-        if ack.schema_hash != SCHEMA_HASH:
+        expected = SCHEMA_HASHES.get(ack.proto_minor)  # a newer minor only adds: this host speaks its own minor to it
+        if expected is not None and ack.schema_hash != expected:
             raise VersionMismatch(
                 self.port,
                 f"device protocol {ack.proto_major}.{ack.proto_minor} uses different message layouts "
-                f"(schema 0x{ack.schema_hash:08X}, Givre expects 0x{SCHEMA_HASH:08X})",
+                f"(schema 0x{ack.schema_hash:08X}, Givre expects 0x{expected:08X} for {ack.proto_major}.{ack.proto_minor})",
                 "Update Givre or the device firmware so both are built from the same protocol version",
             )
         identity = DeviceIdentity.from_hello_ack(self.port, ack)
@@ -272,6 +279,19 @@ class Link:
     def stop(self, reason: int = 0) -> Ack:
         """Emergency stop; answered once the device's valve is closed. Idempotent."""
         return self._command(Stop(reason)).message  # type: ignore[return-value]
+
+    def end_session(self) -> bool:
+        """End the device session cleanly (protocol 1.1 BYE): the device closes its valve and runs no
+        watchdog after, so a clean exit never latches a trip. True when the device confirmed it.
+        A 1.0 device has no BYE: it will trip its watchdog, and the next connection accounts for it."""
+        ident = self.identity
+        if ident is None or ident.session_minor < 1 or self.lost or self._session.state is not SessionState.READY:
+            return False
+        try:
+            self._request(Bye(0), self._clock.wall(BYE_TIMEOUT_S))
+        except BridgeError:
+            return False
+        return True
 
     def clear_fault(self) -> Ack:
         return self._command(ClearFault()).message  # type: ignore[return-value]
@@ -338,7 +358,11 @@ class Link:
     def clock(self) -> Clock:
         return self._clock
 
-    def close(self) -> None:
+    def close(self, *, end_session: bool = True) -> None:
+        """End the session (BYE) and release the port. ``end_session=False`` leaves as a crashed
+        host would, without a word: the device's watchdog must then act (tests of that path)."""
+        if end_session and not self._closing.is_set() and self._thread.is_alive():
+            self.end_session()
         self._closing.set()
         self._transport.wake_reader()
         if self._thread is not threading.current_thread():

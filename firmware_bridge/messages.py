@@ -1,8 +1,9 @@
 """Typed wire messages: one frozen dataclass and one little-endian struct layout per message type.
 
 The layouts here ARE the protocol (docs/protocol.md §4 is generated from the same table by
-hand and checked against it in tests). ``SCHEMA_HASH`` covers every layout, so two ends built
-from different tables refuse each other at the handshake instead of mis-decoding.
+hand and checked against it in tests). Each message names the minor version that added it;
+``schema_hash(minor)`` covers every layout of that version, so two ends built from different
+tables refuse each other at the handshake instead of mis-decoding.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import ClassVar
 from firmware_bridge.codec import crc32
 
 PROTO_MAJOR = 1
-PROTO_MINOR = 0
+PROTO_MINOR = 1  # 1.1 added BYE and the session-bound EVENT (docs/protocol.md §11)
 SERIAL_LEN = 16
 NOT_AVAILABLE_U32 = 0xFFFFFFFF
 NOT_AVAILABLE_U16 = 0xFFFF
@@ -128,6 +129,7 @@ class Message:
     MSG_TYPE: ClassVar[int]
     LAYOUT: ClassVar[struct.Struct]
     FROM_DEVICE: ClassVar[bool]
+    SINCE_MINOR: ClassVar[int]  # the protocol minor version that added this message
     _converters: ClassVar[tuple[typing.Callable[[typing.Any], typing.Any], ...]]
 
     def pack(self) -> bytes:
@@ -162,13 +164,14 @@ def _converter(hint: typing.Any) -> typing.Callable[[typing.Any], typing.Any]:
     return int
 
 
-def message(msg_type: int, layout: str) -> typing.Callable[[type], type]:
+def message(msg_type: int, layout: str, since_minor: int = 0) -> typing.Callable[[type], type]:
     def register(cls: type) -> type:
         cls = dataclass(frozen=True, slots=True)(cls)
         hints = typing.get_type_hints(cls)
         cls.MSG_TYPE = msg_type
         cls.LAYOUT = struct.Struct(layout)
         cls.FROM_DEVICE = bool(msg_type & 0x80)
+        cls.SINCE_MINOR = since_minor
         cls._converters = tuple(_converter(hints[f.name]) for f in dataclasses.fields(cls))
         if len(cls._converters) != len(cls.LAYOUT.unpack(bytes(cls.LAYOUT.size))):
             raise TypeError(f"{cls.__name__}: layout {layout!r} does not match its fields")
@@ -245,6 +248,13 @@ class ClearFault(Message):
 @message(0x0A, "<H")
 class EventAck(Message):
     event_id: int
+
+
+@message(0x0B, "<B", since_minor=1)
+class Bye(Message):
+    """The host ends its session: the device closes the valve, answers, and runs no watchdog after."""
+
+    reason: int  # informative, like STOP's
 
 
 # ---- device -> host -------------------------------------------------------------------------
@@ -336,15 +346,44 @@ class CalData(Message):
     due_on_day: int
 
 
-def _schema_hash() -> int:
-    table = ";".join(
+@message(0x87, "<HBBHHIIIIII", since_minor=1)
+class BoundEvent(Message):
+    """1.1's EVENT: the 1.0 fields plus the boot and the session it was raised in, so an event from
+    another boot or an earlier host's session can never be taken for this session's."""
+
+    event_id: int
+    code: EventCode
+    end_reason: EndReason
+    freeze_txn: int
+    fault_flags: int
+    requested_ms: int
+    valve_open_ms: int
+    halo_to_off_ms: int
+    uptime_ms: int
+    boot_count: int  # the device boot the event was raised in
+    session_id: int  # host_nonce of the session it was raised in; 0 when raised with no session open
+
+    def unbound(self) -> Event:
+        """The 1.0 fields alone: what the rest of the host reads."""
+        return Event(self.event_id, self.code, self.end_reason, self.freeze_txn, self.fault_flags, self.requested_ms,
+                     self.valve_open_ms, self.halo_to_off_ms, self.uptime_ms)
+
+
+def schema_text(minor: int = PROTO_MINOR) -> str:
+    """The text whose CRC-32 is the schema hash: every message of that version, sorted by type."""
+    return ";".join(
         f"{msg_type:02X}:{cls.__name__}:{cls.LAYOUT.format}:{','.join(f.name for f in dataclasses.fields(cls))}"
         for msg_type, cls in sorted(REGISTRY.items())
+        if cls.SINCE_MINOR <= minor
     )
-    return crc32(table.encode("ascii"))
 
 
-SCHEMA_HASH = _schema_hash()
+def schema_hash(minor: int = PROTO_MINOR) -> int:
+    return crc32(schema_text(minor).encode("ascii"))
+
+
+SCHEMA_HASH = schema_hash()
+SCHEMA_HASHES = {minor: schema_hash(minor) for minor in range(PROTO_MINOR + 1)}  # every version this host speaks
 
 
 def decode_message(msg_type: int, payload: bytes) -> Message:

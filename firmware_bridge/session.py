@@ -3,6 +3,11 @@
 The link feeds it frames and the current time and writes whatever bytes it returns. Everything
 about sequence numbers, transaction ids, retransmission, event de-duplication and reboot
 detection lives here, so it can be tested exhaustively with plain numbers for time.
+
+Every device frame that reports state is bound to this session before it is believed: telemetry
+to the device's boot, events (protocol 1.1) to the boot and the session they were raised in, and
+1.0 events to the device uptime at which this session opened. A frame from another boot is
+dropped; an event of an earlier session is delivered marked as such, never as this session's.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, Frame, encode
 from firmware_bridge.messages import (
     PROTO_MAJOR,
     PROTO_MINOR,
+    BoundEvent,
+    Bye,
     DecodeError,
     Event,
     EventAck,
@@ -26,6 +33,7 @@ from firmware_bridge.messages import (
 
 
 FUTURE_SLACK_MS = 1000  # device uptime may run ahead of the host's clock by this, plus twice the elapsed time
+MAX_HELD_EVENTS = 32  # 1.0 events held until this session's start uptime is known (the device keeps 32 too)
 
 
 class SessionState(enum.Enum):
@@ -39,7 +47,7 @@ class SessionState(enum.Enum):
 ALLOWED_REQUESTS: dict[SessionState, frozenset[str]] = {
     SessionState.CLOSED: frozenset({"Hello"}),
     SessionState.HELLO_SENT: frozenset(),
-    SessionState.READY: frozenset({"Hello", "Freeze", "EndIn", "Stop", "GetCounters", "CalRead", "CalWrite", "ClearFault"}),
+    SessionState.READY: frozenset({"Hello", "Freeze", "EndIn", "Stop", "GetCounters", "CalRead", "CalWrite", "ClearFault", "Bye"}),
     SessionState.REBOOTED: frozenset({"Hello", "Stop"}),
 }
 
@@ -68,6 +76,8 @@ class TelemetryReceived:
 class DeviceEventReceived:
     event: Event
     received_at: float
+    earlier_session: bool = False  # raised before this session opened: never this session's to charge
+    session_id: int | None = None  # the session it was raised in (1.1 devices; 0 = none open); None if unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,7 @@ class SessionStats:
     retransmits: int = 0
     duplicates_seen: int = 0
     stale_frames: int = 0
+    other_boot_frames: int = 0  # telemetry or events from another boot of the device: dropped
     future_frames: int = 0
     seq_gaps: int = 0
     undecodable: int = 0
@@ -119,14 +130,23 @@ class NotAllowed(Exception):
 
 
 class HostSession:
-    def __init__(self, retry_interval_s: float = 0.06, max_attempts: int = 5) -> None:
+    def __init__(self, retry_interval_s: float = 0.06, max_attempts: int = 5, first_txn: int = 1) -> None:
+        """``first_txn``: the link draws it at random, so two host processes never reuse each other's txns."""
+        if not 1 <= first_txn <= 0xFFFF:
+            raise ValueError(f"first_txn {first_txn}: allowed 1..65535")
         self.retry_interval_s = retry_interval_s
         self.max_attempts = max_attempts
         self.state = SessionState.CLOSED
         self.stats = SessionStats()
         self.boot_count: int | None = None
+        self.session_id: int | None = None  # the HELLO nonce the device echoed: stamped on its 1.1 events
+        self.minor = 0  # the protocol minor both ends speak in this session
+        self._hello_nonce: int | None = None
+        self._hello_minor = PROTO_MINOR
+        self._start_uptime_ms: int | None = None  # device uptime when this session opened (first telemetry after it)
+        self._held: list[DeviceEventReceived] = []  # 1.0 events waiting for that mark
         self._next_seq = 0
-        self._next_txn = 1
+        self._next_txn = first_txn
         self._pending: dict[int, _Pending] = {}
         self._last_rx_seq: int | None = None
         self._last_uptime_ms: int | None = None
@@ -149,7 +169,7 @@ class HostSession:
         txn = self._next_txn
         self._next_txn = self._next_txn % 0xFFFF + 1  # 1..65535, 0 means "unsolicited"
         if isinstance(msg, Hello):
-            self._begin_handshake()
+            self._begin_handshake(msg)
         wire = self._frame(msg, txn)
         self._pending[txn] = _Pending(msg, now, 1)
         return txn, wire
@@ -158,8 +178,12 @@ class HostSession:
         """A frame that expects no reply (HEARTBEAT, EVENT_ACK)."""
         return self._frame(msg, 0)
 
-    def _begin_handshake(self) -> None:
+    def _begin_handshake(self, hello: Hello) -> None:
         self.state = SessionState.HELLO_SENT
+        self._hello_nonce, self._hello_minor = hello.host_nonce, hello.proto_minor
+        self.session_id = None
+        self._start_uptime_ms = None
+        self._held.clear()
         self._last_rx_seq = None
         self._last_uptime_ms = None
 
@@ -188,6 +212,7 @@ class HostSession:
 
     def close(self) -> None:
         self.state = SessionState.CLOSED
+        self.session_id = None
 
     # ---- incoming ------------------------------------------------------------------------
 
@@ -204,6 +229,9 @@ class HostSession:
         if not msg.FROM_DEVICE:
             self.stats.undecodable += 1
             return out
+        if isinstance(msg, Telemetry | BoundEvent) and self._from_older_boot(msg.boot_count):
+            self.stats.other_boot_frames += 1  # a frame that waited somewhere while the device rebooted
+            return out
         if isinstance(msg, Telemetry) and self._rebooted(msg.boot_count):
             self._on_reboot(msg.boot_count, out)
         # Replies are matched by txn; seq ordering guards the unsolicited, state-bearing frames.
@@ -213,7 +241,12 @@ class HostSession:
         self.stats.frames_received += 1
         if isinstance(msg, Telemetry):
             self._on_telemetry(msg, now, out)
+        elif isinstance(msg, BoundEvent):
+            self._on_bound_event(msg, now, out)
         elif isinstance(msg, Event):
+            if self.minor >= 1:
+                self.stats.stale_frames += 1  # a 1.1 session's events are bound; an unbound one is not from it
+                return out
             self._on_event(msg, now, out)
         if frame.txn:
             self._on_reply(frame, msg, out)
@@ -241,7 +274,13 @@ class HostSession:
             self.stats.duplicates_seen += 1
         if isinstance(msg, HelloAck):
             self._on_hello_ack(msg, out)
+        elif isinstance(pending.request, Bye):
+            self.close()
         out.events.append(Reply(frame.txn, msg, duplicate))
+
+    def _from_older_boot(self, boot_count: int) -> bool:
+        """Boot counters only grow (non-volatile, +1 per reset): a lower one is a frame from the past."""
+        return self.boot_count is not None and boot_count < self.boot_count
 
     def _rebooted(self, boot_count: int) -> bool:
         return self.boot_count is not None and boot_count != self.boot_count and self.state is SessionState.READY
@@ -256,12 +295,17 @@ class HostSession:
         self._last_rx_seq = None
         self._last_uptime_ms = None
         self._seen_events.clear()
+        self.session_id = None
 
     def _on_hello_ack(self, ack: HelloAck, out: Output) -> None:
+        if ack.host_nonce != self._hello_nonce:
+            return  # not the answer to our HELLO: the link refuses the device
         if self.boot_count is not None and ack.boot_count != self.boot_count:
             out.events.append(RebootDetected(self.boot_count, ack.boot_count))
             self._seen_events.clear()
         self.boot_count = ack.boot_count
+        self.session_id = ack.host_nonce
+        self.minor = min(self._hello_minor, ack.proto_minor)
         self.state = SessionState.READY
 
     def _on_telemetry(self, telemetry: Telemetry, now: float, out: Output) -> None:
@@ -276,11 +320,35 @@ class HostSession:
         self._last_uptime_ms = telemetry.uptime_ms
         self._last_uptime_at = now
         out.events.append(TelemetryReceived(telemetry, now))
+        if self._start_uptime_ms is None and self.state is SessionState.READY:
+            self._start_uptime_ms = telemetry.uptime_ms
+            held, self._held = self._held, []
+            out.events.extend(self._mark_by_uptime(item) for item in held)
 
-    def _on_event(self, event: Event, now: float, out: Output) -> None:
+    def _on_bound_event(self, bound: BoundEvent, now: float, out: Output) -> None:
+        if self.boot_count is not None and bound.boot_count != self.boot_count:
+            self.stats.other_boot_frames += 1  # not acknowledged: its id belongs to another boot's numbering
+            return
+        earlier = self.session_id is None or bound.session_id != self.session_id
+        self._on_event(bound.unbound(), now, out, DeviceEventReceived(bound.unbound(), now, earlier, bound.session_id))
+
+    def _on_event(self, event: Event, now: float, out: Output, received: DeviceEventReceived | None = None) -> None:
         out.to_send.append(self.unsolicited(EventAck(event.event_id)))  # ack every copy: the ack may be lost
         if event.event_id in self._seen_events:
             return
         self._seen_events.append(event.event_id)
         del self._seen_events[:-256]
-        out.events.append(DeviceEventReceived(event, now))
+        if received is not None:
+            out.events.append(received)
+        elif self._start_uptime_ms is None:
+            self._held.append(DeviceEventReceived(event, now))  # a 1.0 event: wait until this session's start is known
+            del self._held[:-MAX_HELD_EVENTS]
+        else:
+            out.events.append(self._mark_by_uptime(DeviceEventReceived(event, now)))
+
+    def _mark_by_uptime(self, item: DeviceEventReceived) -> DeviceEventReceived:
+        """1.0 events carry no session: one raised before this session's first telemetry is an earlier one's."""
+        assert self._start_uptime_ms is not None
+        if item.event.uptime_ms < self._start_uptime_ms:
+            return DeviceEventReceived(item.event, item.received_at, earlier_session=True)
+        return item

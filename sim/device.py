@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
+from firmware_bridge import messages
 from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.messages import Capability, Cryogen, DeviceKind
 from sim.firmware import Firmware, Identity, NonVolatile
@@ -154,6 +155,7 @@ class SimulatedDevice:
         cartridge_g: int = 23,
         seed: int = 0,
         proto_major: int | None = None,
+        proto_minor: int | None = None,
         schema_hash: int | None = None,
     ) -> None:
         if kind not in ("spray", "probe"):
@@ -175,6 +177,8 @@ class SimulatedDevice:
         )
         if proto_major is not None:
             identity = dataclasses.replace(identity, proto_major=proto_major)
+        if proto_minor is not None:  # e.g. 0 plays a 1.0 device: no BYE, events not bound to their session
+            identity = dataclasses.replace(identity, proto_minor=proto_minor, schema_hash=messages.schema_hash(proto_minor))
         if schema_hash is not None:
             identity = dataclasses.replace(identity, schema_hash=schema_hash)
         self.nvm = NonVolatile()

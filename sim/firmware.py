@@ -21,6 +21,8 @@ from firmware_bridge.messages import (
     PROTO_MINOR,
     SCHEMA_HASH,
     Ack,
+    BoundEvent,
+    Bye,
     CalData,
     CalRead,
     CalWrite,
@@ -33,7 +35,6 @@ from firmware_bridge.messages import (
     DeviceState,
     EndIn,
     EndReason,
-    Event,
     EventAck,
     EventCode,
     Fault,
@@ -46,6 +47,7 @@ from firmware_bridge.messages import (
     Message,
     Result,
     Stop,
+    REGISTRY,
     Telemetry,
     TriggerMode,
     decode_message,
@@ -67,11 +69,11 @@ SENSOR_FAULTS = {SensorFault.OPEN: Fault.SENSOR_OPEN, SensorFault.SHORT: Fault.S
 
 # Requests each state accepts; the rest are refused with the code given.
 ACCEPTS: dict[DeviceState, frozenset[type[Message]]] = {
-    DeviceState.NO_SESSION: frozenset({Hello, Stop}),
-    DeviceState.READY: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, CalWrite, ClearFault}),
-    DeviceState.WAIT_TRIGGER: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead}),
-    DeviceState.FREEZING: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead}),
-    DeviceState.FAULT: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, CalWrite, ClearFault}),
+    DeviceState.NO_SESSION: frozenset({Hello, Stop, Bye}),
+    DeviceState.READY: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, CalWrite, ClearFault, Bye}),
+    DeviceState.WAIT_TRIGGER: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, Bye}),
+    DeviceState.FREEZING: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, Bye}),
+    DeviceState.FAULT: frozenset({Hello, Freeze, EndIn, Stop, GetCounters, CalRead, CalWrite, ClearFault, Bye}),
 }
 REFUSAL: dict[DeviceState, Result] = {
     DeviceState.NO_SESSION: Result.NO_SESSION,
@@ -128,7 +130,7 @@ class _Freeze:
 
 @dataclass(slots=True)
 class _PendingEvent:
-    event: Event
+    event: BoundEvent  # sent as a 1.0 EVENT (its first nine fields) in a 1.0 session
     last_sent_ms: float
 
 
@@ -142,6 +144,8 @@ class Firmware:
         self.min_telemetry_period_ms = 0.0  # virtual time: keep the wall-time frame rate sane
         self.watchdog_enabled = True  # a broken device for tests: the self-test must catch it
         self.host_frames = 0
+        self.session_id = 0  # host_nonce of the open session; 0 when none
+        self.session_minor = 0  # the minor version both ends speak in this session
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -158,6 +162,8 @@ class Firmware:
         self.watchdog_ms = DEFAULT_WATCHDOG_MS
         self.last_host_ms = device_ms
         self.watchdog_tripped = False
+        self.session_id = 0
+        self.session_minor = 0
         self.txn_cache: OrderedDict[int, Message] = OrderedDict()
         self.pending_events: OrderedDict[int, _PendingEvent] = OrderedDict()
         self.next_event_id = 1
@@ -179,15 +185,28 @@ class Firmware:
             if frame.msg_type == Hello.MSG_TYPE:  # answer in our own version so the host can say why
                 return [self._encode(self._hello_ack(0), frame.txn)]
             return []
+        if frame.msg_type & 0x80:
+            return []  # a device message type: not a host frame, does not feed the watchdog
+        known = REGISTRY.get(frame.msg_type)
+        if known is not None and known.SINCE_MINOR > self.identity.proto_minor:
+            known = None  # added after this firmware's version: unknown here
         try:
-            msg = decode_message(frame.msg_type, frame.payload)
+            msg = decode_message(frame.msg_type, frame.payload) if known is not None else None
         except DecodeError:
-            return []
-        if msg.FROM_DEVICE:
-            return []
+            if self.identity.proto_minor == 0 or len(frame.payload) != known.LAYOUT.size:  # type: ignore[union-attr]
+                return []  # a wrong length is treated like a corrupt frame (§2)
+            msg = None  # 1.1: the right length with an undefined value is a BAD_REQUEST, answered
+        if msg is None and self.identity.proto_minor == 0:
+            return []  # a 1.0 device ignores a type it does not know
         self.host_frames += 1
         self.last_host_ms = device_ms
-        self.watchdog_tripped = False
+        if self.identity.proto_minor == 0:
+            self.watchdog_tripped = False  # 1.0: any host frame re-armed a tripped watchdog (1.1: HELLO or CLEAR_FAULT)
+        if msg is None:
+            if frame.txn == 0:
+                return []
+            result = Result.BAD_REQUEST if known is not None else Result.UNSUPPORTED
+            return [self._encode(Ack(frame.msg_type, result, 0, 0), frame.txn)]
         if isinstance(msg, Heartbeat):
             return []
         if isinstance(msg, EventAck):
@@ -214,6 +233,8 @@ class Firmware:
         match msg:
             case Hello():
                 return self._on_hello(msg, device_ms, true_s)
+            case Bye():
+                return self._on_bye(msg, device_ms, true_s)
             case Stop():
                 return self._on_stop(msg, device_ms, true_s)
             case Freeze():
@@ -235,10 +256,23 @@ class Firmware:
             self._end_freeze(EndReason.NEW_SESSION, device_ms, true_s)
         requested = msg.watchdog_ms or DEFAULT_WATCHDOG_MS
         self.watchdog_ms = min(MAX_WATCHDOG_MS, max(MIN_WATCHDOG_MS, requested))
+        self.watchdog_tripped = False  # a new session re-arms the watchdog
         self.txn_cache.clear()
+        self.session_id = msg.host_nonce
+        self.session_minor = min(self.identity.proto_minor, msg.proto_minor)
         if self.state is DeviceState.NO_SESSION:
             self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
         return self._hello_ack(msg.host_nonce)
+
+    def _on_bye(self, msg: Bye, device_ms: float, true_s: float) -> Message:
+        """The host leaves: close the valve, then no session, so no watchdog and nothing latched."""
+        valve_open_ms = 0
+        if self.freeze is not None:
+            valve_open_ms = self._end_freeze(EndReason.STOPPED, device_ms, true_s)
+        self.state = DeviceState.NO_SESSION
+        self.session_id = 0
+        self.watchdog_tripped = False
+        return self._ack(msg, Result.OK, detail32=valve_open_ms)
 
     def _hello_ack(self, nonce: int) -> HelloAck:
         ident = self.identity
@@ -308,6 +342,8 @@ class Firmware:
             self._queue_event(EventCode.FAULT_CLEARED, self.last_host_ms, faults=cleared)
         if not self.faults & LATCHING_FAULTS and self.state is DeviceState.FAULT:
             self.state = DeviceState.READY
+        if not self.faults & Fault.WATCHDOG_TRIP:
+            self.watchdog_tripped = False  # one silence, one trip: re-armed only once the trip is cleared
         return self._ack(msg, Result.OK if not still else Result.FAULT_LATCHED, detail16=int(self.faults))
 
     def _present_faults(self) -> Fault:
@@ -447,6 +483,7 @@ class Firmware:
         self._queue_event(EventCode.FREEZE_DONE, device_ms, reason=reason)
         self.freeze = None
         self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
+        self.next_telemetry_ms = device_ms  # a state change is reported at once
         return valve_open_ms
 
     def _latch(self, fault: Fault, device_ms: float, code: EventCode = EventCode.FAULT_RAISED) -> None:
@@ -467,9 +504,10 @@ class Firmware:
 
     def _queue_event(self, code: EventCode, device_ms: float, *, reason: EndReason = EndReason.NONE, faults: Fault | None = None) -> None:
         last = self.nvm.last_freeze
-        event = Event(
+        event = BoundEvent(
             self.next_event_id, code, reason, last.txn, int(self.faults if faults is None else faults),
             last.requested_ms, last.valve_open_ms, last.halo_to_off_ms, int(device_ms - self.boot_ms) & 0xFFFFFFFF,
+            self.nvm.boot_count, self.session_id,
         )
         self.next_event_id = self.next_event_id % 0xFFFF + 1
         self.pending_events[event.event_id] = _PendingEvent(event, -1.0)
@@ -477,11 +515,13 @@ class Firmware:
             self.pending_events.popitem(last=False)
 
     def _flush_new_events(self, device_ms: float) -> list[bytes]:
+        if self.state is DeviceState.NO_SESSION:
+            return []  # no events without a session (after BYE they wait for the next one)
         out = []
         for pending in self.pending_events.values():
             if pending.last_sent_ms < 0:
                 pending.last_sent_ms = device_ms
-                out.append(self._encode(pending.event, 0))
+                out.append(self._encode(self._wire_event(pending.event), 0))
         return out
 
     def _resend_events(self, device_ms: float) -> list[bytes]:
@@ -491,8 +531,12 @@ class Firmware:
         for pending in self.pending_events.values():
             if pending.last_sent_ms < 0 or device_ms - pending.last_sent_ms >= EVENT_RESEND_MS:
                 pending.last_sent_ms = device_ms
-                out.append(self._encode(pending.event, 0))
+                out.append(self._encode(self._wire_event(pending.event), 0))
         return out
+
+    def _wire_event(self, event: BoundEvent) -> Message:
+        """A 1.1 session gets the bound EVENT; a 1.0 host knows only the unbound one."""
+        return event if self.session_minor >= 1 else event.unbound()
 
     def _telemetry(self, device_ms: float) -> Telemetry:
         f = self.freeze

@@ -24,6 +24,7 @@ from firmware_bridge.errors import (
 )
 from firmware_bridge.link import Link, LinkDown
 from firmware_bridge.messages import (
+    DeviceState,
     CalWrite,
     DeviceKind,
     EndReason,
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.pty
 def test_handshake_reports_the_device_identity(device: SimulatedDevice, link: Link) -> None:
     ident = link.identity
     assert ident is not None
-    assert (ident.kind, ident.serial, ident.firmware, ident.protocol) == (DeviceKind.SPRAY, "SIM-TEST-1", "1.0.0", "1.0")
+    assert (ident.kind, ident.serial, ident.firmware, ident.protocol) == (DeviceKind.SPRAY, "SIM-TEST-1", "1.0.0", "1.1")
     assert ident.max_freeze_ms == 60_000 and ident.watchdog_ms == TEST_WATCHDOG_MS
     assert ident.port == device.url
 
@@ -146,7 +147,7 @@ def test_losing_the_port_mid_freeze_is_reported_and_the_device_still_closes_the_
 def test_a_new_connection_after_a_host_vanished_sees_the_trip_and_clears_it(device: SimulatedDevice) -> None:
     first = Link.open(device.url, watchdog_ms=250)
     first.freeze(10_000)
-    first.close()
+    first.close(end_session=False)  # vanishes: no BYE
     wait_until(lambda: not device.valve_open and device.model.valve_log, what="watchdog closing the valve")
     with Link.open(device.url, watchdog_ms=TEST_WATCHDOG_MS) as second:
         assert second.identity is not None and second.identity.fault_flags & Fault.WATCHDOG_TRIP
@@ -157,6 +158,28 @@ def test_a_new_connection_after_a_host_vanished_sees_the_trip_and_clears_it(devi
         assert info.value.fault_flags & Fault.WATCHDOG_TRIP and "read the counters" in str(info.value)
         assert second.clear_fault().result is Result.OK
         assert supervise_freeze(second, 100).end_reason is EndReason.COMPLETED
+
+
+def test_a_clean_exit_ends_the_session_and_latches_nothing(device: SimulatedDevice) -> None:
+    for _ in range(3):  # a second time in a row, and a third
+        with Link.open(device.url, watchdog_ms=250) as link:
+            assert link.identity is not None and not link.identity.fault_flags
+            link.counters()
+        assert device.firmware.state is DeviceState.NO_SESSION  # BYE answered: no session, so no watchdog
+    with Link.open(device.url, watchdog_ms=250) as link:
+        counters = link.counters()
+        assert counters.watchdog_trips == 0 and not counters.fault_flags
+
+
+def test_bye_during_a_freeze_closes_the_valve_before_answering(device: SimulatedDevice) -> None:
+    link = Link.open(device.url, watchdog_ms=TEST_WATCHDOG_MS)
+    link.freeze(10_000)
+    wait_until(lambda: device.valve_open, what="the valve opening")
+    link.close()
+    assert not device.model.valve_commanded
+    with Link.open(device.url, watchdog_ms=TEST_WATCHDOG_MS) as again:
+        counters = again.counters()
+        assert counters.last_end_reason is EndReason.STOPPED and counters.watchdog_trips == 0
 
 
 def test_calibration_is_stored_in_the_device(link: Link) -> None:
@@ -191,7 +214,7 @@ def test_version_mismatch_is_refused_with_both_versions() -> None:
         dev.serve_pty()
         with pytest.raises(VersionMismatch) as info:
             Link.open(dev.url)
-    assert "speaks protocol 2.0; this Givre speaks 1.0" in str(info.value)
+    assert "speaks protocol 2.1; this Givre speaks 1.1" in str(info.value)
 
 
 def test_different_message_layouts_are_refused() -> None:

@@ -8,8 +8,9 @@ from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, Frame, FrameD
 from firmware_bridge.messages import (
     PROTO_MAJOR,
     PROTO_MINOR,
-    SCHEMA_HASH,
     Ack,
+    BoundEvent,
+    Bye,
     Capability,
     Cryogen,
     DeviceKind,
@@ -27,6 +28,7 @@ from firmware_bridge.messages import (
     Telemetry,
     TriggerMode,
     decode_message,
+    schema_hash,
 )
 from firmware_bridge.session import (
     DeviceEventReceived,
@@ -49,19 +51,21 @@ def device_frame(msg: Message, seq: int, txn: int = 0, flags: int = 0, major: in
     return Frame(major, PROTO_MINOR, msg.MSG_TYPE, flags, seq, txn, msg.pack())
 
 
-def hello_ack(boot: int = 1) -> HelloAck:
-    return HelloAck(1, 0, DeviceKind.SPRAY, Cryogen.N2O, 1, 0, 0, "S", boot, 60000, 250, Capability(0), 0, SCHEMA_HASH, 7)
+def hello_ack(boot: int = 1, minor: int = 0) -> HelloAck:
+    return HelloAck(1, minor, DeviceKind.SPRAY, Cryogen.N2O, 1, 0, 0, "S", boot, 60000, 250, Capability(0), 0, schema_hash(minor), 7)
 
 
 def telemetry(boot: int = 1, uptime: int = 100) -> Telemetry:
     return Telemetry(uptime, boot, DeviceState.READY, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
-def ready_session() -> HostSession:
+def ready_session(minor: int = 0) -> HostSession:
+    """A session with a device of protocol 1.minor, whose first telemetry (uptime 10 ms) has come."""
     session = HostSession(retry_interval_s=0.06, max_attempts=5)
     txn, _ = session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
-    session.receive(device_frame(hello_ack(), 0, txn), 0.01)
-    assert session.state is SessionState.READY
+    session.receive(device_frame(hello_ack(minor=minor), 0, txn), 0.01)
+    assert session.state is SessionState.READY and session.minor == minor
+    session.receive(device_frame(telemetry(uptime=10), 1), 0.02)
     return session
 
 
@@ -96,8 +100,8 @@ def test_a_duplicate_reply_is_flagged_and_a_late_second_reply_ignored() -> None:
 def test_each_event_is_acked_every_time_but_reported_once() -> None:
     session = ready_session()
     event = Event(5, EventCode.FREEZE_DONE, EndReason.COMPLETED, 2, 0, 1000, 1001, 0xFFFFFFFF, 50)
-    first = session.receive(device_frame(event, 1), 1.0)
-    again = session.receive(device_frame(event, 2), 1.1)
+    first = session.receive(device_frame(event, 2), 1.0)
+    again = session.receive(device_frame(event, 3), 1.1)
     assert [type(e) for e in first.events] == [DeviceEventReceived]
     assert again.events == []
     for out in (first, again):
@@ -133,7 +137,60 @@ def test_a_peer_with_another_major_version_is_reported_not_decoded() -> None:
 
 def test_telemetry_from_the_future_is_ignored() -> None:
     session = ready_session()
-    assert session.receive(device_frame(telemetry(uptime=1000), 1), 1.0).events
-    assert session.receive(device_frame(telemetry(uptime=3_600_000), 2), 1.1).events == []  # an hour ahead in 0.1 s
+    assert session.receive(device_frame(telemetry(uptime=1000), 2), 1.0).events
+    assert session.receive(device_frame(telemetry(uptime=3_600_000), 3), 1.1).events == []  # an hour ahead in 0.1 s
     assert session.stats.future_frames == 1
-    assert session.receive(device_frame(telemetry(uptime=1100), 3), 1.1).events  # the true stream goes on
+    assert session.receive(device_frame(telemetry(uptime=1100), 4), 1.1).events  # the true stream goes on
+
+
+def bound(event_id: int, boot: int = 1, session_id: int = 7, uptime: int = 500) -> BoundEvent:
+    return BoundEvent(event_id, EventCode.FREEZE_DONE, EndReason.COMPLETED, 2, 0, 1000, 1000, 0xFFFFFFFF, uptime, boot, session_id)
+
+
+def test_a_1_1_event_is_bound_to_this_boot_and_session() -> None:
+    session = ready_session(minor=1)
+    (ours,) = session.receive(device_frame(bound(1), 2), 1.0).events
+    assert isinstance(ours, DeviceEventReceived) and not ours.earlier_session and ours.session_id == 7
+    (earlier,) = session.receive(device_frame(bound(2, session_id=99), 3), 1.1).events
+    assert isinstance(earlier, DeviceEventReceived) and earlier.earlier_session and earlier.session_id == 99
+    older_boot = session.receive(device_frame(bound(3, boot=0), 4), 1.2)
+    assert older_boot.events == [] and older_boot.to_send == []  # not even acked: its id is another boot's
+    assert session.stats.other_boot_frames == 1
+
+
+def test_an_unbound_event_is_not_believed_in_a_1_1_session() -> None:
+    session = ready_session(minor=1)
+    event = Event(5, EventCode.FREEZE_DONE, EndReason.COMPLETED, 2, 0, 1000, 5000, 0xFFFFFFFF, 50)
+    assert session.receive(device_frame(event, 2), 1.0).events == []
+
+
+def test_telemetry_from_an_older_boot_is_dropped_not_taken_for_a_reboot() -> None:
+    session = ready_session()
+    session.boot_count = 3
+    assert session.receive(device_frame(telemetry(boot=2, uptime=20), 2), 1.0).events == []
+    assert session.state is SessionState.READY and session.stats.other_boot_frames == 1
+
+
+def test_a_1_0_event_waits_for_the_session_start_and_an_earlier_one_is_marked() -> None:
+    session = HostSession()
+    txn, _ = session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
+    session.receive(device_frame(hello_ack(), 0, txn), 0.01)
+    old = Event(1, EventCode.WATCHDOG_TRIP, EndReason.NONE, 0, 1, 0, 0, 0xFFFFFFFF, 400)
+    held = session.receive(device_frame(old, 1), 0.02)
+    assert held.events == [] and len(held.to_send) == 1  # acked at once, reported once the start is known
+    out = session.receive(device_frame(telemetry(uptime=900), 2), 0.03)
+    (marked,) = [e for e in out.events if isinstance(e, DeviceEventReceived)]
+    assert marked.earlier_session and marked.event == old
+    new = Event(2, EventCode.FAULT_RAISED, EndReason.NONE, 0, 8, 0, 0, 0xFFFFFFFF, 950)
+    (current,) = session.receive(device_frame(new, 3), 0.04).events
+    assert isinstance(current, DeviceEventReceived) and not current.earlier_session
+
+
+def test_txns_start_where_the_link_says_and_bye_closes_the_session() -> None:
+    session = HostSession(first_txn=40000)
+    txn, _ = session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
+    assert txn == 40000
+    session.receive(device_frame(hello_ack(minor=1), 0, txn), 0.01)
+    bye_txn, _ = session.request(Bye(0), 0.1)
+    session.receive(device_frame(Ack(Bye.MSG_TYPE, Result.OK, 0, 0), 1, bye_txn), 0.11)
+    assert session.state is SessionState.CLOSED and session.session_id is None
