@@ -356,6 +356,13 @@ class SimulatedDevice:
         with self._lock:
             return self._serve(_PtyEndpoint())
 
+    def send_raw(self, wire: bytes) -> None:
+        """Put bytes on the wire to the host as they are: a frame recorded earlier and delivered
+        late (a buffer that held it across a reboot), or garbage. The device's state is untouched."""
+        with self._lock:
+            if self._endpoint is not None:
+                self._endpoint.write(wire)
+
     def stall(self, seconds: float) -> None:
         """The device's link stops reading and writing for a while; its timers keep running."""
         with self._lock:
