@@ -1,20 +1,33 @@
 """The only module that imports pyserial. Maps its exceptions onto ours, naming the port.
 
 Any URL ``serial.serial_for_url`` understands works: a /dev/tty path, a pty path from the
-simulator, ``socket://host:port`` and ``loop://``. Ports are always opened ``exclusive=True``
-so a second program cannot talk to the same device at the same time.
+simulator, ``socket://host:port`` and ``loop://``. A port is held two ways so no second program
+talks to the device mid-treatment: pyserial's ``exclusive=True`` (an flock, which only programs
+that also flock respect) and, on a tty where the OS has it (Linux, macOS), the kernel's TIOCEXCL,
+which makes every further open() fail with EBUSY unless the opener has CAP_SYS_ADMIN (root).
+ModemManager runs as root, so docs/udev/99-givre.rules also tells it to leave the device alone.
 """
 
 from __future__ import annotations
 
 import errno
+import io
+import os
 from dataclasses import dataclass
 
 import serial
 
 from firmware_bridge.errors import LinkLost, PortBusy, PortError, PortNotFound, PortPermissionDenied
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - Windows: no ttys, the OS opens COM ports exclusively
+    fcntl = None  # type: ignore[assignment]
+    termios = None  # type: ignore[assignment]
+
 DEFAULT_BAUDRATE = 115200
+UDEV_HELP = "install docs/udev/99-givre.rules (see docs/udev/README.md)"
 
 
 class SerialTransport:
@@ -32,6 +45,7 @@ class SerialTransport:
             raise _open_error(url, exc) from exc
         except ValueError as exc:  # e.g. an unknown URL scheme or a bad parameter
             raise PortError(url, f"not a usable port address ({exc})", "Use a device path such as /dev/ttyUSB0, or socket://HOST:PORT") from exc
+        self._exclusive_fd: int | None = _hold_tty_exclusively(self._port)
 
     def read(self) -> bytes:
         """Whatever has arrived, waiting at most the read timeout for the first byte."""
@@ -58,10 +72,48 @@ class SerialTransport:
                 pass
 
     def close(self) -> None:
+        """Give up the tty's exclusivity first: while the simulator (or any process) keeps the tty
+        open, the kernel would otherwise keep refusing other openers after our fd is closed."""
+        fd, self._exclusive_fd = self._exclusive_fd, None
+        if fd is not None:
+            _release_tty(fd)
         try:
             self._port.close()
         except (serial.SerialException, OSError):
             pass
+
+
+def _hold_tty_exclusively(port: object) -> int | None:
+    """Set TIOCEXCL on the port's tty; return the fd it was set on, or None when not applicable.
+
+    socket:// has a socket fd and loop:// none at all: neither is a tty, so they are skipped
+    silently. If the ioctl fails on a real tty the port stays open: pyserial's flock still keeps
+    other Givre instances out, so failing here would only make the port unusable for no gain.
+    """
+    request = getattr(termios, "TIOCEXCL", None)
+    fileno = getattr(port, "fileno", None)
+    if fcntl is None or request is None or fileno is None:
+        return None
+    try:
+        fd = fileno()
+        if not isinstance(fd, int) or not os.isatty(fd):
+            return None
+        fcntl.ioctl(fd, request)
+    except (io.UnsupportedOperation, OSError, AttributeError, ValueError):
+        # io.UnsupportedOperation: no fd (loop://); OSError: ioctl refused (flock alone holds it).
+        return None
+    return fd
+
+
+def _release_tty(fd: int) -> None:
+    """Clear TIOCEXCL before closing (best effort: a vanished USB device fails with EIO)."""
+    request = getattr(termios, "TIOCNXCL", None)
+    if fcntl is None or request is None:
+        return
+    try:
+        fcntl.ioctl(fd, request)
+    except OSError:
+        pass
 
 
 def _open_error(url: str, exc: serial.SerialException) -> PortError:
@@ -71,10 +123,15 @@ def _open_error(url: str, exc: serial.SerialException) -> PortError:
         return PortNotFound(url, "no such port", "Plug the device in, or pick a port from `givre ports`")
     if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
         return PortPermissionDenied(
-            url, "permission denied", "Add your user to the 'dialout' group (then log in again), or install the udev rule from docs/"
+            url, "permission denied", f"Add your user to the 'dialout' group (then log in again), or {UDEV_HELP}"
         )
-    if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in text:
-        return PortBusy(url, "the port is in use by another program", "Close the other Givre window or program using it, then retry")
+    # EAGAIN: another process holds pyserial's flock; EBUSY: another process set TIOCEXCL.
+    if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY) or "exclusively lock" in text or "resource busy" in text:
+        return PortBusy(
+            url,
+            "the port is in use by another program (another Givre, a serial terminal, or ModemManager probing it)",
+            f"Close the other program, then retry; if it is ModemManager, {UDEV_HELP}",
+        )
     if "Connection refused" in text or code == errno.ECONNREFUSED:
         return PortNotFound(url, "nothing is listening there", "Start the device or `givre sim --tcp`, then retry")
     return PortError(url, f"could not open the port ({text})", "Check the address and that the device is connected")
