@@ -16,9 +16,9 @@ from controller.config import Config
 from controller.ledger import CartridgeLedger
 from controller.lesion import Lesion, SessionInfo, Site
 from controller.records import RecordStore
+from controller.recovery import connect
 from controller.treatment import Treatment
 from firmware_bridge.clock import Clock
-from firmware_bridge.link import Link
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice
 
@@ -46,8 +46,7 @@ def clinic_day(db: Path, sessions: int = 40, corrupt_pct: float = 1.0, scale: fl
     started = time.perf_counter()
     with SimulatedDevice(clock=clock, seed=seed) as device, RecordStore(db, clock=clock) as store:
         device.faults.corrupt_pct = corrupt_pct
-        with Link.open(device.serve_pty(), clock=clock, watchdog_ms=min(60_000, round(250 * scale))) as link:
-            link.wait_for_telemetry()
+        with connect(device.serve_pty(), clock) as link:
             ledger = CartridgeLedger(store, config)
             ledger.load("23g", date.today())
             completed = 0

@@ -23,10 +23,11 @@ from controller.billing import load_table
 from controller.export import checked_sessions, to_csv, to_fhir
 from controller.report import build_report
 from controller.tui.benchmark import measure_tui
-from controller.freeze import supervise_freeze
 from controller.records import RecordStore
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.link import Link
+from firmware_bridge.messages import Event, EventCode, FreezeMode, TriggerMode
+from firmware_bridge.session import DeviceEventReceived
 from firmware_bridge.messages import PROTO_MAJOR, PROTO_MINOR, DeviceState, Telemetry
 from sim.device import SimulatedDevice
 
@@ -152,14 +153,34 @@ def _freeze_errors(device: SimulatedDevice, link: Link, n: int) -> tuple[list[fl
     errors, truth = [], []
     for i in range(n):
         requested = 50 + 10 * (i % 10)
-        outcome = supervise_freeze(link, requested)
-        assert outcome.valve_open_ms is not None
-        errors.append(abs(outcome.valve_open_ms - requested))
+        errors.append(abs(device_timed_freeze(link, requested).valve_open_ms - requested))
         edge = device.model.valve_log[-1]
         _wait(lambda: edge.closed_at is not None)
         assert edge.closed_at is not None
         truth.append(abs((edge.closed_at - edge.opened_at) * 1000 - requested))
     return errors, truth
+
+
+def device_timed_freeze(link: Link, duration_ms: int, *, mode: FreezeMode = FreezeMode.TIMED,
+                        trigger: TriggerMode = TriggerMode.HOST, on_beat: Callable[[Link], None] | None = None,
+                        seen: list[Event] | None = None) -> Event:
+    """One FREEZE, heartbeating until its FREEZE_DONE, which is returned. A measurement harness for the
+    bench and the link's tests: anything but a clean report raises, nothing is reconciled here (the
+    product's one path for that is controller/reconcile.py). ``seen`` collects the other events."""
+    txn = link.freeze(duration_ms, mode, trigger)
+    deadline = link.clock.monotonic() + link.clock.wall(duration_ms / 1000 + 2.0)
+    while link.clock.monotonic() < deadline:
+        link.heartbeat()
+        if on_beat is not None:
+            on_beat(link)
+        item = link.next_event(link.heartbeat_period_s)
+        if isinstance(item, DeviceEventReceived) and item.event.code is EventCode.FREEZE_DONE and item.event.freeze_txn == txn:
+            return item.event
+        if isinstance(item, DeviceEventReceived) and seen is not None:
+            seen.append(item.event)
+        if item is not None and not isinstance(item, DeviceEventReceived):
+            raise RuntimeError(f"freeze txn {txn} lost its report: {item}")
+    raise RuntimeError(f"no FREEZE_DONE for freeze txn {txn} ({duration_ms} ms)")
 
 
 def _watchdog_closes(n: int) -> list[float]:
@@ -169,7 +190,7 @@ def _watchdog_closes(n: int) -> list[float]:
         with SimulatedDevice() as device:
             link = Link.open(device.serve_pty(), watchdog_ms=WATCHDOG_MS)
             link.freeze(10_000)
-            link.close()  # silence: no heartbeat, no frame, the port closed as a killed host's would be
+            link.close(end_session=False)  # silence: no BYE, no frame, the port closed as a killed host's would be
             _wait(lambda: bool(device.model.valve_log) and device.model.valve_log[-1].closed_at is not None, 3.0)
             closed_at = device.model.valve_log[-1].closed_at
             assert closed_at is not None and device.last_host_byte_at is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 from controller import calibration
 from controller.config import default_db
 from controller.records import RecordStore, write_private
+from controller.recovery import connect_and_recover
 from firmware_bridge.link import Link
 
 
@@ -32,9 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         points = [_point(text) for text in args.point]
-        with Link.open(args.port) as link, RecordStore(args.db or default_db()) as store:
-            result = _step(args, link, points)
-            certificate = calibration.certify(link, store, args.technician, [result])
+        with RecordStore(args.db or default_db()) as store:
+            link, recovered = connect_and_recover(args.port, store)
+            for report in recovered:
+                print(report.line(), file=sys.stderr)
+            with link:
+                result = _step(args, link, points)
+                certificate = calibration.certify(link, store, args.technician, [result])
     except calibration.CalibrationError as exc:
         print(f"givre calibrate: {exc}; nothing was written", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("selftest", "pre-use self-test of a device: PASS / WARN / FAIL with the fix", selftest_arguments, run_selftest_cli)
     command("ports", "list serial ports with their USB description and serial number", None, _ports)
     command("info", "connect to a device and show its identity, counters and calibration", _info_arguments,
-            lambda args: _info(args.port, args.json))
+            lambda args: _info(args.port, args.json, args.db))
     return parser
 
 
@@ -84,17 +84,22 @@ def run_selftest_cli(args: argparse.Namespace) -> int:
 
     from controller.config import default_db
     from controller.records import RecordStore
+    from controller.recovery import connect_and_recover
     from controller.selftest import Verdict, overall, run_selftest
-    from firmware_bridge.link import Link
 
-    with Link.open(args.port) as link, RecordStore(Path(args.db) if args.db else default_db()) as store:
-        checks = run_selftest(link, store)
-        assert link.identity is not None
-        serial = link.identity.serial
+    with RecordStore(Path(args.db) if args.db else default_db()) as store:
+        link, recovered = connect_and_recover(args.port, store)
+        with link:
+            checks = run_selftest(link, store)
+            assert link.identity is not None
+            serial = link.identity.serial
     verdict = overall(checks)
     if args.json:
-        print(json.dumps({"device": serial, "result": verdict.value, "checks": [c.as_dict() for c in checks]}))
+        print(json.dumps({"device": serial, "result": verdict.value, "checks": [c.as_dict() for c in checks],
+                          "recovered": [r.line() for r in recovered]}))
     else:
+        for line in recovered:
+            print(line)
         for check in checks:
             print(check.line())
         print(f"self-test {verdict.value} for device {serial}")
@@ -103,6 +108,7 @@ def run_selftest_cli(args: argparse.Namespace) -> int:
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
+    parser.add_argument("--db", help="record store: what an earlier host left open on this device is settled first")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -114,24 +120,35 @@ def _ports(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info(port: str, as_json: bool) -> int:
-    """Read-only: handshake, counters, calibration. Heartbeats are not needed for so short a visit."""
+def _info(port: str, as_json: bool, db: str | None) -> int:
+    """Identity, counters, calibration; first, what an earlier host left open on this device is
+    settled from it (a record store another Givre is writing is left alone, and said so)."""
     import json
+    from pathlib import Path
 
-    from firmware_bridge.link import Link
+    from controller.config import default_db
+    from controller.records import RecordStore, StoreUnavailable
+    from controller.recovery import connect, recover
 
-    with Link.open(port) as link:
-        report = {
+    with connect(port) as link:
+        try:
+            with RecordStore(Path(db) if db else default_db()) as store:
+                recovered = [r.line() for r in recover(store, link)]
+        except StoreUnavailable as exc:
+            recovered = [f"not settled here: {exc}"]
+        report: dict[str, object] = {
             "identity": _plain(link.identity),
             "counters": _plain(link.counters()),
             "calibration": _plain(link.read_calibration()),
         }
     if as_json:
-        print(json.dumps(report, sort_keys=True))
+        print(json.dumps({**report, "recovered": recovered}, sort_keys=True))
     else:
+        for line in recovered:
+            print(line)
         for section, values in report.items():
             print(f"[{section}]")
-            for key, value in values.items():
+            for key, value in values.items():  # type: ignore[attr-defined]
                 print(f"  {key:24} {value}")
     return 0
 

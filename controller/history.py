@@ -151,6 +151,8 @@ def _apply(session: SessionView, event: Event) -> None:
             p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
             recovered=bool(p.get("recovered")))
         lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
+    elif event.kind == "freeze_unresolved":
+        session.status = f"unresolved: awaiting device {p.get('serial') or '?'}"  # open until that device is read
     elif event.kind == "thaw_done" and lesion is not None:
         for c in lesion.cycles:
             if c.cycle == p["cycle"]:

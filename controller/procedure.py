@@ -21,6 +21,7 @@ from controller.config import Config
 from controller.dose import DoseDecision, decide
 from controller.ledger import CartridgeLedger, CartridgeStatus, LedgerError
 from controller.lesion import Lesion
+from controller.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.records import RecordNotSaved, RecordStore
 from firmware_bridge.clock import Clock
 from firmware_bridge.errors import BridgeError, CommandRejected, CommandTimeout
@@ -33,7 +34,6 @@ from firmware_bridge.messages import (
     Capability,
     Counters,
     EndReason,
-    Event,
     EventCode,
     Fault,
     FreezeMode,
@@ -136,6 +136,8 @@ class CycleRecord:
     thaw_ms: int | None = None
     min_tip_c: float | None = None
     min_tissue_c: float | None = None
+    accepted: bool = False  # the device answered the FREEZE with ACK OK
+    started_seen: bool = False  # the device reported FREEZE_STARTED for it
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -222,6 +224,7 @@ class Procedure:
         self._uncertain_since: float | None = None
         self._manual_deadline: float | None = None
         self._counters_before: Counters | None = None
+        self._serial_at_fire = ""
 
     # ---- intents (any thread) ------------------------------------------------------------------
 
@@ -482,10 +485,12 @@ class Procedure:
             self._counters_before = self.link.counters()
         except BridgeError as exc:
             raise ProcedureError(f"cannot read the device before freezing: {exc}") from exc
+        self._serial_at_fire = self.link.identity.serial if self.link.identity else ""
         self._record(
             "freeze_requested",
             {"cycle": cycle.cycle, **self.plan.dose.as_record(), "mode": self.plan.mode.name, "spray_cap_ms": self.plan.spray_cap_ms,
-             "boot_count": self._counters_before.boot_count, "freezes_started_before": self._counters_before.freezes_started},
+             "serial": self._serial_at_fire, "boot_count": self._counters_before.boot_count,
+             "freezes_started_before": self._counters_before.freezes_started, "last_txn_before": self._counters_before.last_txn},
         )
         device_ms = self.plan.spray_cap_ms if self.plan.mode is FreezeMode.HALO else self.plan.dose.effective_ms
         self._go("fire")
@@ -493,6 +498,7 @@ class Procedure:
             cycle.txn = self.link.freeze(device_ms, self.plan.mode, self.plan.trigger)
         except CommandTimeout as exc:
             cycle.txn = exc.txn
+            self._record("freeze_unanswered", {"cycle": cycle.cycle, "txn": exc.txn})
             self._become_uncertain(f"no answer to FREEZE ({exc.problem})")
             return
         except CommandRejected as exc:
@@ -503,6 +509,7 @@ class Procedure:
         except BridgeError as exc:
             self._become_uncertain(str(exc))
             return
+        cycle.accepted = True
         self._record("freeze_accepted", {"cycle": cycle.cycle, "txn": cycle.txn, "device_ms": device_ms})
 
     def _mark_halo(self) -> None:
@@ -519,7 +526,10 @@ class Procedure:
 
     def _on_link_event(self, item: object) -> None:
         if isinstance(item, DeviceEventReceived):
-            self._on_device_event(item.event)
+            if item.earlier_session:
+                self._record("device_event", {**device_event_record(item), "lesion_id": None})  # filed, never charged here
+                return
+            self._on_device_event(item)
         elif isinstance(item, (RebootDetected, LinkDown)):
             if isinstance(item, RebootDetected):
                 self.alarms.raise_("device_rebooted", f"boot {item.old_boot_count} -> {item.new_boot_count}")
@@ -530,10 +540,12 @@ class Procedure:
             elif (self.state, "faulted") in TRANSITIONS:
                 self._go("faulted")
 
-    def _on_device_event(self, event: Event) -> None:
-        self._record("device_event", {"code": event.code.name, "end_reason": event.end_reason.name, "txn": event.freeze_txn,
-                                      "fault_flags": event.fault_flags, "valve_open_ms": event.valve_open_ms,
-                                      "device_uptime_ms": event.uptime_ms})
+    def _on_device_event(self, item: DeviceEventReceived) -> None:
+        event = item.event
+        self._record("device_event", device_event_record(item))
+        current = self.cycles[-1] if self.cycles else None
+        if event.code is EventCode.FREEZE_STARTED and current is not None and current.txn == event.freeze_txn:
+            current.started_seen = True
         if event.code is EventCode.FAULT_RAISED or event.code is EventCode.WATCHDOG_TRIP:
             self._alarm_for_faults(event.fault_flags)
         elif event.code is EventCode.CARTRIDGE_EMPTY:
@@ -541,7 +553,6 @@ class Procedure:
         elif event.code is EventCode.CARTRIDGE_LOW:
             self.alarms.raise_("cartridge_low")
         elif event.code is EventCode.FREEZE_DONE:
-            current = self.cycles[-1] if self.cycles else None
             if current is not None and current.txn == event.freeze_txn and current.end_reason is None:
                 halo = None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms
                 self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
@@ -596,34 +607,40 @@ class Procedure:
         self._go("outcome_unknown")
         self._reconcile()
 
-    def _reconcile(self) -> None:
-        """Ask the device what really happened; assume nothing until it answers."""
-        assert self.link is not None and self.cycles
-        cycle = self.cycles[-1]
-        try:
-            if self.link.needs_handshake:
-                self.link.handshake()
-            counters = self.link.counters()
-            if counters.last_end_reason is EndReason.NONE and counters.last_txn == cycle.txn:
-                self.link.stop(reason=2)  # still running and we had lost track of it: the safe side
-                counters = self.link.counters()
-        except BridgeError as exc:
-            self.status_text = f"outcome unknown, the device cannot be read now ({exc.problem})"
-            return  # stay UNCERTAIN: crash recovery or the next connection reconciles
-        self._alarm_for_faults(counters.fault_flags)
+    def _facts(self, cycle: CycleRecord) -> FreezeFacts:
         before = self._counters_before
-        ours = counters.last_txn == cycle.txn and before is not None and counters.last_boot_count == before.boot_count
-        if not ours:
-            started = before is not None and counters.boot_count == before.boot_count and counters.freezes_started > before.freezes_started
-            self._record("freeze_reconciled", {"cycle": cycle.cycle, "found": "not_started" if not started else "unmatched",
-                                               "device_last_txn": counters.last_txn})
-            cycle.valve_open_ms, cycle.end_reason, cycle.certainty = (0, "NOT_STARTED", "reconciled") if not started else (None, None, "unknown")
-            self._go("reconciled")
-            return
-        halo = None if counters.last_halo_to_off_ms == NOT_AVAILABLE_U32 else counters.last_halo_to_off_ms
-        self._finish_cycle(counters.last_valve_open_ms, halo, counters.last_end_reason, "reconciled")
+        return FreezeFacts(self._serial_at_fire, before.boot_count if before else -1, cycle.txn, cycle.accepted, cycle.started_seen,
+                           before.freezes_started if before else None, before.last_txn if before else None)
 
-    def _finish_cycle(self, valve_open_ms: int | None, halo_ms: int | None, reason: EndReason, certainty: str) -> None:
+    def _reconcile(self) -> None:
+        """Ask the device what really happened (controller/reconcile.py's one rule); assume nothing."""
+        assert self.cycles
+        cycle = self.cycles[-1]
+        outcome = read_and_reconcile(self.link, self._facts(cycle))
+        self.status_text = f"outcome: {outcome.why}"
+        if outcome.finding is Finding.UNRESOLVED:
+            return  # stay UNCERTAIN and retry; past the window the cycle stays open for the next connection
+        if self.link is not None and self.link.identity is not None:
+            try:
+                self._alarm_for_faults(self.link.counters().fault_flags)
+            except BridgeError:
+                pass
+        if outcome.finding is Finding.RECONCILED:
+            assert outcome.end_reason is not None
+            self._finish_cycle(outcome.valve_open_ms, outcome.halo_to_off_ms, EndReason[outcome.end_reason], "reconciled", outcome.why)
+            return
+        self._record("freeze_reconciled", {"cycle": cycle.cycle, "found": outcome.finding.value, "why": outcome.why})
+        self._close_cycle_without_device_figures(cycle, outcome)
+
+    def _close_cycle_without_device_figures(self, cycle: CycleRecord, outcome: Outcome) -> None:
+        """NOT_STARTED (0 ms, proven) or UNKNOWN (no figure): recorded as such, never resumed."""
+        cycle.valve_open_ms, cycle.end_reason, cycle.certainty = outcome.valve_open_ms, outcome.end_reason, outcome.certainty
+        self._record("freeze_result", {**cycle.summary(), "txn": cycle.txn, "why": outcome.why,
+                                       "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None,
+                                       "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000})
+        self._go("reconciled")
+
+    def _finish_cycle(self, valve_open_ms: int | None, halo_ms: int | None, reason: EndReason, certainty: str, why: str = "") -> None:
         cycle = self.cycles[-1]
         if certainty == "host_measured":
             assert self._freeze_started_at is not None
@@ -633,7 +650,7 @@ class Procedure:
             self.warnings.append(f"cycle {cycle.cycle}: the whole-spray cap cut the timed freeze to {halo_ms} ms of {cycle.dose.effective_ms} ms")
         seconds = (valve_open_ms or 0) / 1000
         self._record("freeze_result", {
-            **cycle.summary(), "txn": cycle.txn,
+            **cycle.summary(), "txn": cycle.txn, **({"why": why} if why else {}),
             "host_elapsed_ms": round((self.clock.monotonic() - (self._freeze_started_at or 0)) * 1000),
             "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None, "cartridge_seconds": seconds,
         })
@@ -686,8 +703,11 @@ class Procedure:
         """While the outcome is unknown, keep trying to read the device; reconnect if the link died."""
         assert self._uncertain_since is not None
         if now - self._uncertain_since > self.reconnect_window_s:
-            self._record("outcome_unknown", {"cycle": len(self.cycles), "why": self.status_text,
-                                             "note": "the device will be read at the next connection"})
+            cycle = self.cycles[-1]
+            cycle.certainty = "unresolved"
+            self._record("freeze_unresolved", {"cycle": cycle.cycle, "txn": cycle.txn, "serial": self._serial_at_fire,
+                                               "why": self.status_text,
+                                               "note": f"the cycle stays open: read at the next connection to device {self._serial_at_fire}"})
             self._go("give_up")
             return
         if now - self._last_reconcile_try < RECONCILE_RETRY_S:
@@ -756,3 +776,12 @@ class Procedure:
         self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
                                       "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
 
+
+def device_event_record(item: DeviceEventReceived) -> dict[str, Any]:
+    """A device event as the record keeps it; one of an earlier session says which session it was."""
+    event = item.event
+    record: dict[str, Any] = {"code": event.code.name, "end_reason": event.end_reason.name, "txn": event.freeze_txn,
+                              "fault_flags": event.fault_flags, "valve_open_ms": event.valve_open_ms, "device_uptime_ms": event.uptime_ms}
+    if item.earlier_session:
+        record |= {"earlier_session": True, "device_session": item.session_id}
+    return record

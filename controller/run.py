@@ -17,7 +17,7 @@ from controller.history import view_of
 from controller.lesion import Lesion, Region, SessionInfo, Site
 from controller.procedure import Procedure, StartRefused
 from controller.records import RecordError, RecordStore
-from controller.recovery import recover
+from controller.recovery import connect, connect_and_recover, recover
 from controller.treatment import Treatment
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
@@ -82,9 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     clock = Clock(args.scale)
     db = args.db or default_db()
     with RecordStore(db, clock=clock) as store:
-        link = None if args.manual else _connect(args.port, clock, args.scale)
+        link, recovered = (None, recover(store, None)) if args.manual else connect_and_recover(args.port, store, clock)
         try:
-            recovered = recover(store, link)
             return _treat(args, config, store, clock, link, info, lesion, loaded, recovered, db, table)
         finally:
             if link is not None:
@@ -113,17 +112,11 @@ def _inputs(args: argparse.Namespace, name_fr: str, name_en: str) -> tuple[Lesio
     return lesion, info
 
 
-def _connect(port: str, clock: Clock, scale: float) -> Link:
-    link = Link.open(port, clock=clock, watchdog_ms=min(60_000, round(250 * max(1.0, scale))))
-    link.wait_for_telemetry()
-    return link
-
-
 def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: Clock, link: Link | None,
            info: SessionInfo, lesion: Lesion, loaded: Any, recovered: list[Any], db: Path, table: CcamTable) -> int:
     treatment = Treatment(store, config, clock, info, link)
     treatment.start()
-    reconnect = (lambda: _connect(args.port, clock, args.scale)) if link is not None else None
+    reconnect = (lambda: connect(args.port, clock)) if link is not None else None
     procedure = treatment.lesion(lesion, loaded, requested_freeze_s=args.freeze_s, cycles=args.cycles,
                                  trigger=TRIGGERS[args.trigger], auto=True, reconnect=reconnect)
     previous = {sig: signal.signal(sig, lambda *_: procedure.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}

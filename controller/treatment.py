@@ -47,7 +47,7 @@ class Treatment:
             ident = self.link.identity
             device = {"serial": ident.serial, "kind": ident.kind.name.lower(), "firmware": ident.firmware, "protocol": ident.protocol,
                       "cryogen": ident.cryogen.name, "boot_count": ident.boot_count, "max_freeze_ms": ident.max_freeze_ms,
-                      "watchdog_ms": ident.watchdog_ms, "port": ident.port}
+                      "watchdog_ms": ident.watchdog_ms, "port": ident.port, "device_session": ident.session_id}
         self.store.append(
             "session_started",
             {"operator": self.info.operator, "patient": self.info.patient, "mode": "device" if device else "manual",
@@ -77,7 +77,11 @@ class Treatment:
         return procedure
 
     def end(self) -> str:
+        """Close the session in the record; one with a cycle the device could not be read for stays
+        open ("unresolved") until crash recovery reads that device at its next connection."""
         status = session_status(self.procedures)
+        if status == "unresolved":
+            return status
         count, head = self.store.head()
         self.store.append("session_ended", {"status": status, "lesions": len(self.procedures), "events_before": count,
                                             "head_before": head}, self.session_id)
@@ -85,6 +89,8 @@ class Treatment:
 
 
 def session_status(procedures: list[Procedure]) -> str:
+    if any(any(c.certainty == "unresolved" for c in p.cycles) for p in procedures):
+        return "unresolved"
     if any(any(c.certainty in ("reconciled", "unknown") for c in p.cycles) for p in procedures):
         return "interrupted"
     states = {p.state for p in procedures}

@@ -63,19 +63,20 @@ def test_bad_arguments_get_one_clear_line_and_no_traceback(argv: list[str], mess
     assert "Traceback" not in result.stderr
 
 
-def test_demo_runs_freeze_thaw_cycles_on_the_embedded_simulator(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--headless", "--freeze-s", "0.4", "--cycles", "2", "--thaw-s", "0.2"]) == 0
+def test_demo_runs_a_lesion_protocol_on_the_embedded_simulator_through_the_run_path(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two device-timed cycles with the profile's thaw between them, on virtual time, recorded and billed."""
+    assert main(["demo", "--headless", "--profile", "plantar-wart", "--scale", "20"]) == 0
     out = capsys.readouterr().out
-    assert "connected: spray serial SIM-0001" in out
-    assert out.count("ended COMPLETED: requested 400 ms, device measured") == 2
-    assert "THAW 0.2 s" in out
-    assert "device counters: 2 freezes" in out
+    assert "simulated spray device on /dev/" in out and ": COMPLETED (plantar-wart, device SIM-0001)" in out
+    assert out.count("requested 20000 ms (limited by requested), device measured 20000 ms, ended COMPLETED") == 2
+    assert "proposed billing: QZNP004" in out
 
 
-def test_demo_on_virtual_time(capsys: pytest.CaptureFixture[str]) -> None:
-    """Ten seconds of device time in well under ten of wall time: every timer scales together."""
-    assert main(["demo", "--headless", "--freeze-s", "10", "--scale", "20"]) == 0
-    assert "ended COMPLETED: requested 10000 ms" in capsys.readouterr().out
+def test_demo_headless_json_is_the_run_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--headless", "--kind", "probe", "--scale", "20", "--cycles", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["status"] == "completed" and result["profile"] == "superficial-bcc"
+    assert result["device"]["kind"] == "probe" and result["cycles"][0]["measured_by"] == "device"
 
 
 @pytest.mark.timeout(240)  # a benchmark run, even a quick one, on a loaded 2-core machine

@@ -10,7 +10,8 @@ import tty
 import pytest
 
 from conftest import TEST_WATCHDOG_MS, wait_until
-from controller.freeze import Certainty, supervise_freeze
+from bench.run import device_timed_freeze
+from controller.reconcile import Finding, FreezeFacts, read_and_reconcile
 from firmware_bridge.errors import (
     CommandRejected,
     DeviceFault,
@@ -24,6 +25,7 @@ from firmware_bridge.errors import (
 )
 from firmware_bridge.link import Link, LinkDown
 from firmware_bridge.messages import (
+    Event,
     DeviceState,
     CalWrite,
     DeviceKind,
@@ -55,9 +57,8 @@ def test_a_field_out_of_range_is_the_callers_error_and_the_link_lives_on(link: L
 
 
 def test_a_device_timed_freeze_reports_the_device_measurement(device: SimulatedDevice, link: Link) -> None:
-    outcome = supervise_freeze(link, 300)
-    assert outcome.certainty is Certainty.DEVICE_REPORTED and outcome.end_reason is EndReason.COMPLETED
-    assert outcome.valve_open_ms is not None and abs(outcome.valve_open_ms - 300) <= 5
+    outcome = device_timed_freeze(link, 300)
+    assert outcome.end_reason is EndReason.COMPLETED and abs(outcome.valve_open_ms - 300) <= 5
     wait_until(lambda: device.model.valve_log and device.model.valve_log[-1].closed_at is not None, what="valve closed")
     edge = device.model.valve_log[-1]
     assert edge.closed_at is not None
@@ -87,10 +88,9 @@ def test_halo_freeze_over_the_wire(device: SimulatedDevice, link: Link) -> None:
             marked.append(lnk.end_in(300))
 
     marked: list[object] = []
-    outcome = supervise_freeze(link, 10_000, mode=FreezeMode.HALO, on_tick=mark_halo)
+    outcome = device_timed_freeze(link, 10_000, mode=FreezeMode.HALO, on_beat=mark_halo)
     assert outcome.end_reason is EndReason.COMPLETED
-    assert outcome.halo_to_off_ms is not None and abs(outcome.halo_to_off_ms - 300) <= 5
-    assert outcome.valve_open_ms is not None and outcome.valve_open_ms > outcome.halo_to_off_ms
+    assert abs(outcome.halo_to_off_ms - 300) <= 5 and outcome.valve_open_ms > outcome.halo_to_off_ms
 
 
 @pytest.mark.slow
@@ -100,11 +100,11 @@ def test_200_freezes_through_corrupt_and_lossy_wire_each_run_exactly_once() -> N
         dev.faults.corrupt_pct = 1.0
         dev.faults.drop_pct = 1.0
         with Link.open(dev.url, watchdog_ms=TEST_WATCHDOG_MS) as lnk:
-            outcomes = [supervise_freeze(lnk, 20) for _ in range(200)]
+            outcomes = [device_timed_freeze(lnk, 20) for _ in range(200)]
             counters = lnk.counters()
             stats = lnk.stats()
     assert all(o.end_reason is EndReason.COMPLETED for o in outcomes)
-    assert len({o.txn for o in outcomes}) == 200
+    assert len({o.freeze_txn for o in outcomes}) == 200
     assert counters.freezes_started == 200  # the device opened the valve exactly 200 times
     assert len(dev.model.valve_log) == 200
     assert dev.faults.corrupted > 0 and dev.faults.dropped > 0  # the faults really happened
@@ -113,10 +113,13 @@ def test_200_freezes_through_corrupt_and_lossy_wire_each_run_exactly_once() -> N
 
 
 def test_a_device_reboot_mid_freeze_is_detected_and_the_truth_read_back(device: SimulatedDevice, link: Link) -> None:
+    before = link.counters()
     device.at(0.3, device.reboot)
-    outcome = supervise_freeze(link, 5000)
-    assert outcome.certainty is Certainty.RECONCILED
-    assert outcome.end_reason is EndReason.RESET
+    txn = link.freeze(5000)
+    wait_until(lambda: link.needs_handshake, what="the reboot seen in telemetry")
+    facts = FreezeFacts("SIM-TEST-1", before.boot_count, txn, True, False, before.freezes_started, before.last_txn)
+    outcome = read_and_reconcile(link, facts)
+    assert outcome.finding is Finding.RECONCILED and outcome.end_reason == "RESET"
     assert outcome.valve_open_ms is not None and 250 <= outcome.valve_open_ms <= 350
     assert not device.model.valve_commanded
     assert len(device.model.valve_log) == 1  # the freeze was not resent after the reboot
@@ -136,9 +139,13 @@ def test_losing_the_port_mid_freeze_is_reported_and_the_device_still_closes_the_
     with SimulatedDevice() as dev:
         dev.serve_pty()
         lnk = Link.open(dev.url, watchdog_ms=300)
+        before = lnk.counters()
         dev.at(0.2, dev.disconnect)
-        outcome = supervise_freeze(lnk, 5000)
-        assert outcome.certainty is Certainty.UNKNOWN and outcome.valve_open_ms is None
+        txn = lnk.freeze(5000)
+        wait_until(lambda: lnk.lost, what="the port failing")
+        facts = FreezeFacts(dev.firmware.identity.serial, before.boot_count, txn, True, False, before.freezes_started, before.last_txn)
+        outcome = read_and_reconcile(lnk, facts)
+        assert outcome.finding is Finding.UNRESOLVED and outcome.valve_open_ms is None  # kept open, never guessed
         wait_until(lambda: not dev.valve_open, timeout_s=3, what="watchdog closing the valve")
         assert dev.firmware.faults & Fault.WATCHDOG_TRIP
         lnk.close()
@@ -157,7 +164,7 @@ def test_a_new_connection_after_a_host_vanished_sees_the_trip_and_clears_it(devi
             second.freeze(100)
         assert info.value.fault_flags & Fault.WATCHDOG_TRIP and "read the counters" in str(info.value)
         assert second.clear_fault().result is Result.OK
-        assert supervise_freeze(second, 100).end_reason is EndReason.COMPLETED
+        assert device_timed_freeze(second, 100).end_reason is EndReason.COMPLETED
 
 
 def test_a_clean_exit_ends_the_session_and_latches_nothing(device: SimulatedDevice) -> None:
@@ -274,7 +281,7 @@ def test_socket_url_reaches_a_tcp_simulator() -> None:
         assert url.startswith("socket://127.0.0.1:")
         with Link.open(url, watchdog_ms=TEST_WATCHDOG_MS) as lnk:
             assert lnk.identity is not None and lnk.identity.serial == "SIM-TCP"
-            assert supervise_freeze(lnk, 100).end_reason is EndReason.COMPLETED
+            assert device_timed_freeze(lnk, 100).end_reason is EndReason.COMPLETED
 
 
 def test_link_down_is_delivered_as_an_event(device: SimulatedDevice, link: Link) -> None:
@@ -298,7 +305,7 @@ def test_dead_man_trigger_over_the_wire(device: SimulatedDevice, link: Link) -> 
             device.release_trigger()
 
     pressed: list[bool] = []
-    outcome = supervise_freeze(link, 10_000, trigger=TriggerMode.DEAD_MAN, on_tick=clinician)
+    outcome = device_timed_freeze(link, 10_000, trigger=TriggerMode.DEAD_MAN, on_beat=clinician)
     assert outcome.end_reason is EndReason.TRIGGER_RELEASED
     assert outcome.valve_open_ms is not None and 200 <= outcome.valve_open_ms < 1000
 
@@ -314,12 +321,13 @@ def test_dead_man_trigger_over_the_wire(device: SimulatedDevice, link: Link) -> 
 )
 def test_device_faults_end_the_freeze_and_reach_the_host(device: SimulatedDevice, link: Link, inject, fault, end_reason) -> None:  # type: ignore[no-untyped-def]
     device.at(0.1, lambda: inject(device))
-    outcome = supervise_freeze(link, 5000)
-    assert outcome.end_reason is end_reason and outcome.certainty is Certainty.DEVICE_REPORTED
-    codes = {e.code for e in outcome.events}
+    seen: list[Event] = []
+    outcome = device_timed_freeze(link, 5000, seen=seen)
+    assert outcome.end_reason is end_reason
+    codes = {e.code for e in seen}
     if fault is not None:
         assert EventCode.FAULT_RAISED in codes
-        assert any(e.fault_flags & fault for e in outcome.events if e.code is EventCode.FAULT_RAISED)
+        assert any(e.fault_flags & fault for e in seen if e.code is EventCode.FAULT_RAISED)
     else:
         assert EventCode.CARTRIDGE_EMPTY in codes
     assert not device.model.valve_commanded

@@ -126,8 +126,9 @@ def test_sigkill_mid_freeze_then_the_next_start_recovers_the_true_figures(tmp_pa
         assert truth.end_reason.name == "WATCHDOG"
         code = main(["run", "--port", port, "--profile", "solar-lentigo", "--site", "hand", "--db", str(db), "--yes", "--json"])
     result = json.loads(capsys.readouterr().out)
-    (line,) = result["recovered"]
-    assert f"the device measured {truth.valve_open_ms} ms of 20000 ms planned, ended WATCHDOG" in line
+    line, trip = result["recovered"]
+    assert f"cycle 1 (20000 ms planned): the device measured {truth.valve_open_ms} ms, ended WATCHDOG" in line
+    assert "went silent" in trip and trip.endswith("was recorded and cleared")
     assert code == 0 and result["status"] == "completed"  # the watchdog trip was accounted for and cleared
     assert main(["records", "list", "--db", str(db), "--json"]) == 0
     first, second = json.loads(capsys.readouterr().out)

@@ -28,7 +28,7 @@ from controller.ledger import CartridgeLedger, LedgerError
 from controller.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
 from controller.procedure import Procedure, StartRefused, State
 from controller.records import RecordStore
-from controller.recovery import recover
+from controller.recovery import connect, recover
 from controller.supervisor import Supervisor
 from controller.treatment import Treatment, calibration_record
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
@@ -177,9 +177,7 @@ class ConnectScreen(Screen[None]):
                 clinic.device = device
                 choice = device.serve_pty()
             if choice != "manual":
-                link = Link.open(choice, clock=clinic.clock)
-                link.wait_for_telemetry()
-                clinic.connect(link)
+                clinic.connect(connect(choice, clinic.clock))
         except BridgeError as exc:
             self.query_one("#error", Static).update(f"✗ {exc}")
             return

@@ -10,7 +10,7 @@ from controller.config import default_db, load_config
 from controller.records import RecordStore
 from controller.tui.app import Clinic, GivreApp
 from firmware_bridge.clock import Clock
-from firmware_bridge.link import Link
+from controller.recovery import connect
 from firmware_bridge.messages import TriggerMode
 from profiles.cli import default_clinic_dir
 from profiles.library import load_library
@@ -37,8 +37,7 @@ def build_clinic(args: argparse.Namespace, *, device: object | None = None, url:
     link = None
     try:
         if port:
-            link = Link.open(port, clock=clock, watchdog_ms=min(60_000, round(250 * max(1.0, clock.scale))))
-            link.wait_for_telemetry()
+            link = connect(port, clock)
     except BaseException:
         store.close()
         raise
