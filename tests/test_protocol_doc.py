@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, FrameDecoder
-from firmware_bridge.messages import REGISTRY, SCHEMA_HASH, decode_message
+from firmware_bridge.messages import REGISTRY, decode_message, schema_hash, schema_text
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
 EXAMPLES = re.findall(r"```frame\n# (.+)\n([0-9A-F ]+)\n```", DOC)
@@ -16,7 +16,7 @@ WIRE_NAMES = {
     "Hello": "HELLO", "Heartbeat": "HEARTBEAT", "Freeze": "FREEZE", "EndIn": "END_IN", "Stop": "STOP",
     "GetCounters": "GET_COUNTERS", "CalRead": "CAL_READ", "CalWrite": "CAL_WRITE", "ClearFault": "CLEAR_FAULT",
     "EventAck": "EVENT_ACK", "HelloAck": "HELLO_ACK", "Ack": "ACK", "Telemetry": "TELEMETRY", "Event": "EVENT",
-    "Counters": "COUNTERS", "CalData": "CAL_DATA",
+    "Counters": "COUNTERS", "CalData": "CAL_DATA", "Bye": "BYE", "BoundEvent": "BOUND_EVENT",
 }
 
 
@@ -27,13 +27,17 @@ def test_every_message_is_documented_with_its_type_and_layout() -> None:
         assert row in DOC, f"docs/protocol.md lacks or misstates: {row}"
 
 
-def test_schema_hash_in_the_document_is_the_codes() -> None:
-    assert f"0x{SCHEMA_HASH:08X}" in DOC
+@pytest.mark.parametrize("minor", [0, 1])
+def test_schema_text_and_hash_in_the_document_are_the_codes(minor: int) -> None:
+    """Each version's canonical schema text is printed verbatim, with its hash."""
+    assert f"0x{schema_hash(minor):08X}" in DOC
+    assert schema_text(minor) in DOC, f"docs/protocol.md lacks the verbatim schema text of 1.{minor}"
 
 
 def test_there_are_examples_of_the_main_exchanges() -> None:
     names = {line.split()[0] for line, _ in EXAMPLES}
-    assert {"HELLO", "HELLO_ACK", "HEARTBEAT", "FREEZE", "ACK", "TELEMETRY", "EVENT", "EVENT_ACK", "STOP"} <= names
+    assert {"HELLO", "HELLO_ACK", "HEARTBEAT", "FREEZE", "ACK", "TELEMETRY", "EVENT", "EVENT_ACK", "STOP", "BYE",
+            "BOUND_EVENT"} <= names
 
 
 @pytest.mark.parametrize(("title", "hexdump"), EXAMPLES, ids=[t for t, _ in EXAMPLES])
