@@ -526,8 +526,8 @@ class Procedure:
 
     def _on_link_event(self, item: object) -> None:
         if isinstance(item, DeviceEventReceived):
-            if item.earlier_session:
-                self._record("device_event", {**device_event_record(item), "lesion_id": None})  # filed, never charged here
+            if item.earlier_session:  # filed outside this session, never charged to it
+                self.store.append("device_event", device_event_record(item), None)
                 return
             self._on_device_event(item)
         elif isinstance(item, (RebootDetected, LinkDown)):

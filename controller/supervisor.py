@@ -62,5 +62,5 @@ class Supervisor:
             self.alarms.raise_("link_lost", item.error.problem)
         elif isinstance(item, RebootDetected):
             self.alarms.raise_("device_rebooted", f"boot {item.old_boot_count} -> {item.new_boot_count}")
-        elif isinstance(item, DeviceEventReceived) and item.event.code.name == "WATCHDOG_TRIP":
+        elif isinstance(item, DeviceEventReceived) and item.event.code.name == "WATCHDOG_TRIP" and not item.earlier_session:
             self.alarms.raise_("watchdog_trip")

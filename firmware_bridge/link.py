@@ -206,7 +206,7 @@ class Link:
         return link
 
     def handshake(self, *, watchdog_ms: int = 0, expect_kind: DeviceKind | None = None) -> DeviceIdentity:
-        nonce = random.getrandbits(32)
+        nonce = random.randrange(1, 1 << 32)  # the session id: never 0, which means "no session" in a bound event
         try:
             reply = self._request(Hello(PROTO_MAJOR, PROTO_MINOR, watchdog_ms, nonce), self._clock.wall(HANDSHAKE_TIMEOUT_S))
         except CommandTimeout:

@@ -51,6 +51,7 @@ from firmware_bridge.messages import (
     Telemetry,
     TriggerMode,
     decode_message,
+    schema_hash,
 )
 from sim.model import DeviceModel, SensorFault
 
@@ -183,7 +184,7 @@ class Firmware:
             return []
         if frame.proto_major != self.identity.proto_major:
             if frame.msg_type == Hello.MSG_TYPE:  # answer in our own version so the host can say why
-                return [self._encode(self._hello_ack(0), frame.txn)]
+                return [self._encode(self._hello_ack(0, self.identity.proto_minor), frame.txn)]
             return []
         if frame.msg_type & 0x80:
             return []  # a device message type: not a host frame, does not feed the watchdog
@@ -202,11 +203,6 @@ class Firmware:
         self.last_host_ms = device_ms
         if self.identity.proto_minor == 0:
             self.watchdog_tripped = False  # 1.0: any host frame re-armed a tripped watchdog (1.1: HELLO or CLEAR_FAULT)
-        if msg is None:
-            if frame.txn == 0:
-                return []
-            result = Result.BAD_REQUEST if known is not None else Result.UNSUPPORTED
-            return [self._encode(Ack(frame.msg_type, result, 0, 0), frame.txn)]
         if isinstance(msg, Heartbeat):
             return []
         if isinstance(msg, EventAck):
@@ -219,13 +215,26 @@ class Firmware:
             cached = None  # a new host may reuse a txn: a HELLO repeats only if its nonce does
         if cached is not None:  # a retransmission: answer again, never act again
             return [self._encode(cached, frame.txn, FLAG_DUPLICATE)]
-        reply = self._handle(msg, frame.txn, device_ms, true_s)
+        reply = self._handle(msg, frame.txn, device_ms, true_s) if msg is not None else self._refuse_undecodable(frame.msg_type, known)
         self.txn_cache[frame.txn] = reply
         while len(self.txn_cache) > TXN_CACHE_SIZE:
             self.txn_cache.popitem(last=False)
         out = [self._encode(reply, frame.txn)]
         out += self._flush_new_events(device_ms)
         return out
+
+    def _refuse_undecodable(self, msg_type: int, known: type[Message] | None) -> Ack:
+        """A type this firmware does not know: UNSUPPORTED. A known one with an undefined value gets the
+        refusal the FREEZE table would give first (NO_SESSION, FAULT_LATCHED, BUSY), else BAD_REQUEST."""
+        if known is None:
+            return Ack(msg_type, Result.UNSUPPORTED, 0, 0)
+        if known not in ACCEPTS[self.state]:
+            return Ack(msg_type, REFUSAL[self.state], 0, 0)
+        if known is Freeze and self.state is DeviceState.FAULT:
+            return Ack(msg_type, Result.FAULT_LATCHED, int(self.faults), 0)
+        if known is Freeze and self.freeze is not None:
+            return Ack(msg_type, Result.BUSY, 0, 0)
+        return Ack(msg_type, Result.BAD_REQUEST, 0, 0)
 
     def _handle(self, msg: Message, txn: int, device_ms: float, true_s: float) -> Message:
         if type(msg) not in ACCEPTS[self.state]:
@@ -259,10 +268,10 @@ class Firmware:
         self.watchdog_tripped = False  # a new session re-arms the watchdog
         self.txn_cache.clear()
         self.session_id = msg.host_nonce
-        self.session_minor = min(self.identity.proto_minor, msg.proto_minor)
+        self.session_minor = min(self.identity.proto_minor, msg.proto_minor)  # HELLO_ACK speaks it, so a 1.0 host accepts us
         if self.state is DeviceState.NO_SESSION:
             self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
-        return self._hello_ack(msg.host_nonce)
+        return self._hello_ack(msg.host_nonce, self.session_minor)
 
     def _on_bye(self, msg: Bye, device_ms: float, true_s: float) -> Message:
         """The host leaves: close the valve, then no session, so no watchdog and nothing latched."""
@@ -272,15 +281,18 @@ class Firmware:
         self.state = DeviceState.NO_SESSION
         self.session_id = 0
         self.watchdog_tripped = False
+        self.txn_cache.clear()  # BYE's own answer is cached after this, so a repeated BYE gets it again
         return self._ack(msg, Result.OK, detail32=valve_open_ms)
 
-    def _hello_ack(self, nonce: int) -> HelloAck:
+    def _hello_ack(self, nonce: int, proto_minor: int) -> HelloAck:
+        """In the session's version (min of both minors) with that version's schema hash."""
         ident = self.identity
         major, minor, patch = ident.firmware
+        schema = ident.schema_hash if proto_minor == ident.proto_minor else schema_hash(proto_minor)
         return HelloAck(
-            ident.proto_major, ident.proto_minor, ident.kind, ident.cryogen, major, minor, patch, ident.serial,
+            ident.proto_major, proto_minor, ident.kind, ident.cryogen, major, minor, patch, ident.serial,
             self.nvm.boot_count, ident.max_freeze_ms, self.watchdog_ms, ident.capabilities, int(self.faults),
-            ident.schema_hash, nonce,
+            schema, nonce,
         )
 
     def _on_stop(self, msg: Stop, device_ms: float, true_s: float) -> Message:
@@ -313,6 +325,7 @@ class Firmware:
             self._open_valve(device_ms, true_s)
         else:
             self.state = DeviceState.WAIT_TRIGGER
+            self.next_telemetry_ms = device_ms  # a state change is reported at once
         return self._ack(msg, Result.OK, detail32=msg.duration_ms)
 
     def _on_end_in(self, msg: EndIn, device_ms: float) -> Message:
@@ -488,6 +501,7 @@ class Firmware:
 
     def _latch(self, fault: Fault, device_ms: float, code: EventCode = EventCode.FAULT_RAISED) -> None:
         self.faults |= fault
+        self.next_telemetry_ms = device_ms  # a state change is reported at once
         if self.state is not DeviceState.NO_SESSION:
             self.state = DeviceState.FAULT
         self._queue_event(code, device_ms, faults=fault)

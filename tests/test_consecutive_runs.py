@@ -1,0 +1,92 @@
+"""A clinic uses commands one after another: every clean exit ends the device session (BYE), so the
+next command finds the device ready, with no watchdog trip latched and none counted."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+from controller.cli import main
+
+GIVRE = [sys.executable, "-m", "controller.cli"]
+
+
+@pytest.fixture
+def sim_pty() -> Iterator[str]:
+    """`givre sim --pty` in its own process, as a technician would start it."""
+    sim = subprocess.Popen([*GIVRE, "sim", "--pty"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert sim.stdout is not None
+        yield sim.stdout.readline().strip()
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, object]]:
+    capsys.readouterr()
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_then_ten_runs_in_a_row_with_info_selftest_and_calibration_between(
+        sim_pty: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "r.sqlite")
+    assert main(["cartridge", "load", "--size", "23g", "--db", db]) == 0
+    run = ["run", "--port", sim_pty, "--profile", "solar-lentigo", "--site", "cheek", "--patient", "P-0042", "--db", db, "--yes"]
+
+    def treat() -> None:
+        code, result = run_json(capsys, run)
+        assert (code, result["status"], result["recovered"], result["refused"]) == (0, "completed", [], [])
+
+    treat()
+    code, info = run_json(capsys, ["info", "--port", sim_pty, "--db", db])
+    assert code == 0 and info["recovered"] == []
+    code, selftest = run_json(capsys, ["selftest", "--port", sim_pty, "--db", db])
+    assert code == 0 and selftest["recovered"] == []
+    assert {c["name"]: c["verdict"] for c in selftest["checks"]}["watchdog"] == "PASS"
+    for step in (["--step", "timer", "--window-s", "2"], ["--step", "valve"]):
+        code, certificate = run_json(capsys, ["calibrate", "--port", sim_pty, "--db", db, *step])
+        assert code == 0, certificate
+    treat()
+    for _ in range(10):
+        treat()
+    code, info = run_json(capsys, ["info", "--port", sim_pty, "--db", db])
+    counters = info["counters"]
+    assert isinstance(counters, dict)
+    assert code == 0 and info["recovered"] == [] and counters["fault_flags"] == 0
+    assert counters["watchdog_trips"] == 1  # the self-test's own, deliberate and cleared: no exit ever tripped it
+    assert counters["freezes_started"] >= 12
+    assert main(["records", "verify", "--db", db]) == 0
+
+
+def test_a_1_0_device_without_bye_still_runs_twice_in_a_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 1.0 device trips its watchdog after every exit; the next command records that trip with the
+    device's counters, clears it, and goes on."""
+    from sim.device import SimulatedDevice
+
+    db = str(tmp_path / "r.sqlite")
+    assert main(["cartridge", "load", "--size", "23g", "--db", db]) == 0
+    with SimulatedDevice(proto_minor=0) as device:
+        url = device.serve_pty()
+        run = ["run", "--port", url, "--profile", "solar-lentigo", "--site", "cheek", "--db", db, "--yes"]
+        code, first = run_json(capsys, run)
+        assert code == 0 and first["recovered"] == []
+        wait_until(lambda: device.firmware.watchdog_trips == 1, what="the 1.0 device tripping after the exit")
+        code, second = run_json(capsys, run)
+        assert code == 0 and second["status"] == "completed"
+        (trip,) = second["recovered"]
+        assert "protocol 1.0, which has no way to end a session" in str(trip) and str(trip).endswith("recorded and cleared")
+        wait_until(lambda: device.firmware.watchdog_trips == 2, what="the trip after the second exit: 1.0 cannot avoid it")
