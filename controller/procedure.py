@@ -552,10 +552,10 @@ class Procedure:
             self.alarms.raise_("cartridge_empty")
         elif event.code is EventCode.CARTRIDGE_LOW:
             self.alarms.raise_("cartridge_low")
-        elif event.code is EventCode.FREEZE_DONE:
-            if current is not None and current.txn == event.freeze_txn and current.end_reason is None:
-                halo = None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms
-                self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
+        elif event.code is EventCode.FREEZE_DONE and current is not None and current.txn == event.freeze_txn \
+                and current.end_reason is None:
+            halo = None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms
+            self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
 
     def _alarm_for_faults(self, flags: int) -> None:
         for fault, code in FAULT_ALARMS.items():

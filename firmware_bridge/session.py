@@ -31,7 +31,6 @@ from firmware_bridge.messages import (
     decode_message,
 )
 
-
 FUTURE_SLACK_MS = 1000  # device uptime may run ahead of the host's clock by this, plus twice the elapsed time
 MAX_HELD_EVENTS = 32  # 1.0 events held until this session's start uptime is known (the device keeps 32 too)
 

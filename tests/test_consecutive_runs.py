@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
+
 from controller.cli import main
 
 GIVRE = [sys.executable, "-m", "controller.cli"]

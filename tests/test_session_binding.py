@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import Rig, wait_until
+
 from controller.cli import main
 from controller.procedure import State
 from controller.records import RecordStore

@@ -507,7 +507,11 @@ class SummaryScreen(Screen[None]):
             return
         session_id, operator = clinic.treatment.session_id, clinic.treatment.info.operator
         status = clinic.treatment.end()
-        self.app.notify(f"session {session_id} ended: {status}")
+        if status == "unresolved":
+            self.app.notify(f"session {session_id} stays open: a freeze's outcome is read from the device at its next connection",
+                            severity="warning", timeout=10)
+        else:
+            self.app.notify(f"session {session_id} ended: {status}")
         clinic.treatment = None
         self.app.push_screen(BillingScreen(session_id, operator))
 
