@@ -25,6 +25,7 @@ from controller.report import build_report
 from controller.tui.benchmark import measure_tui
 from controller.records import RecordStore
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
+from firmware_bridge.conformance import run_conformance
 from firmware_bridge.link import Link
 from firmware_bridge.messages import Event, EventCode, FreezeMode, TriggerMode
 from firmware_bridge.session import DeviceEventReceived
@@ -62,6 +63,7 @@ def measure(quick: bool = False) -> dict[str, object]:
     watchdog = _watchdog_closes(5 if quick else 20)
     results.update(_percentiles("watchdog_close_ms", watchdog))
     results["watchdog_timeout_ms"] = WATCHDOG_MS
+    results["conformance_s"] = _conformance_seconds()
     with tempfile.TemporaryDirectory() as scratch:
         results.update(_percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
         day = clinic_day(Path(scratch) / "day.sqlite", sessions=4 if quick else 40)
@@ -181,6 +183,15 @@ def device_timed_freeze(link: Link, duration_ms: int, *, mode: FreezeMode = Free
         if item is not None and not isinstance(item, DeviceEventReceived):
             raise RuntimeError(f"freeze txn {txn} lost its report: {item}")
     raise RuntimeError(f"no FREEZE_DONE for freeze txn {txn} ({duration_ms} ms)")
+
+
+def _conformance_seconds() -> float:
+    """Wall seconds of the whole conformance kit against a fresh simulator on a pty, timed around the kit."""
+    with SimulatedDevice() as device:
+        url = device.serve_pty()
+        start = time.perf_counter()
+        run_conformance(url)
+        return round(time.perf_counter() - start, 2)
 
 
 def _watchdog_closes(n: int) -> list[float]:

@@ -17,7 +17,7 @@ from profiles.library import ProfileError
 
 def build_parser() -> argparse.ArgumentParser:
     from bench import run as bench_run
-    from controller import calibrate_cli, demo, records_cli
+    from controller import calibrate_cli, conformance_cli, demo, records_cli
     from controller import run as run_cli
     from controller.tui import launch as tui_launch
     from profiles import cli as profiles_cli
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("calibrate", "technician calibration, one step: timer, valve, flow or thermocouple", calibrate_cli.add_arguments,
             calibrate_cli.run)
     command("selftest", "pre-use self-test of a device: PASS / WARN / FAIL with the fix", selftest_arguments, run_selftest_cli)
+    command("conformance", "protocol conformance kit for device firmware: PASS / FAIL per rule", conformance_cli.add_arguments, conformance_cli.run)
     command("ports", "list serial ports with their USB description and serial number", None, _ports)
     command("info", "connect to a device and show its identity, counters and calibration", _info_arguments,
             lambda args: _info(args.port, args.json, args.db))

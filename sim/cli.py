@@ -9,6 +9,7 @@ import threading
 
 from firmware_bridge.clock import Clock
 from sim.device import FAULT_ACTIONS, SimulatedDevice
+from sim.firmware import DEFECTS
 from sim.model import CARTRIDGE_SECONDS
 
 
@@ -35,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS:ACTION",
         help=f"inject a fault at a time; actions: {', '.join(sorted(FAULT_ACTIONS))}",
     )
+    parser.add_argument(
+        "--defect",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a deliberately broken device, to see the conformance kit fail it (repeatable): {', '.join(sorted(DEFECTS))}",
+    )
 
 
 def _parse_fault(text: str) -> tuple[float, str]:
@@ -58,9 +66,12 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"givre sim: --{name.replace('_', '-')} {getattr(args, name)}: must be between 0 and 100")
     if args.scale <= 0:
         raise SystemExit(f"givre sim: --scale {args.scale}: must be > 0")
+    for name in args.defect:
+        if name not in DEFECTS:
+            raise SystemExit(f"givre sim: --defect {name!r}: allowed defects are {', '.join(sorted(DEFECTS))}")
     device = SimulatedDevice(
         kind=args.kind, cryogen=args.cryogen, serial=args.serial, max_freeze_ms=args.max_freeze_ms,
-        clock=Clock(args.scale), drift_ppm=args.drift_ppm, cartridge_g=args.cartridge, seed=args.seed,
+        clock=Clock(args.scale), drift_ppm=args.drift_ppm, cartridge_g=args.cartridge, seed=args.seed, defects=args.defect,
     )
     device.faults.drop_pct, device.faults.corrupt_pct = args.drop_pct, args.corrupt_pct
     device.faults.delay_pct, device.faults.delay_ms = args.delay_pct, args.delay_ms
@@ -78,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"simulated {args.kind} ({device.model.cryogen}) serial {args.serial}; Ctrl-C to stop", file=sys.stderr, flush=True)
+    broken = f", defects: {', '.join(sorted(set(args.defect)))}" if args.defect else ""
+    print(f"simulated {args.kind} ({device.model.cryogen}) serial {args.serial}{broken}; Ctrl-C to stop", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
         pass
     device.close()

@@ -17,14 +17,14 @@ import select
 import socket
 import threading
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge import messages
 from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.messages import Capability, Cryogen, DeviceKind
-from sim.firmware import Firmware, Identity, NonVolatile
+from sim.firmware import DEFECTS, Firmware, Identity, NonVolatile
 from sim.model import DeviceModel, SensorFault
 
 SPRAY_CAPABILITIES = Capability.PRESSURE_SENSOR | Capability.HAND_TRIGGER | Capability.HALO_TIMING | Capability.DEAD_MAN
@@ -157,9 +157,13 @@ class SimulatedDevice:
         proto_major: int | None = None,
         proto_minor: int | None = None,
         schema_hash: int | None = None,
+        defects: Iterable[str] = (),
     ) -> None:
         if kind not in ("spray", "probe"):
             raise ValueError(f"device kind {kind!r}: allowed values are 'spray' and 'probe'")
+        defects = frozenset(defects)
+        if not defects <= DEFECTS.keys():
+            raise ValueError(f"defect {', '.join(sorted(defects - DEFECTS.keys()))}: allowed values are {', '.join(sorted(DEFECTS))}")
         cryogen = cryogen or ("n2o" if kind == "spray" else "ln2")
         self.clock = clock
         self.drift_ppm = drift_ppm
@@ -183,6 +187,7 @@ class SimulatedDevice:
             identity = dataclasses.replace(identity, schema_hash=schema_hash)
         self.nvm = NonVolatile()
         self.firmware = Firmware(identity, self.model, self.nvm)
+        self.firmware.defects = defects  # deliberately broken behaviours, for the conformance kit's own tests
         # In virtual time, at most 50 telemetry frames per second of wall time (the protocol's rate in real time).
         self.firmware.min_telemetry_period_ms = 20.0 * clock.scale if clock.scale > 1 else 0.0
         self._origin = clock.monotonic()
@@ -376,7 +381,7 @@ class SimulatedDevice:
     def break_watchdog(self) -> None:
         """A defective device whose host-silence watchdog never fires (what the self-test must catch)."""
         with self._lock:
-            self.firmware.watchdog_enabled = False
+            self.firmware.defects |= {"no-watchdog"}
 
     def set_silent(self, silent: bool = True) -> None:
         with self._lock:

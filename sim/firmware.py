@@ -68,6 +68,19 @@ STUCK_DETECT_MS = 200  # valve position sensor disagrees with the command for th
 CARTRIDGE_LOW_FRACTION = 0.15
 SENSOR_FAULTS = {SensorFault.OPEN: Fault.SENSOR_OPEN, SensorFault.SHORT: Fault.SENSOR_SHORT}
 
+# Deliberately broken devices, to prove the conformance kit fails what it must (docs/conformance.md).
+# Each is one small hook below, marked "defect"; a device built from the document has none of them.
+DEFECTS: dict[str, str] = {
+    "no-watchdog": "the host-silence watchdog never trips",
+    "rearm-watchdog": "any host frame re-arms a tripped watchdog (the 1.0 rule): two trips per silence",
+    "double-freeze": "a retransmitted FREEZE is executed again instead of answered from the txn cache",
+    "slow-telemetry": "telemetry stays at 100 ms while freezing and a state change waits for the next slot",
+    "stop-before-close": "STOP mid-freeze is answered (detail32 0) before the valve is commanded closed",
+    "no-bye": "BYE is an unknown type, as in 1.0: the session, and its watchdog, outlive the host",
+    "events-not-repeated": "an event is sent once, never repeated until acknowledged",
+}
+DEFECT_STOP_LAG_MS = 50  # stop-before-close: how long after its answer the valve is commanded closed
+
 # Requests each state accepts; the rest are refused with the code given.
 ACCEPTS: dict[DeviceState, frozenset[type[Message]]] = {
     DeviceState.NO_SESSION: frozenset({Hello, Stop, Bye}),
@@ -143,7 +156,7 @@ class Firmware:
         self.silent = False  # fault: decode nothing, answer nothing, send nothing
         self.trigger_held = False  # the hand trigger / foot switch, pressed by the simulator's API
         self.min_telemetry_period_ms = 0.0  # virtual time: keep the wall-time frame rate sane
-        self.watchdog_enabled = True  # a broken device for tests: the self-test must catch it
+        self.defects: frozenset[str] = frozenset()  # names from DEFECTS
         self.host_frames = 0
         self.session_id = 0  # host_nonce of the open session; 0 when none
         self.session_minor = 0  # the minor version both ends speak in this session
@@ -173,6 +186,7 @@ class Firmware:
         self.freezes_started = 0
         self.watchdog_trips = 0
         self.next_telemetry_ms = device_ms
+        self._late_stop: tuple[float, _Freeze] | None = None  # defect stop-before-close: when an answered STOP closes which freeze
         self._mismatch_since_ms: float | None = None
         self._no_flow_since_ms: float | None = None
         self._low_reported = False
@@ -191,6 +205,8 @@ class Firmware:
         known = REGISTRY.get(frame.msg_type)
         if known is not None and known.SINCE_MINOR > self.identity.proto_minor:
             known = None  # added after this firmware's version: unknown here
+        if known is Bye and "no-bye" in self.defects:
+            known = None  # defect: BYE unknown, as in 1.0
         try:
             msg = decode_message(frame.msg_type, frame.payload) if known is not None else None
         except DecodeError:
@@ -201,7 +217,7 @@ class Firmware:
             return []  # a 1.0 device ignores a type it does not know
         self.host_frames += 1
         self.last_host_ms = device_ms
-        if self.identity.proto_minor == 0:
+        if self.identity.proto_minor == 0 or "rearm-watchdog" in self.defects:  # defect: the 1.0 rule
             self.watchdog_tripped = False  # 1.0: any host frame re-armed a tripped watchdog (1.1: HELLO or CLEAR_FAULT)
         if isinstance(msg, Heartbeat):
             return []
@@ -213,6 +229,8 @@ class Firmware:
         cached = self.txn_cache.get(frame.txn)
         if isinstance(msg, Hello) and not (isinstance(cached, HelloAck) and cached.host_nonce == msg.host_nonce):
             cached = None  # a new host may reuse a txn: a HELLO repeats only if its nonce does
+        if isinstance(msg, Freeze) and "double-freeze" in self.defects:
+            cached = None  # defect: a retransmitted FREEZE runs again
         if cached is not None:  # a retransmission: answer again, never act again
             return [self._encode(cached, frame.txn, FLAG_DUPLICATE)]
         reply = self._handle(msg, frame.txn, device_ms, true_s) if msg is not None else self._refuse_undecodable(frame.msg_type, known)
@@ -296,6 +314,9 @@ class Firmware:
         )
 
     def _on_stop(self, msg: Stop, device_ms: float, true_s: float) -> Message:
+        if self.freeze is not None and self.state is DeviceState.FREEZING and "stop-before-close" in self.defects:
+            self._late_stop = (device_ms + DEFECT_STOP_LAG_MS, self.freeze)  # defect: answered now, closed later (tick)
+            return self._ack(msg, Result.OK)
         valve_open_ms = 0
         if self.freeze is not None:
             valve_open_ms = self._end_freeze(EndReason.STOPPED, device_ms, true_s)
@@ -325,7 +346,7 @@ class Firmware:
             self._open_valve(device_ms, true_s)
         else:
             self.state = DeviceState.WAIT_TRIGGER
-            self.next_telemetry_ms = device_ms  # a state change is reported at once
+            self._report_at_once(device_ms)
         return self._ack(msg, Result.OK, detail32=msg.duration_ms)
 
     def _on_end_in(self, msg: EndIn, device_ms: float) -> Message:
@@ -377,6 +398,10 @@ class Firmware:
         self.model.step(true_s)
         self._check_watchdog(device_ms, true_s)
         self._check_valve_and_supply(device_ms, true_s)  # causes are reported before their effects
+        if self._late_stop is not None and device_ms >= self._late_stop[0]:
+            stopped, self._late_stop = self._late_stop[1], None  # defect stop-before-close: the STOP answered earlier acts now
+            if self.freeze is stopped:
+                self._end_freeze(EndReason.STOPPED, device_ms, true_s)
         self._check_freeze(device_ms, true_s)
         if self.silent:
             return []
@@ -384,7 +409,7 @@ class Firmware:
         if device_ms >= self.next_telemetry_ms:  # also without a session: a reboot shows at once
             out.append(self._encode(self._telemetry(device_ms), 0))
             freezing = self.state in (DeviceState.FREEZING, DeviceState.WAIT_TRIGGER) or self.model.valve_open
-            period = TELEMETRY_FREEZING_MS if freezing else TELEMETRY_IDLE_MS
+            period = TELEMETRY_FREEZING_MS if freezing and "slow-telemetry" not in self.defects else TELEMETRY_IDLE_MS
             self.next_telemetry_ms = device_ms + max(period, self.min_telemetry_period_ms)
         return out
 
@@ -397,7 +422,7 @@ class Firmware:
         return min(candidates)
 
     def _check_watchdog(self, device_ms: float, true_s: float) -> None:
-        if self.state is DeviceState.NO_SESSION or self.watchdog_tripped or not self.watchdog_enabled:
+        if self.state is DeviceState.NO_SESSION or self.watchdog_tripped or "no-watchdog" in self.defects:
             return
         if device_ms - self.last_host_ms <= self.watchdog_ms:
             return
@@ -477,7 +502,7 @@ class Firmware:
         self.state = DeviceState.FREEZING
         self.freezes_started += 1
         self.model.command_valve(True, true_s)
-        self.next_telemetry_ms = device_ms
+        self._report_at_once(device_ms)
         self._queue_event(EventCode.FREEZE_STARTED, device_ms)
 
     def _end_freeze(self, reason: EndReason, device_ms: float, true_s: float) -> int:
@@ -496,12 +521,17 @@ class Firmware:
         self._queue_event(EventCode.FREEZE_DONE, device_ms, reason=reason)
         self.freeze = None
         self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
-        self.next_telemetry_ms = device_ms  # a state change is reported at once
+        self._report_at_once(device_ms)
         return valve_open_ms
+
+    def _report_at_once(self, device_ms: float) -> None:
+        """A state change is reported at once (§6.5), without waiting for the next period slot."""
+        if "slow-telemetry" not in self.defects:  # defect: it waits for the slot
+            self.next_telemetry_ms = device_ms
 
     def _latch(self, fault: Fault, device_ms: float, code: EventCode = EventCode.FAULT_RAISED) -> None:
         self.faults |= fault
-        self.next_telemetry_ms = device_ms  # a state change is reported at once
+        self._report_at_once(device_ms)
         if self.state is not DeviceState.NO_SESSION:
             self.state = DeviceState.FAULT
         self._queue_event(code, device_ms, faults=fault)
@@ -543,7 +573,8 @@ class Firmware:
             return []
         out = []
         for pending in self.pending_events.values():
-            if pending.last_sent_ms < 0 or device_ms - pending.last_sent_ms >= EVENT_RESEND_MS:
+            repeat = device_ms - pending.last_sent_ms >= EVENT_RESEND_MS and "events-not-repeated" not in self.defects  # defect
+            if pending.last_sent_ms < 0 or repeat:
                 pending.last_sent_ms = device_ms
                 out.append(self._encode(self._wire_event(pending.event), 0))
         return out
