@@ -11,8 +11,9 @@ import pytest
 from conftest import Rig, wait_until
 
 from controller.cli import main
-from controller.procedure import State
+from controller.procedure import Procedure, State
 from controller.records import RecordStore
+from controller.treatment import Treatment
 from firmware_bridge.codec import Frame, encode_frame
 from firmware_bridge.link import Link
 from firmware_bridge.messages import (
@@ -86,15 +87,22 @@ def test_events_an_earlier_session_left_are_filed_as_such_not_charged_to_the_new
     assert {"FREEZE_DONE", "WATCHDOG_TRIP"} <= {p["code"] for p in filed if p.get("earlier_session")}
 
 
-def test_a_device_that_vanishes_mid_freeze_and_returns_rebooted_is_reconciled_never_zero(make_rig: Callable[..., Rig]) -> None:
-    rig = make_rig(tcp=True)
+def freeze_then(rig: Rig, when_s: float, happening: Callable[[], object], window_s: float) -> tuple[Treatment, Procedure]:
+    """A 10 s device-timed freeze over TCP (same URL after a reconnection) that ``happening`` interrupts."""
     url = rig.link.port
-    treatment, procedure = rig.procedure("common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=10)
+    treatment, procedure = rig.procedure("common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=window_s)
     procedure.arm()
     while not rig.device.valve_open:
         procedure.tick()
-    rig.device.at(0.4, lambda: (rig.device.drop_host(), rig.device.reboot()))  # unplugged: USB power gone, then back
+    rig.device.at(when_s, happening)
     procedure.run()
+    return treatment, procedure
+
+
+def test_a_device_that_vanishes_mid_freeze_and_returns_rebooted_is_reconciled_never_zero(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(tcp=True)
+    unplugged = lambda: (rig.device.drop_host(), rig.device.reboot())  # USB power gone, then back
+    treatment, procedure = freeze_then(rig, 0.4, unplugged, window_s=10)
     cycle = procedure.cycles[0]
     assert procedure.state is State.FAULTED and cycle.certainty == "reconciled" and cycle.end_reason == "RESET"
     edge = rig.device.model.valve_log[-1]
@@ -111,12 +119,8 @@ def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_
         make_rig: Callable[..., Rig], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rig = make_rig(tcp=True)
     url = rig.link.port
-    treatment, procedure = rig.procedure("common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=1.5)
-    procedure.arm()
-    while not rig.device.valve_open:
-        procedure.tick()
-    rig.device.at(0.3, lambda: (rig.device.set_silent(True), rig.device.drop_host()))  # gone quiet: nothing answers
-    procedure.run()
+    gone_quiet = lambda: (rig.device.set_silent(True), rig.device.drop_host())  # nothing answers
+    treatment, procedure = freeze_then(rig, 0.3, gone_quiet, window_s=1.5)
     assert procedure.state is State.FAULTED and procedure.cycles[0].certainty == "unresolved"
     assert treatment.end() == "unresolved"  # the session is NOT closed: its cycle waits for the device
     kinds = rig.kinds(treatment.session_id)
@@ -143,13 +147,7 @@ def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_
 
 def test_an_open_cycle_is_not_settled_by_another_device(make_rig: Callable[..., Rig], capsys: pytest.CaptureFixture[str]) -> None:
     rig = make_rig(tcp=True)
-    url = rig.link.port
-    treatment, procedure = rig.procedure("common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=1.0)
-    procedure.arm()
-    while not rig.device.valve_open:
-        procedure.tick()
-    rig.device.at(0.3, lambda: (rig.device.set_silent(True), rig.device.drop_host()))
-    procedure.run()
+    treatment, procedure = freeze_then(rig, 0.3, lambda: (rig.device.set_silent(True), rig.device.drop_host()), window_s=1.0)
     assert treatment.end() == "unresolved"
     procedure.link.close()  # type: ignore[union-attr]
     rig.store.close()
