@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-import random
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,7 +106,7 @@ class DeviceIdentity:
             capabilities=ack.capabilities,
             fault_flags=ack.fault_flags,
             session_id=ack.host_nonce,
-            session_minor=min(PROTO_MINOR, ack.proto_minor),
+            session_minor=ack.proto_minor,  # the device answers in the negotiated minor (§3.2)
         )
 
 
@@ -169,7 +169,7 @@ class Link:
         self.port = transport.url
         self._transport = transport
         self._clock = clock
-        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S), first_txn=random.randrange(1, 0x10000))
+        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S), first_txn=1 + secrets.randbelow(0xFFFF))
         self._decoder = FrameDecoder()
         self._outbox: queue.SimpleQueue[tuple[Message, _Waiter | None]] = queue.SimpleQueue()
         self._waiters: dict[int, _Waiter] = {}
@@ -206,7 +206,7 @@ class Link:
         return link
 
     def handshake(self, *, watchdog_ms: int = 0, expect_kind: DeviceKind | None = None) -> DeviceIdentity:
-        nonce = random.randrange(1, 1 << 32)  # the session id: never 0, which means "no session" in a bound event
+        nonce = 1 + secrets.randbelow(0xFFFFFFFF)  # the session id: never 0, which means "no session" in a bound event
         try:
             reply = self._request(Hello(PROTO_MAJOR, PROTO_MINOR, watchdog_ms, nonce), self._clock.wall(HANDSHAKE_TIMEOUT_S))
         except CommandTimeout:
@@ -214,8 +214,15 @@ class Link:
         ack = reply.message
         if not isinstance(ack, HelloAck) or ack.host_nonce != nonce:
             raise NotAGivreDevice(self.port, "answered HELLO with something else", "Check that this is the cryotherapy device's port")
-        expected = SCHEMA_HASHES.get(ack.proto_minor)  # a newer minor only adds: this host speaks its own minor to it
-        if expected is not None and ack.schema_hash != expected:
+        if ack.proto_minor > PROTO_MINOR:
+            raise VersionMismatch(
+                self.port,
+                f"the device answered in protocol {ack.proto_major}.{ack.proto_minor}, above the {PROTO_MAJOR}.{PROTO_MINOR} this Givre "
+                "asked for (a device must answer in the lower of the two minors)",
+                "Update the device firmware: it breaks the version negotiation of docs/protocol.md §3.2",
+            )
+        expected = SCHEMA_HASHES[ack.proto_minor]
+        if ack.schema_hash != expected:
             raise VersionMismatch(
                 self.port,
                 f"device protocol {ack.proto_major}.{ack.proto_minor} uses different message layouts "
@@ -288,10 +295,10 @@ class Link:
         if ident is None or ident.session_minor < 1 or self.lost or self._session.state is not SessionState.READY:
             return False
         try:
-            self._request(Bye(0), self._clock.wall(BYE_TIMEOUT_S))
+            reply = self._request(Bye(0), self._clock.wall(BYE_TIMEOUT_S))
         except BridgeError:
             return False
-        return True
+        return isinstance(reply.message, Ack) and reply.message.result is Result.OK
 
     def clear_fault(self) -> Ack:
         return self._command(ClearFault()).message  # type: ignore[return-value]

@@ -19,6 +19,7 @@ from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, Frame, encode
 from firmware_bridge.messages import (
     PROTO_MAJOR,
     PROTO_MINOR,
+    Ack,
     BoundEvent,
     Bye,
     DecodeError,
@@ -27,6 +28,7 @@ from firmware_bridge.messages import (
     Hello,
     HelloAck,
     Message,
+    Result,
     Telemetry,
     decode_message,
 )
@@ -144,6 +146,7 @@ class HostSession:
         self._hello_minor = PROTO_MINOR
         self._start_uptime_ms: int | None = None  # device uptime when this session opened (first telemetry after it)
         self._held: list[DeviceEventReceived] = []  # 1.0 events waiting for that mark
+        self._before_ack: list[tuple[Frame, Message]] = []  # unsolicited frames that came while HELLO was pending
         self._next_seq = 0
         self._next_txn = first_txn
         self._pending: dict[int, _Pending] = {}
@@ -183,6 +186,7 @@ class HostSession:
         self.session_id = None
         self._start_uptime_ms = None
         self._held.clear()
+        self._before_ack.clear()
         self._last_rx_seq = None
         self._last_uptime_ms = None
 
@@ -228,28 +232,36 @@ class HostSession:
         if not msg.FROM_DEVICE:
             self.stats.undecodable += 1
             return out
+        if frame.txn:
+            self.stats.frames_received += 1
+            self._on_reply(frame, msg, now, out)
+        elif self.state is SessionState.HELLO_SENT:
+            self._before_ack.append((frame, msg))  # judged once HELLO_ACK says which boot this session is
+            del self._before_ack[:-MAX_HELD_EVENTS]
+        else:
+            self._on_unsolicited(frame, msg, now, out)
+        return out
+
+    def _on_unsolicited(self, frame: Frame, msg: Message, now: float, out: Output) -> None:
+        """TELEMETRY and EVENT: believed only once bound to this boot (and session), in order."""
         if isinstance(msg, Telemetry | BoundEvent) and self._from_older_boot(msg.boot_count):
             self.stats.other_boot_frames += 1  # a frame that waited somewhere while the device rebooted
-            return out
+            return
         if isinstance(msg, Telemetry) and self._rebooted(msg.boot_count):
             self._on_reboot(msg.boot_count, out)
-        # Replies are matched by txn; seq ordering guards the unsolicited, state-bearing frames.
-        if not frame.txn and not self._fresh_seq(frame.seq):
+        if not self._fresh_seq(frame.seq):
             self.stats.stale_frames += 1
-            return out
+            return
+        if isinstance(msg, Event) and self.minor >= 1:
+            self.stats.stale_frames += 1  # a 1.1 session's events are bound; an unbound one is not from it
+            return
         self.stats.frames_received += 1
         if isinstance(msg, Telemetry):
             self._on_telemetry(msg, now, out)
         elif isinstance(msg, BoundEvent):
             self._on_bound_event(msg, now, out)
         elif isinstance(msg, Event):
-            if self.minor >= 1:
-                self.stats.stale_frames += 1  # a 1.1 session's events are bound; an unbound one is not from it
-                return out
             self._on_event(msg, now, out)
-        if frame.txn:
-            self._on_reply(frame, msg, out)
-        return out
 
     def _fresh_seq(self, seq: int) -> bool:
         """Drop frames older than the newest one seen (modulo 2^16, half-window)."""
@@ -264,7 +276,10 @@ class HostSession:
         self._last_rx_seq = seq
         return True
 
-    def _on_reply(self, frame: Frame, msg: Message, out: Output) -> None:
+    def _on_reply(self, frame: Frame, msg: Message, now: float, out: Output) -> None:
+        if isinstance(msg, HelloAck) and msg.host_nonce != self._hello_nonce:
+            self.stats.stale_frames += 1  # an answer to another host's HELLO: ours is still to come
+            return
         pending = self._pending.pop(frame.txn, None)
         if pending is None:
             return  # an answer to a request already answered or given up on
@@ -273,9 +288,13 @@ class HostSession:
             self.stats.duplicates_seen += 1
         if isinstance(msg, HelloAck):
             self._on_hello_ack(msg, out)
-        elif isinstance(pending.request, Bye):
+        elif isinstance(pending.request, Bye) and isinstance(msg, Ack) and msg.result is Result.OK:
             self.close()
         out.events.append(Reply(frame.txn, msg, duplicate))
+        if isinstance(msg, HelloAck) and self.state is SessionState.READY:
+            waiting, self._before_ack = self._before_ack, []
+            for early_frame, early_msg in waiting:
+                self._on_unsolicited(early_frame, early_msg, now, out)
 
     def _from_older_boot(self, boot_count: int) -> bool:
         """Boot counters only grow (non-volatile, +1 per reset): a lower one is a frame from the past."""
@@ -297,8 +316,6 @@ class HostSession:
         self.session_id = None
 
     def _on_hello_ack(self, ack: HelloAck, out: Output) -> None:
-        if ack.host_nonce != self._hello_nonce:
-            return  # not the answer to our HELLO: the link refuses the device
         if self.boot_count is not None and ack.boot_count != self.boot_count:
             out.events.append(RebootDetected(self.boot_count, ack.boot_count))
             self._seen_events.clear()
@@ -325,7 +342,7 @@ class HostSession:
             out.events.extend(self._mark_by_uptime(item) for item in held)
 
     def _on_bound_event(self, bound: BoundEvent, now: float, out: Output) -> None:
-        if self.boot_count is not None and bound.boot_count != self.boot_count:
+        if bound.boot_count != self.boot_count:
             self.stats.other_boot_frames += 1  # not acknowledged: its id belongs to another boot's numbering
             return
         earlier = self.session_id is None or bound.session_id != self.session_id

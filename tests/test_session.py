@@ -194,3 +194,25 @@ def test_txns_start_where_the_link_says_and_bye_closes_the_session() -> None:
     bye_txn, _ = session.request(Bye(0), 0.1)
     session.receive(device_frame(Ack(Bye.MSG_TYPE, Result.OK, 0, 0), 1, bye_txn), 0.11)
     assert session.state is SessionState.CLOSED and session.session_id is None
+
+
+def test_frames_that_come_before_hello_ack_are_judged_by_its_boot() -> None:
+    """A device reset as the port opens (DTR): frames of the old boot may still be in flight."""
+    session = HostSession()
+    txn, _ = session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
+    old_state = session.receive(device_frame(telemetry(boot=4, uptime=90_000), 40), 0.01)
+    old_event = session.receive(device_frame(bound(9, boot=4, session_id=3), 41), 0.01)
+    earlier = session.receive(device_frame(bound(1, boot=5, session_id=3), 1), 0.01)
+    assert [o.events or o.to_send for o in (old_state, old_event, earlier)] == [[], [], []]  # nothing acked or believed yet
+    out = session.receive(device_frame(hello_ack(boot=5, minor=1), 2, txn), 0.02)
+    (filed,) = [e for e in out.events if isinstance(e, DeviceEventReceived)]
+    assert filed.event.event_id == 1 and filed.earlier_session and len(out.to_send) == 1  # only this boot's event is acked
+    assert session.stats.other_boot_frames == 2
+    assert session.receive(device_frame(telemetry(boot=5, uptime=30), 3), 0.03).events  # this boot's telemetry is not "stale"
+
+
+def test_a_refused_bye_leaves_the_session_open() -> None:
+    session = ready_session(minor=1)
+    bye_txn, _ = session.request(Bye(0), 0.1)
+    session.receive(device_frame(Ack(Bye.MSG_TYPE, Result.UNSUPPORTED, 0, 0), 5, bye_txn), 0.11)
+    assert session.state is SessionState.READY and session.session_id == 7
