@@ -23,6 +23,7 @@ from controller.ledger import CartridgeLedger, CartridgeStatus, LedgerError
 from controller.lesion import Lesion
 from controller.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.records import RecordNotSaved, RecordStore
+from controller.recovery import device_event_record, file_device_event
 from firmware_bridge.clock import Clock
 from firmware_bridge.errors import BridgeError, CommandRejected, CommandTimeout
 from firmware_bridge.link import Link, LinkDown
@@ -377,6 +378,7 @@ class Procedure:
             return ["device data is STALE (none in the last second): check the link"]
         faults = Fault(latest.telemetry.fault_flags) & LATCHING_FAULTS
         if faults:
+            self._alarm_for_faults(faults)  # whoever's event reported it, a hazard present now is alarmed now
             names = ", ".join(f.name for f in Fault if f & faults and f.name)
             return [f"the device holds a latched fault ({names}): fix its cause and clear it"]
         if Fault(latest.telemetry.fault_flags) & Fault.CARTRIDGE_EMPTY:
@@ -527,7 +529,7 @@ class Procedure:
     def _on_link_event(self, item: object) -> None:
         if isinstance(item, DeviceEventReceived):
             if item.earlier_session:  # filed outside this session, never charged to it
-                self.store.append("device_event", device_event_record(item), None)
+                file_device_event(self.store, item, self.link.identity if self.link else None, None)
                 return
             self._on_device_event(item)
         elif isinstance(item, (RebootDetected, LinkDown)):
@@ -542,7 +544,7 @@ class Procedure:
 
     def _on_device_event(self, item: DeviceEventReceived) -> None:
         event = item.event
-        self._record("device_event", device_event_record(item))
+        self._record("device_event", device_event_record(item, None))
         current = self.cycles[-1] if self.cycles else None
         if event.code is EventCode.FREEZE_STARTED and current is not None and current.txn == event.freeze_txn:
             current.started_seen = True
@@ -618,7 +620,7 @@ class Procedure:
         cycle = self.cycles[-1]
         outcome = read_and_reconcile(self.link, self._facts(cycle))
         self.status_text = f"outcome: {outcome.why}"
-        if outcome.finding is Finding.UNRESOLVED:
+        if not outcome.settled:
             return  # stay UNCERTAIN and retry; past the window the cycle stays open for the next connection
         if self.link is not None and self.link.identity is not None:
             try:
@@ -776,12 +778,3 @@ class Procedure:
         self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
                                       "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
 
-
-def device_event_record(item: DeviceEventReceived) -> dict[str, Any]:
-    """A device event as the record keeps it; one of an earlier session says which session it was."""
-    event = item.event
-    record: dict[str, Any] = {"code": event.code.name, "end_reason": event.end_reason.name, "txn": event.freeze_txn,
-                              "fault_flags": event.fault_flags, "valve_open_ms": event.valve_open_ms, "device_uptime_ms": event.uptime_ms}
-    if item.earlier_session:
-        record |= {"earlier_session": True, "device_session": item.session_id}
-    return record

@@ -4,7 +4,8 @@ The live procedure, the headless run and crash recovery all ask the same questio
 FREEZE and lost track of it (link lost, device rebooted, host killed). ``reconcile`` answers it from
 plain facts with no I/O, ranking the evidence:
 
-1. the device's FREEZE_DONE bound to this boot, session and txn (taken by the live path directly);
+1. the device's FREEZE_DONE bound to this boot, session and txn (taken by the live path directly, or
+   kept by the device and filed in the record at a later connection);
 2. COUNTERS whose last-freeze record is this freeze (same boot it ran in, same txn; the record
    survives a reset, which it reports as end_reason RESET);
 3. the host's own record that the device accepted the FREEZE (ACK OK) or reported FREEZE_STARTED;
@@ -28,11 +29,21 @@ from firmware_bridge.messages import NOT_AVAILABLE_U32, Counters, EndReason
 
 
 class Finding(enum.Enum):
+    REPORTED = "reported"  # the device's own FREEZE_DONE for it, kept and delivered at a later connection
     RECONCILED = "reconciled"  # the device's last-freeze record is this freeze: its figures are the device's
     NOT_STARTED = "not_started"  # the device provably never executed it (never acknowledged, counters unchanged)
     UNKNOWN = "unknown"  # the device was read and cannot say any more: final, with the facts
     STILL_RUNNING = "still_running"  # this freeze is running with nobody supervising it: STOP, then read again
     UNRESOLVED = "unresolved"  # the device cannot be read now: the cycle stays open until it can
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """The figures of a FREEZE_DONE the device raised for this freeze (bound to its boot, session and txn)."""
+
+    valve_open_ms: int
+    halo_to_off_ms: int | None
+    end_reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,7 @@ class FreezeFacts:
     started_seen: bool  # the device reported FREEZE_STARTED for this txn
     freezes_started_before: int | None  # COUNTERS read just before the FREEZE (same boot)
     last_txn_before: int | None
+    reported: DeviceReport | None = None  # the best evidence there is, when the record holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,22 +71,28 @@ class Outcome:
     @property
     def certainty(self) -> str:
         """How the record names the source of the figures."""
-        return {Finding.RECONCILED: "reconciled", Finding.NOT_STARTED: "reconciled"}.get(self.finding, "unknown")
+        named = {Finding.REPORTED: "device_reported", Finding.RECONCILED: "reconciled", Finding.NOT_STARTED: "reconciled"}
+        return named.get(self.finding, "unknown")
 
     @property
     def settled(self) -> bool:
         """True once nothing more can be learnt: the cycle can be closed in the record."""
-        return self.finding in (Finding.RECONCILED, Finding.NOT_STARTED, Finding.UNKNOWN)
+        return self.finding in (Finding.REPORTED, Finding.RECONCILED, Finding.NOT_STARTED, Finding.UNKNOWN)
 
 
 def reconcile(facts: FreezeFacts, serial: str | None, counters: Counters | None, why_unreadable: str = "") -> Outcome:
     """The one rule. ``serial``/``counters``: the device now at the port and what it says (None: unreadable)."""
+    if facts.reported is not None:
+        done = facts.reported
+        return Outcome(Finding.REPORTED, f"the device reported {done.valve_open_ms} ms, ended {done.end_reason}",
+                       done.valve_open_ms, done.halo_to_off_ms, done.end_reason)
     if counters is None or serial is None:
         return Outcome(Finding.UNRESOLVED, f"device {facts.serial} cannot be read now{': ' + why_unreadable if why_unreadable else ''}")
     if serial != facts.serial:
         return Outcome(Finding.UNRESOLVED, f"the device at the port is {serial}, not {facts.serial} that ran the freeze")
     c = counters
-    if facts.txn is not None and c.last_txn == facts.txn and c.last_boot_count == facts.boot_count:
+    never_ran = facts.last_txn_before == facts.txn and c.freezes_started == facts.freezes_started_before  # an older freeze, same txn
+    if facts.txn is not None and c.last_txn == facts.txn and c.last_boot_count == facts.boot_count and not never_ran:
         if c.last_end_reason is EndReason.NONE and c.boot_count == facts.boot_count:
             return Outcome(Finding.STILL_RUNNING, f"freeze txn {facts.txn} is still running on the device")
         halo = None if c.last_halo_to_off_ms == NOT_AVAILABLE_U32 else c.last_halo_to_off_ms

@@ -12,21 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.reconcile import FreezeFacts, Outcome, read_and_reconcile
-from controller.records import Event, RecordStore
+from controller.config import Config
+from controller.ledger import CartridgeLedger
+from controller.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
+from controller.records import Event, RecordNotSaved, RecordStore
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.link import Link
-from firmware_bridge.messages import LATCHING_FAULTS, Fault
+from firmware_bridge.link import DeviceIdentity, Link
+from firmware_bridge.messages import LATCHING_FAULTS, NOT_AVAILABLE_U32, Fault
+from firmware_bridge.session import DeviceEventReceived
+
+EARLY_EVENTS_S = 0.25  # events a device kept from an earlier session come within 100 ms of HELLO_ACK (§5.5)
 
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
     session_id: str | None
-    cycle: int | None
     finding: str  # what the device said, in words
-    valve_open_ms: int | None
-    end_reason: str | None
     closed: bool = True  # False: the session stays open until its device can be read
 
     def line(self) -> str:
@@ -59,28 +61,37 @@ def connect_and_recover(url: str, store: RecordStore, clock: Clock = SYSTEM_CLOC
         raise
 
 
-def unfinished_sessions(store: RecordStore) -> dict[str, list[Event]]:
+def unfinished_sessions(store: RecordStore) -> tuple[dict[str, list[Event]], dict[int, str]]:
+    """Sessions never ended, with their events; and every record session by its device session id."""
     sessions: dict[str, list[Event]] = {}
+    by_device_session: dict[int, str] = {}
     for event in store.events():
         if event.session_id is None:
             continue
         if event.kind == "session_started":
             sessions[event.session_id] = [event]
+            device_session = (event.payload.get("device") or {}).get("device_session")
+            if device_session:
+                by_device_session[device_session] = event.session_id
         elif event.session_id in sessions:
             sessions[event.session_id].append(event)
             if event.kind == "session_ended":
                 del sessions[event.session_id]
-    return sessions
+    return sessions, by_device_session
 
 
 def recover(store: RecordStore, link: Link | None) -> list[Recovered]:
-    """Settle every unfinished session the connected device (or none) can settle; then account for
-    a watchdog trip nobody owns."""
+    """File what the device kept from earlier sessions; settle every unfinished session the
+    connected device (or none) can settle; then account for a watchdog trip nobody owns."""
+    early = _early_events(link)
+    _, by_device_session = unfinished_sessions(store)
+    for item in early:
+        file_device_event(store, item, link.identity if link else None, by_device_session.get(item.session_id or 0))
     reports: list[Recovered] = []
     awaiting: set[str] = set()
     settled_here: str | None = None  # the last session of the connected device closed now: its host went silent
     serial = link.identity.serial if link is not None and link.identity is not None else None
-    for session_id, events in unfinished_sessions(store).items():
+    for session_id, events in unfinished_sessions(store)[0].items():
         report = _settle(store, link, session_id, events)
         reports.append(report)
         session_serial = str((events[0].payload.get("device") or {}).get("serial"))
@@ -93,27 +104,72 @@ def recover(store: RecordStore, link: Link | None) -> list[Recovered]:
     return reports
 
 
+def _early_events(link: Link | None) -> list[DeviceEventReceived]:
+    """The device's events that come just after the handshake: kept from an earlier session, or raised since."""
+    if link is None:
+        return []
+    return [item for item in link.heartbeat_for(EARLY_EVENTS_S) if isinstance(item, DeviceEventReceived)]
+
+
+def device_event_record(item: DeviceEventReceived, identity: DeviceIdentity | None) -> dict[str, Any]:
+    """A device event as the record keeps it; one of an earlier session says which device, boot and session."""
+    event = item.event
+    record: dict[str, Any] = {
+        "code": event.code.name, "end_reason": event.end_reason.name, "txn": event.freeze_txn, "fault_flags": event.fault_flags,
+        "valve_open_ms": event.valve_open_ms, "halo_to_off_ms": None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms,
+        "device_uptime_ms": event.uptime_ms,
+    }
+    if item.earlier_session:
+        record |= {"earlier_session": True, "device_session": item.session_id,
+                   "serial": identity.serial if identity else None, "boot_count": identity.boot_count if identity else None}
+    return record
+
+
+def file_device_event(store: RecordStore, item: DeviceEventReceived, identity: DeviceIdentity | None, session_id: str | None) -> None:
+    """Record an event outside the current session: under the session it was raised in when the
+    record knows it, else on its own. Best effort: a store that fails raises its own alarm elsewhere."""
+    try:
+        store.append("device_event", device_event_record(item, identity), session_id)
+    except RecordNotSaved:
+        pass
+
+
 def _settle(store: RecordStore, link: Link | None, session_id: str, events: list[Event]) -> Recovered:
+    """Give every freeze of the session that has no result the device's figures; close the session
+    once none is left open (its cartridge reservation released, the gas the device measured charged)."""
     device = events[0].payload.get("device")
-    pending = _pending_freeze(events)
-    if pending is None:
-        store.append("session_ended", {"status": "interrupted", "recovered": True, "finding": "no freeze was in progress"}, session_id)
-        return Recovered(session_id, None, "no freeze was in progress", None, None)
-    cycle = pending["cycle"]
-    if device is None:
-        figures: dict[str, Any] = {"freeze_ms_device": None, "end_reason": None, "certainty": "unknown", "measured_by": "host"}
-        finding = "the freeze was host-timed (manual); its duration is unknown"
-    else:
-        outcome = read_and_reconcile(link, _facts(device, pending))
-        if not outcome.settled:
-            return Recovered(session_id, cycle, f"cycle {cycle}: {outcome.why}", None, None, closed=False)
-        figures = _figures(outcome)
-        finding = f"cycle {cycle} ({pending['effective_ms']} ms planned): {outcome.why}"
-    store.append("freeze_result", {**figures, "lesion_id": pending["lesion_id"], "cycle": cycle, "why": finding,
-                                   "freeze_ms_requested": pending["requested_ms"], "freeze_ms_effective": pending["effective_ms"],
-                                   "limited_by": pending["limited_by"], "txn": pending.get("txn"), "recovered": True}, session_id)
+    open_freezes = _open_freezes(events)
+    findings: list[str] = []
+    still_open: list[str] = []
+    ledger = CartridgeLedger(store, Config())
+    cartridge_id = _cartridge_reserved(events)
+    for pending in open_freezes:
+        where = f"{pending['lesion_id']} cycle {pending['cycle']}"
+        if device is None:
+            figures: dict[str, Any] = {"freeze_ms_device": None, "end_reason": None, "certainty": "unknown", "measured_by": "host"}
+            finding = f"{where}: the freeze was host-timed (manual); its duration is unknown"
+        else:
+            outcome = read_and_reconcile(link, _facts(device, pending))
+            if not outcome.settled:
+                still_open.append(f"{where}: {outcome.why}")
+                continue
+            figures = _figures(outcome)
+            finding = f"{where} ({pending['effective_ms']} ms planned): {outcome.why}"
+        seconds = figures.get("cartridge_seconds", 0.0)
+        store.append("freeze_result", {**figures, "lesion_id": pending["lesion_id"], "cycle": pending["cycle"], "why": finding,
+                                       "freeze_ms_requested": pending["requested_ms"], "freeze_ms_effective": pending["effective_ms"],
+                                       "limited_by": pending["limited_by"], "txn": pending.get("txn"), "cartridge_id": cartridge_id,
+                                       "recovered": True}, session_id)
+        if cartridge_id is not None and seconds:
+            ledger.commit(session_id, cartridge_id, seconds, lesion_done=False)
+        findings.append(finding)
+    if still_open:
+        return Recovered(session_id, "; ".join(still_open + findings), closed=False)
+    if cartridge_id is not None and _reservation_open(events, cartridge_id):
+        ledger.release(session_id, cartridge_id)
+    finding = "; ".join(findings) or "no freeze was in progress"
     store.append("session_ended", {"status": "interrupted", "recovered": True, "finding": finding}, session_id)
-    return Recovered(session_id, cycle, finding, figures.get("freeze_ms_device"), figures.get("end_reason"))
+    return Recovered(session_id, finding)
 
 
 def _figures(outcome: Outcome) -> dict[str, Any]:
@@ -121,27 +177,43 @@ def _figures(outcome: Outcome) -> dict[str, Any]:
             "certainty": outcome.certainty, "measured_by": "device", "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000}
 
 
-def _pending_freeze(events: list[Event]) -> dict[str, Any] | None:
-    """The last freeze asked for and never given a result, with what the record knows of it."""
-    pending: dict[str, Any] | None = None
+def _open_freezes(events: list[Event]) -> list[dict[str, Any]]:
+    """Every freeze asked for that has no result yet, per lesion and cycle, with what the record knows."""
+    asked: dict[tuple[object, object], dict[str, Any]] = {}
     started_txns: set[int] = set()
+    reported: dict[int, dict[str, Any]] = {}  # FREEZE_DONE the device kept for this session, filed at a later connection
     for event in events:
         p = event.payload
+        key = (p.get("lesion_id"), p.get("cycle"))
         if event.kind == "freeze_requested":
-            pending = dict(p)
-        elif event.kind == "device_event" and p.get("code") == "FREEZE_STARTED" and not p.get("earlier_session"):
+            asked[key] = dict(p)
+        elif event.kind == "device_event" and p.get("code") == "FREEZE_STARTED":
             started_txns.add(p.get("txn", -1))
-        elif pending is None or p.get("cycle") != pending["cycle"]:
-            continue
-        elif event.kind == "freeze_accepted":
-            pending |= {"txn": p["txn"], "accepted": True}
-        elif event.kind == "freeze_unanswered":
-            pending["txn"] = p["txn"]
-        elif event.kind == "freeze_result":
-            pending = None
-    if pending is not None:
+        elif event.kind == "device_event" and p.get("code") == "FREEZE_DONE":
+            reported[p.get("txn", -1)] = p
+        elif key in asked and event.kind == "freeze_accepted":
+            asked[key] |= {"txn": p["txn"], "accepted": True}
+        elif key in asked and event.kind == "freeze_unanswered":
+            asked[key]["txn"] = p["txn"]
+        elif key in asked and event.kind == "freeze_result":
+            del asked[key]
+    for pending in asked.values():
         pending["started_seen"] = pending.get("txn") in started_txns
-    return pending
+        pending["reported"] = reported.get(pending.get("txn", -1))
+    return list(asked.values())
+
+
+def _cartridge_reserved(events: list[Event]) -> str | None:
+    reserved = [e.payload["cartridge_id"] for e in events if e.kind == "cartridge_reserved"]
+    return reserved[-1] if reserved else None
+
+
+def _reservation_open(events: list[Event], cartridge_id: str) -> bool:
+    balance = 0
+    for event in events:
+        if event.payload.get("cartridge_id") == cartridge_id:
+            balance += {"cartridge_reserved": 1, "cartridge_released": -1}.get(event.kind, 0)
+    return balance > 0
 
 
 def _facts(device: dict[str, Any], pending: dict[str, Any]) -> FreezeFacts:
@@ -149,7 +221,14 @@ def _facts(device: dict[str, Any], pending: dict[str, Any]) -> FreezeFacts:
         serial=pending.get("serial") or device["serial"], boot_count=pending.get("boot_count", device.get("boot_count", -1)),
         txn=pending.get("txn"), accepted=bool(pending.get("accepted")), started_seen=bool(pending.get("started_seen")),
         freezes_started_before=pending.get("freezes_started_before"), last_txn_before=pending.get("last_txn_before"),
+        reported=_reported(pending.get("reported")),
     )
+
+
+def _reported(done: dict[str, Any] | None) -> DeviceReport | None:
+    if done is None:
+        return None
+    return DeviceReport(done["valve_open_ms"], done.get("halo_to_off_ms"), done["end_reason"])
 
 
 def _account_for_trip(store: RecordStore, link: Link, owner: str | None) -> list[Recovered]:
@@ -179,11 +258,10 @@ def _account_for_trip(store: RecordStore, link: Link, owner: str | None) -> list
     summary = (f"device {link.identity.serial}: a watchdog trip no open session owns ({why}; boot {counters.boot_count}, "
                f"last freeze ended {counters.last_end_reason.name}) was recorded")
     if others:
-        return [Recovered(None, None, summary + f"; not cleared: {', '.join(f.name for f in Fault if f & others and f.name)} also latched",
-                          None, None)]
+        return [Recovered(None, summary + f"; not cleared: {', '.join(f.name for f in Fault if f & others and f.name)} also latched")]
     try:
         link.clear_fault()
         link.wait_for_telemetry()
     except BridgeError as exc:
-        return [Recovered(None, None, summary + f"; clearing it failed ({exc.problem})", None, None)]
-    return [Recovered(None, None, summary + " and cleared", None, None)]
+        return [Recovered(None, summary + f"; clearing it failed ({exc.problem})")]
+    return [Recovered(None, summary + " and cleared")]

@@ -140,6 +140,7 @@ class _Freeze:
     deadline_ms: float | None = None
     halo_marked_ms: float | None = None
     capped: bool = False  # END_IN asked for more than the cap allowed
+    released_since_accept: bool = False  # §6.1: only a press after acceptance opens the valve
 
 
 @dataclass(slots=True)
@@ -289,6 +290,7 @@ class Firmware:
         self.session_minor = min(self.identity.proto_minor, msg.proto_minor)  # HELLO_ACK speaks it, so a 1.0 host accepts us
         if self.state is DeviceState.NO_SESSION:
             self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
+            self._report_at_once(device_ms)
         return self._hello_ack(msg.host_nonce, self.session_minor)
 
     def _on_bye(self, msg: Bye, device_ms: float, true_s: float) -> Message:
@@ -299,7 +301,8 @@ class Firmware:
         self.state = DeviceState.NO_SESSION
         self.session_id = 0
         self.watchdog_tripped = False
-        self.txn_cache.clear()  # BYE's own answer is cached after this, so a repeated BYE gets it again
+        self.txn_cache.clear()
+        self._report_at_once(device_ms)  # BYE's own answer is cached after this, so a repeated BYE gets it again
         return self._ack(msg, Result.OK, detail32=valve_open_ms)
 
     def _hello_ack(self, nonce: int, proto_minor: int) -> HelloAck:
@@ -376,6 +379,7 @@ class Firmware:
             self._queue_event(EventCode.FAULT_CLEARED, self.last_host_ms, faults=cleared)
         if not self.faults & LATCHING_FAULTS and self.state is DeviceState.FAULT:
             self.state = DeviceState.READY
+            self._report_at_once(self.last_host_ms)
         if not self.faults & Fault.WATCHDOG_TRIP:
             self.watchdog_tripped = False  # one silence, one trip: re-armed only once the trip is cleared
         return self._ack(msg, Result.OK if not still else Result.FAULT_LATCHED, detail16=int(self.faults))
@@ -438,7 +442,9 @@ class Firmware:
             return
         held = self.trigger_held
         if self.state is DeviceState.WAIT_TRIGGER:
-            if held:
+            if not held:
+                f.released_since_accept = True
+            elif f.released_since_accept:  # a trigger held since before the FREEZE never fires it
                 self._open_valve(device_ms, true_s)
             return
         assert f.deadline_ms is not None and f.started_ms is not None

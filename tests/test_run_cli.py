@@ -127,7 +127,7 @@ def test_sigkill_mid_freeze_then_the_next_start_recovers_the_true_figures(tmp_pa
         code = main(["run", "--port", port, "--profile", "solar-lentigo", "--site", "hand", "--db", str(db), "--yes", "--json"])
     result = json.loads(capsys.readouterr().out)
     line, trip = result["recovered"]
-    assert f"cycle 1 (20000 ms planned): the device measured {truth.valve_open_ms} ms, ended WATCHDOG" in line
+    assert f"cycle 1 (20000 ms planned): the device reported {truth.valve_open_ms} ms, ended WATCHDOG" in line  # its kept FREEZE_DONE
     assert "went silent" in trip and trip.endswith("was recorded and cleared")
     assert code == 0 and result["status"] == "completed"  # the watchdog trip was accounted for and cleared
     assert main(["records", "list", "--db", str(db), "--json"]) == 0

@@ -125,8 +125,8 @@ def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_
     assert treatment.end() == "unresolved"  # the session is NOT closed: its cycle waits for the device
     kinds = rig.kinds(treatment.session_id)
     assert "freeze_unresolved" in kinds and "freeze_result" not in kinds and "session_ended" not in kinds
+    wait_until(lambda: rig.device.firmware.nvm.last_freeze.end_reason is EndReason.WATCHDOG, what="the device closing its valve by itself")
     truth = rig.device.firmware.nvm.last_freeze
-    assert truth.end_reason is EndReason.WATCHDOG  # the device closed its valve by itself
     procedure.link.close()  # type: ignore[union-attr]
     rig.store.close()
     rig.device.set_silent(False)
@@ -135,14 +135,17 @@ def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_
     assert main(["info", "--port", url, "--db", db, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     settled, trip = report["recovered"]
-    assert f"recovered session {treatment.session_id}" in settled and f"the device measured {truth.valve_open_ms} ms" in settled
+    # The device kept that session's FREEZE_DONE: the best evidence, filed under it and believed first.
+    assert f"recovered session {treatment.session_id}" in settled and f"the device reported {truth.valve_open_ms} ms" in settled
     assert "went silent" in trip and report["counters"]["fault_flags"] == 0
     assert main(["records", "list", "--db", db, "--json"]) == 0
     (session,) = json.loads(capsys.readouterr().out)
     assert session["status"] == "interrupted"
     with RecordStore(Path(db), writer=False) as store:
         (result,) = [e.payload for e in store.events(treatment.session_id) if e.kind == "freeze_result"]
-    assert (result["freeze_ms_device"], result["end_reason"], result["certainty"]) == (truth.valve_open_ms, "WATCHDOG", "reconciled")
+        filed = [e.payload for e in store.events(treatment.session_id) if e.kind == "device_event" and e.payload.get("earlier_session")]
+    assert (result["freeze_ms_device"], result["end_reason"], result["certainty"]) == (truth.valve_open_ms, "WATCHDOG", "device_reported")
+    assert {"FREEZE_DONE", "WATCHDOG_TRIP"} <= {p["code"] for p in filed} and all(p["serial"] == "SIM-0001" for p in filed)
 
 
 def test_an_open_cycle_is_not_settled_by_another_device(make_rig: Callable[..., Rig], capsys: pytest.CaptureFixture[str]) -> None:
