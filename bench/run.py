@@ -176,7 +176,8 @@ def device_timed_freeze(link: Link, duration_ms: int, *, mode: FreezeMode = Free
         if on_beat is not None:
             on_beat(link)
         item = link.next_event(link.heartbeat_period_s)
-        if isinstance(item, DeviceEventReceived) and item.event.code is EventCode.FREEZE_DONE and item.event.freeze_txn == txn:
+        if isinstance(item, DeviceEventReceived) and not item.earlier_session and item.event.code is EventCode.FREEZE_DONE \
+                and item.event.freeze_txn == txn:
             return item.event
         if isinstance(item, DeviceEventReceived) and seen is not None:
             seen.append(item.event)

@@ -85,7 +85,7 @@ def timed_freezes(link: Link, count: int, freeze_ms: int) -> tuple[list[int], li
         while link.clock.monotonic() < deadline:
             link.heartbeat(0)
             item = link.next_event(link.heartbeat_period_s)
-            if not isinstance(item, DeviceEventReceived) or item.event.freeze_txn != txn:
+            if not isinstance(item, DeviceEventReceived) or item.earlier_session or item.event.freeze_txn != txn:
                 continue
             if item.event.code is EventCode.FREEZE_STARTED:
                 started = item.received_at

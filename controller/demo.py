@@ -8,6 +8,7 @@ the record, the billing proposal) and prints what the device says really happene
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -65,7 +66,7 @@ def run_headless(args: argparse.Namespace) -> int:
                 ledger = CartridgeLedger(store, Config())
                 if ledger.status() is None:
                     ledger.load("23g", date.today())
-        print(f"simulated {args.kind} device on {device.serve_pty()}; record store {db}")
+        print(f"simulated {args.kind} device on {device.serve_pty()}; record store {db}", file=sys.stderr if args.json else sys.stdout)
         argv = ["--port", device.url, "--profile", profile, "--site", "hand", "--patient", "DEMO-1", "--operator", "demo",
                 "--description", "demo lesion", "--db", str(db), "--scale", str(args.scale), "--yes"]
         argv += ["--freeze-s", str(args.freeze_s)] if args.freeze_s is not None else []

@@ -152,7 +152,7 @@ def _apply(session: SessionView, event: Event) -> None:
             recovered=bool(p.get("recovered")))
         lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
     elif event.kind == "freeze_unresolved":
-        session.status = f"unresolved: awaiting device {p.get('serial') or '?'}"  # open until that device is read
+        session.status = "unresolved"  # open until its device (the session's) is read at a connection
     elif event.kind == "thaw_done" and lesion is not None:
         for c in lesion.cycles:
             if c.cycle == p["cycle"]:

@@ -131,6 +131,8 @@ def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if procedure.link is not None and procedure.link is not link:
+        procedure.link.close()  # a link the procedure opened to reconnect: ended with BYE like ours
     status = treatment.end()
     result = _result(status, treatment, procedure, recovered, refused, store, db)
     result["billing"] = propose(view_of(store, treatment.session_id).acts(), table).as_record()

@@ -74,7 +74,7 @@ def test_demo_runs_a_lesion_protocol_on_the_embedded_simulator_through_the_run_p
 
 def test_demo_headless_json_is_the_run_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--headless", "--kind", "probe", "--scale", "20", "--cycles", "1", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)  # one JSON object: the simulator line goes to stderr
     assert result["status"] == "completed" and result["profile"] == "superficial-bcc"
     assert result["device"]["kind"] == "probe" and result["cycles"][0]["measured_by"] == "device"
 

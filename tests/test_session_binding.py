@@ -159,3 +159,31 @@ def test_an_open_cycle_is_not_settled_by_another_device(make_rig: Callable[..., 
         assert main(["info", "--port", other.serve_pty(), "--db", str(rig.store.path), "--json"]) == 0
     (line,) = json.loads(capsys.readouterr().out)["recovered"]
     assert f"session {treatment.session_id} stays open" in line and "SIM-OTHER, not SIM-0001" in line
+
+
+def test_recovery_settles_every_open_freeze_of_a_session_and_charges_the_cartridge(tmp_path: Path) -> None:
+    """Two lesions, the first one's freeze lost: it stays open until its device's report is in the
+    record, then the session closes with the device's figure, the gas charged and the reservation released."""
+    from controller.recovery import recover
+
+    with RecordStore(tmp_path / "r.sqlite") as store:
+        device = {"serial": "SIM-A", "boot_count": 3, "device_session": 11}
+        store.append("session_started", {"operator": "dr", "patient": "P-1", "mode": "device", "device": device, "calibration": {}}, "S1")
+        store.append("cartridge_reserved", {"cartridge_id": "C1", "seconds": 30}, "S1")
+        for lesion, txn in (("L1", 500), ("L2", 501)):
+            store.append("freeze_requested", {"lesion_id": lesion, "cycle": 1, "requested_ms": 10_000, "effective_ms": 10_000,
+                                              "limited_by": "requested", "serial": "SIM-A", "boot_count": 3,
+                                              "freezes_started_before": 4, "last_txn_before": 499}, "S1")
+            store.append("freeze_accepted", {"lesion_id": lesion, "cycle": 1, "txn": txn, "device_ms": 10_000}, "S1")
+        store.append("freeze_result", {"lesion_id": "L2", "cycle": 1, "freeze_ms_device": 10_000, "end_reason": "COMPLETED"}, "S1")
+        (waiting,) = recover(store, None)
+        assert not waiting.closed and "L1 cycle 1: device SIM-A cannot be read now" in waiting.finding
+        store.append("device_event", {"code": "FREEZE_DONE", "end_reason": "COMPLETED", "txn": 500, "fault_flags": 0, "valve_open_ms": 9_990,
+                                      "halo_to_off_ms": None, "earlier_session": True, "device_session": 11, "serial": "SIM-A"}, "S1")
+        (settled,) = recover(store, None)
+        events = list(store.events("S1"))
+    assert settled.closed and "L1 cycle 1 (10000 ms planned): the device reported 9990 ms, ended COMPLETED" in settled.finding
+    (result,) = [e.payload for e in events if e.kind == "freeze_result" and e.payload["lesion_id"] == "L1"]
+    assert (result["freeze_ms_device"], result["certainty"], result["cartridge_id"]) == (9_990, "device_reported", "C1")
+    assert [e.payload["seconds"] for e in events if e.kind == "cartridge_used"] == [9.99]
+    assert [e.kind for e in events][-2:] == ["cartridge_released", "session_ended"]
