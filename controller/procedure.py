@@ -225,6 +225,7 @@ class Procedure:
         self._uncertain_since: float | None = None
         self._manual_deadline: float | None = None
         self._counters_before: Counters | None = None
+        self._lesion_recorded = threading.Event()
         self._serial_at_fire = ""
 
     # ---- intents (any thread) ------------------------------------------------------------------
@@ -275,7 +276,9 @@ class Procedure:
 
     @property
     def finished(self) -> bool:
-        return self.state in TERMINAL
+        """True once the lesion's end is recorded, not merely once its state is terminal: a screen that
+        reads the record (summary, billing) must never see the lesion half-closed."""
+        return self.state in TERMINAL and self._lesion_recorded.is_set()
 
     def _go(self, trigger: str) -> None:
         target = TRANSITIONS.get((self.state, trigger))
@@ -775,6 +778,9 @@ class Procedure:
                 self.ledger.release(self.session_id, self.cartridge.cartridge_id)
             except RecordNotSaved:
                 pass
-        self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
-                                      "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
+        try:
+            self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
+                                          "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
+        finally:
+            self._lesion_recorded.set()  # even unsaved (its alarm is raised): the lesion is over
 
