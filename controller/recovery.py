@@ -80,10 +80,13 @@ def unfinished_sessions(store: RecordStore) -> tuple[dict[str, list[Event]], dic
     return sessions, by_device_session
 
 
-def recover(store: RecordStore, link: Link | None) -> list[Recovered]:
+def recover(store: RecordStore, link: Link | None, early_events_s: float = EARLY_EVENTS_S) -> list[Recovered]:
     """File what the device kept from earlier sessions; settle every unfinished session the
-    connected device (or none) can settle; then account for a watchdog trip nobody owns."""
-    early = _early_events(link)
+    connected device (or none) can settle; then account for a watchdog trip nobody owns.
+
+    ``early_events_s``: how long to collect the events that come with the handshake. The UI passes
+    0 (its controller loop files later ones as they come) so that it opens at once."""
+    early = _early_events(link, early_events_s)
     _, by_device_session = unfinished_sessions(store)
     for item in early:
         file_device_event(store, item, link.identity if link else None, by_device_session.get(item.session_id or 0))
@@ -104,11 +107,12 @@ def recover(store: RecordStore, link: Link | None) -> list[Recovered]:
     return reports
 
 
-def _early_events(link: Link | None) -> list[DeviceEventReceived]:
+def _early_events(link: Link | None, seconds: float) -> list[DeviceEventReceived]:
     """The device's events that come just after the handshake: kept from an earlier session, or raised since."""
     if link is None:
         return []
-    return [item for item in link.heartbeat_for(EARLY_EVENTS_S) if isinstance(item, DeviceEventReceived)]
+    items = link.heartbeat_for(seconds) if seconds > 0 else list(iter(lambda: link.next_event(0), None))
+    return [item for item in items if isinstance(item, DeviceEventReceived)]
 
 
 def device_event_record(item: DeviceEventReceived, identity: DeviceIdentity | None) -> dict[str, Any]:

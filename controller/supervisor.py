@@ -7,6 +7,7 @@ The UI never times anything: it reads snapshots and sends intents to the procedu
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from controller.alarms import AlarmManager
 from controller.procedure import Procedure
@@ -15,9 +16,11 @@ from firmware_bridge.session import DeviceEventReceived, RebootDetected
 
 
 class Supervisor:
-    def __init__(self, link: Link | None, alarms: AlarmManager) -> None:
+    def __init__(self, link: Link | None, alarms: AlarmManager,
+                 file_earlier: Callable[[DeviceEventReceived], None] | None = None) -> None:
         self.link = link
         self.alarms = alarms  # alarms raised between procedures (link lost, reboot, faults)
+        self.file_earlier = file_earlier  # records an earlier session's event that comes between procedures
         self.procedure: Procedure | None = None
         self._stopping = threading.Event()
         self.paused = threading.Event()  # set while the self-test owns the device (it must fall silent)
@@ -62,5 +65,8 @@ class Supervisor:
             self.alarms.raise_("link_lost", item.error.problem)
         elif isinstance(item, RebootDetected):
             self.alarms.raise_("device_rebooted", f"boot {item.old_boot_count} -> {item.new_boot_count}")
-        elif isinstance(item, DeviceEventReceived) and item.event.code.name == "WATCHDOG_TRIP" and not item.earlier_session:
+        elif isinstance(item, DeviceEventReceived) and item.earlier_session:
+            if self.file_earlier is not None:
+                self.file_earlier(item)
+        elif isinstance(item, DeviceEventReceived) and item.event.code.name == "WATCHDOG_TRIP":
             self.alarms.raise_("watchdog_trip")

@@ -7,18 +7,30 @@ procedure, and this app only shows snapshots (10 times a second) and sends inten
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 from pydantic import ValidationError
-from collections.abc import Iterable
-
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Checkbox, DataTable, Digits, Footer, Input, Label, OptionList, ProgressBar, Select, Sparkline, Static
+from textual.widgets import (
+    Button,
+    Checkbox,
+    DataTable,
+    Digits,
+    Footer,
+    Input,
+    Label,
+    OptionList,
+    ProgressBar,
+    Select,
+    Sparkline,
+    Static,
+)
 from textual.widgets.option_list import Option
 
 from controller.alarms import AlarmManager, Mode
@@ -28,13 +40,14 @@ from controller.ledger import CartridgeLedger, LedgerError
 from controller.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
 from controller.procedure import Procedure, StartRefused, State
 from controller.records import RecordStore
-from controller.recovery import connect, recover
+from controller.recovery import connect, file_device_event, recover
 from controller.supervisor import Supervisor
 from controller.treatment import Treatment, calibration_record
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Link
 from firmware_bridge.messages import NOT_AVAILABLE_TEMP, NOT_AVAILABLE_U16, TriggerMode
+from firmware_bridge.session import DeviceEventReceived
 from profiles.library import Library, LoadedProfile
 
 PHASES = {
@@ -74,18 +87,21 @@ class Clinic:
 
     def __post_init__(self) -> None:
         self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
-        self.supervisor = Supervisor(self.link, self.alarms)
+        self.supervisor = Supervisor(self.link, self.alarms, self._file_earlier)
 
     def connect(self, link: Link) -> None:
         """Use a freshly opened link; close any unfinished session from a killed host first, then
         run the pre-use self-test."""
         self.link = link
         self.supervisor.link = link
-        self.recovered = [r.line() for r in recover(self.store, link)]
+        self.recovered = [r.line() for r in recover(self.store, link, early_events_s=0)]
         cal = calibration_record(link.read_calibration())
         self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
         if self.selftest_on_connect:
             self.start_selftest()
+
+    def _file_earlier(self, item: DeviceEventReceived) -> None:
+        file_device_event(self.store, item, self.link.identity if self.link else None, None)
 
     def start_selftest(self) -> None:
         """Run the pre-use self-test off the UI thread; the controller loop stands aside meanwhile."""
@@ -721,7 +737,7 @@ class CalibrationScreen(ModalScreen[None]):
     def _job(self, step: str, calibration: object):  # type: ignore[no-untyped-def]
         link = self.app.clinic.link  # type: ignore[attr-defined]
         cal = calibration
-        value = lambda key: self.query_one(f"#{key}", Input).value.strip()  # noqa: E731
+        value = lambda key: self.query_one(f"#{key}", Input).value.strip()
         if step == "timer":
             return lambda: cal.timer(link, 10.0)  # type: ignore[attr-defined]
         if step == "valve":
