@@ -17,7 +17,7 @@ from controller.ledger import CartridgeLedger
 from controller.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
 from controller.records import Event, RecordNotSaved, RecordStore
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
-from firmware_bridge.errors import BridgeError
+from firmware_bridge.errors import BridgeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link
 from firmware_bridge.messages import LATCHING_FAULTS, NOT_AVAILABLE_U32, Fault
 from firmware_bridge.session import DeviceEventReceived
@@ -42,9 +42,16 @@ class Recovered:
 def connect(url: str, clock: Clock = SYSTEM_CLOCK) -> Link:
     """Open the device and handshake (the watchdog scaled with virtual time, so it stays 250 ms of
     wall time), then wait for its first telemetry so nothing is judged on no data."""
-    link = Link.open(url, clock=clock, watchdog_ms=min(60_000, round(250 * max(1.0, clock.scale))))
+    watchdog_ms = min(60_000, round(250 * max(1.0, clock.scale)))
+    link = Link.open(url, clock=clock, watchdog_ms=watchdog_ms)
     try:
         link.wait_for_telemetry()
+        if link.needs_handshake:  # it reset just after the handshake (e.g. the port's DTR): once more
+            link.handshake(watchdog_ms=watchdog_ms)
+            link.wait_for_telemetry()
+        if link.latest_telemetry() is None:
+            raise NotAGivreDevice(url, "the device answered the handshake but sends no telemetry",
+                                  "Check the device's firmware against docs/protocol.md §6.5 (givre conformance)")
     except BaseException:
         link.close()
         raise
@@ -89,7 +96,7 @@ def recover(store: RecordStore, link: Link | None, early_events_s: float = EARLY
     early = _early_events(link, early_events_s)
     _, by_device_session = unfinished_sessions(store)
     for item in early:
-        file_device_event(store, item, link.identity if link else None, by_device_session.get(item.session_id or 0))
+        file_device_event(store, item, link.identity if link else None, by_device_session.get(item.device_session or 0))
     reports: list[Recovered] = []
     awaiting: set[str] = set()
     settled_here: str | None = None  # the last session of the connected device closed now: its host went silent
@@ -124,7 +131,7 @@ def device_event_record(item: DeviceEventReceived, identity: DeviceIdentity | No
         "device_uptime_ms": event.uptime_ms,
     }
     if item.earlier_session:
-        record |= {"earlier_session": True, "device_session": item.session_id,
+        record |= {"earlier_session": True, "device_session": item.device_session,
                    "serial": identity.serial if identity else None, "boot_count": identity.boot_count if identity else None}
     return record
 

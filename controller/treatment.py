@@ -47,7 +47,7 @@ class Treatment:
             ident = self.link.identity
             device = {"serial": ident.serial, "kind": ident.kind.name.lower(), "firmware": ident.firmware, "protocol": ident.protocol,
                       "cryogen": ident.cryogen.name, "boot_count": ident.boot_count, "max_freeze_ms": ident.max_freeze_ms,
-                      "watchdog_ms": ident.watchdog_ms, "port": ident.port, "device_session": ident.session_id}
+                      "watchdog_ms": ident.watchdog_ms, "port": ident.port, "device_session": ident.device_session}
         self.store.append(
             "session_started",
             {"operator": self.info.operator, "patient": self.info.patient, "mode": "device" if device else "manual",

@@ -88,7 +88,7 @@ class DeviceIdentity:
     watchdog_ms: int
     capabilities: Capability
     fault_flags: int
-    session_id: int  # this session's HELLO nonce: 1.1 devices stamp it on every event
+    device_session: int  # this session's HELLO nonce: 1.1 devices stamp it on every event
     session_minor: int  # the protocol minor both ends speak: 1 and above ends sessions with BYE
 
     @classmethod
@@ -105,7 +105,7 @@ class DeviceIdentity:
             watchdog_ms=ack.watchdog_ms,
             capabilities=ack.capabilities,
             fault_flags=ack.fault_flags,
-            session_id=ack.host_nonce,
+            device_session=ack.host_nonce,
             session_minor=ack.proto_minor,  # the device answers in the negotiated minor (§3.2)
         )
 

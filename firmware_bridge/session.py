@@ -77,8 +77,8 @@ class TelemetryReceived:
 class DeviceEventReceived:
     event: Event
     received_at: float
-    earlier_session: bool = False  # raised before this session opened: never this session's to charge
-    session_id: int | None = None  # the session it was raised in (1.1 devices; 0 = none open); None if unknown
+    earlier_session: bool  # raised before this session opened: never this session's to charge
+    device_session: int | None = None  # the session it was raised in (1.1 devices; 0 = none open); None if unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +140,7 @@ class HostSession:
         self.state = SessionState.CLOSED
         self.stats = SessionStats()
         self.boot_count: int | None = None
-        self.session_id: int | None = None  # the HELLO nonce the device echoed: stamped on its 1.1 events
+        self.device_session: int | None = None  # the HELLO nonce the device echoed: stamped on its 1.1 events
         self.minor = 0  # the protocol minor both ends speak in this session
         self._hello_nonce: int | None = None
         self._hello_minor = PROTO_MINOR
@@ -183,7 +183,7 @@ class HostSession:
     def _begin_handshake(self, hello: Hello) -> None:
         self.state = SessionState.HELLO_SENT
         self._hello_nonce, self._hello_minor = hello.host_nonce, hello.proto_minor
-        self.session_id = None
+        self.device_session = None
         self._start_uptime_ms = None
         self._held.clear()
         self._before_ack.clear()
@@ -215,7 +215,7 @@ class HostSession:
 
     def close(self) -> None:
         self.state = SessionState.CLOSED
-        self.session_id = None
+        self.device_session = None
 
     # ---- incoming ------------------------------------------------------------------------
 
@@ -313,14 +313,14 @@ class HostSession:
         self._last_rx_seq = None
         self._last_uptime_ms = None
         self._seen_events.clear()
-        self.session_id = None
+        self.device_session = None
 
     def _on_hello_ack(self, ack: HelloAck, out: Output) -> None:
         if self.boot_count is not None and ack.boot_count != self.boot_count:
             out.events.append(RebootDetected(self.boot_count, ack.boot_count))
             self._seen_events.clear()
         self.boot_count = ack.boot_count
-        self.session_id = ack.host_nonce
+        self.device_session = ack.host_nonce
         self.minor = min(self._hello_minor, ack.proto_minor)
         self.state = SessionState.READY
 
@@ -345,7 +345,7 @@ class HostSession:
         if bound.boot_count != self.boot_count:
             self.stats.other_boot_frames += 1  # not acknowledged: its id belongs to another boot's numbering
             return
-        earlier = self.session_id is None or bound.session_id != self.session_id
+        earlier = self.device_session is None or bound.session_id != self.device_session
         self._on_event(bound.unbound(), now, out, DeviceEventReceived(bound.unbound(), now, earlier, bound.session_id))
 
     def _on_event(self, event: Event, now: float, out: Output, received: DeviceEventReceived | None = None) -> None:
@@ -357,10 +357,10 @@ class HostSession:
         if received is not None:
             out.events.append(received)
         elif self._start_uptime_ms is None:
-            self._held.append(DeviceEventReceived(event, now))  # a 1.0 event: wait until this session's start is known
+            self._held.append(DeviceEventReceived(event, now, earlier_session=False))  # 1.0: marked once the session's start is known
             del self._held[:-MAX_HELD_EVENTS]
         else:
-            out.events.append(self._mark_by_uptime(DeviceEventReceived(event, now)))
+            out.events.append(self._mark_by_uptime(DeviceEventReceived(event, now, earlier_session=False)))
 
     def _mark_by_uptime(self, item: DeviceEventReceived) -> DeviceEventReceived:
         """1.0 events carry no session: one raised before this session's first telemetry is an earlier one's."""

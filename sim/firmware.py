@@ -300,6 +300,7 @@ class Firmware:
             valve_open_ms = self._end_freeze(EndReason.STOPPED, device_ms, true_s)
         self.state = DeviceState.NO_SESSION
         self.session_id = 0
+        self.session_minor = 0
         self.watchdog_tripped = False
         self.txn_cache.clear()
         self._report_at_once(device_ms)  # BYE's own answer is cached after this, so a repeated BYE gets it again

@@ -338,7 +338,7 @@ def test_each_link_draws_its_own_first_txn_and_a_non_zero_session_id(device: Sim
     seen_txns, seen_sessions = set(), set()
     for _ in range(4):
         with Link.open(device.url, watchdog_ms=TEST_WATCHDOG_MS) as link:
-            assert link.identity is not None and link.identity.session_id != 0
-            seen_sessions.add(link.identity.session_id)
+            assert link.identity is not None and link.identity.device_session != 0
+            seen_sessions.add(link.identity.device_session)
             seen_txns.add(link.freeze(50))
     assert len(seen_txns) >= 3 and len(seen_sessions) == 4  # drawn at random: two equal txns happen 1 time in 11 000

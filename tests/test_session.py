@@ -150,9 +150,9 @@ def bound(event_id: int, boot: int = 1, session_id: int = 7, uptime: int = 500) 
 def test_a_1_1_event_is_bound_to_this_boot_and_session() -> None:
     session = ready_session(minor=1)
     (ours,) = session.receive(device_frame(bound(1), 2), 1.0).events
-    assert isinstance(ours, DeviceEventReceived) and not ours.earlier_session and ours.session_id == 7
+    assert isinstance(ours, DeviceEventReceived) and not ours.earlier_session and ours.device_session == 7
     (earlier,) = session.receive(device_frame(bound(2, session_id=99), 3), 1.1).events
-    assert isinstance(earlier, DeviceEventReceived) and earlier.earlier_session and earlier.session_id == 99
+    assert isinstance(earlier, DeviceEventReceived) and earlier.earlier_session and earlier.device_session == 99
     older_boot = session.receive(device_frame(bound(3, boot=0), 4), 1.2)
     assert older_boot.events == [] and older_boot.to_send == []  # not even acked: its id is another boot's
     assert session.stats.other_boot_frames == 1
@@ -193,7 +193,7 @@ def test_txns_start_where_the_link_says_and_bye_closes_the_session() -> None:
     session.receive(device_frame(hello_ack(minor=1), 0, txn), 0.01)
     bye_txn, _ = session.request(Bye(0), 0.1)
     session.receive(device_frame(Ack(Bye.MSG_TYPE, Result.OK, 0, 0), 1, bye_txn), 0.11)
-    assert session.state is SessionState.CLOSED and session.session_id is None
+    assert session.state is SessionState.CLOSED and session.device_session is None
 
 
 def test_frames_that_come_before_hello_ack_are_judged_by_its_boot() -> None:
@@ -215,4 +215,4 @@ def test_a_refused_bye_leaves_the_session_open() -> None:
     session = ready_session(minor=1)
     bye_txn, _ = session.request(Bye(0), 0.1)
     session.receive(device_frame(Ack(Bye.MSG_TYPE, Result.UNSUPPORTED, 0, 0), 5, bye_txn), 0.11)
-    assert session.state is SessionState.READY and session.session_id == 7
+    assert session.state is SessionState.READY and session.device_session == 7
