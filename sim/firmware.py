@@ -220,6 +220,8 @@ class Firmware:
         self.last_host_ms = device_ms
         if self.identity.proto_minor == 0 or "rearm-watchdog" in self.defects:  # defect: the 1.0 rule
             self.watchdog_tripped = False  # 1.0: any host frame re-armed a tripped watchdog (1.1: HELLO or CLEAR_FAULT)
+        if known is None:  # §4.4 step 5: an unknown type is refused before the txn cache is consulted, and not cached
+            return [self._encode(Ack(frame.msg_type, Result.UNSUPPORTED, 0, 0), frame.txn)] if frame.txn else []
         if isinstance(msg, Heartbeat):
             return []
         if isinstance(msg, EventAck):
@@ -242,11 +244,10 @@ class Firmware:
         out += self._flush_new_events(device_ms)
         return out
 
-    def _refuse_undecodable(self, msg_type: int, known: type[Message] | None) -> Ack:
-        """A type this firmware does not know: UNSUPPORTED. A known one with an undefined value gets the
-        refusal the FREEZE table would give first (NO_SESSION, FAULT_LATCHED, BUSY), else BAD_REQUEST."""
-        if known is None:
-            return Ack(msg_type, Result.UNSUPPORTED, 0, 0)
+    def _refuse_undecodable(self, msg_type: int, known: type[Message] | None) -> Ack:  # §4.4 step 9
+        """A known type with an undefined value gets the refusal the FREEZE table would give first
+        (NO_SESSION, FAULT_LATCHED, BUSY), else BAD_REQUEST."""
+        assert known is not None  # unknown types were answered before (§4.4 step 5)
         if known not in ACCEPTS[self.state]:
             return Ack(msg_type, REFUSAL[self.state], 0, 0)
         if known is Freeze and self.state is DeviceState.FAULT:
