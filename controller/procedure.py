@@ -288,9 +288,11 @@ class Procedure:
 
     def _enter(self, target: State, trigger: str) -> None:
         previous, self.state = self.state, target
-        self._record("state_changed", {"from": previous.value, "to": target.value, "trigger": trigger})
-        if target in TERMINAL:
-            self._finish()
+        try:
+            self._record("state_changed", {"from": previous.value, "to": target.value, "trigger": trigger})
+        finally:
+            if target in TERMINAL:
+                self._finish()  # even when the store failed: the lesion is over and must read as finished
         if self.on_change is not None:
             self.on_change(self)
 
@@ -381,7 +383,7 @@ class Procedure:
             return ["device data is STALE (none in the last second): check the link"]
         faults = Fault(latest.telemetry.fault_flags) & LATCHING_FAULTS
         if faults:
-            self._alarm_for_faults(faults)  # whoever's event reported it, a hazard present now is alarmed now
+            self._alarm_for_faults(faults & ~Fault.WATCHDOG_TRIP)  # a hazard present now is alarmed now, whoever's event reported it
             names = ", ".join(f.name for f in Fault if f & faults and f.name)
             return [f"the device holds a latched fault ({names}): fix its cause and clear it"]
         if Fault(latest.telemetry.fault_flags) & Fault.CARTRIDGE_EMPTY:
@@ -455,7 +457,7 @@ class Procedure:
             self.alarms.acknowledge_all()
 
     def _on_stop(self) -> None:
-        if self.finished:
+        if self.state in TERMINAL:
             return
         if self.state in (State.FREEZING, State.UNCERTAIN):
             if self.link is None:  # manual: the clinician stops; the host timer is all there is
@@ -772,15 +774,15 @@ class Procedure:
         self.alarms.raise_("valve_stuck_open", "the valve sensor still reads open after the freeze ended")
 
     def _finish(self) -> None:
-        self._confirm_valve_closed()
-        if self.cartridge is not None:
-            try:
-                self.ledger.release(self.session_id, self.cartridge.cartridge_id)
-            except RecordNotSaved:
-                pass
         try:
+            self._confirm_valve_closed()
+            if self.cartridge is not None:
+                try:
+                    self.ledger.release(self.session_id, self.cartridge.cartridge_id)
+                except RecordNotSaved:
+                    pass
             self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
                                           "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
         finally:
-            self._lesion_recorded.set()  # even unsaved (its alarm is raised): the lesion is over
+            self._lesion_recorded.set()  # even unsaved or with the link gone (their alarms are raised): the lesion is over
 

@@ -94,9 +94,10 @@ def recover(store: RecordStore, link: Link | None, early_events_s: float = EARLY
     ``early_events_s``: how long to collect the events that come with the handshake. The UI passes
     0 (its controller loop files later ones as they come) so that it opens at once."""
     early = _early_events(link, early_events_s)
-    _, by_device_session = unfinished_sessions(store)
-    for item in early:
-        file_device_event(store, item, link.identity if link else None, by_device_session.get(item.device_session or 0))
+    open_sessions, by_device_session = unfinished_sessions(store)
+    for item in early:  # under its session while that session is open; a closed record is never appended to
+        owner = by_device_session.get(item.device_session or 0)
+        file_device_event(store, item, link.identity if link else None, owner if owner in open_sessions else None)
     reports: list[Recovered] = []
     awaiting: set[str] = set()
     settled_here: str | None = None  # the last session of the connected device closed now: its host went silent

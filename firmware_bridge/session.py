@@ -35,6 +35,7 @@ from firmware_bridge.messages import (
 
 FUTURE_SLACK_MS = 1000  # device uptime may run ahead of the host's clock by this, plus twice the elapsed time
 MAX_HELD_EVENTS = 32  # 1.0 events held until this session's start uptime is known (the device keeps 32 too)
+HELD_SEQ_WINDOW = 64  # frames held while HELLO was pending are believed only if sent just before HELLO_ACK
 
 
 class SessionState(enum.Enum):
@@ -199,6 +200,9 @@ class HostSession:
             if pending.attempts >= self.max_attempts:
                 del self._pending[txn]
                 self.stats.expired += 1
+                if isinstance(pending.request, Hello) and self.state is SessionState.HELLO_SENT:
+                    self.state = SessionState.CLOSED  # no answer: a new HELLO may be tried; nothing held is believed
+                    self._before_ack.clear()
                 out.events.append(RequestExpired(txn, pending.request, pending.attempts))
                 continue
             pending.attempts += 1
@@ -242,14 +246,15 @@ class HostSession:
             self._on_unsolicited(frame, msg, now, out)
         return out
 
-    def _on_unsolicited(self, frame: Frame, msg: Message, now: float, out: Output) -> None:
-        """TELEMETRY and EVENT: believed only once bound to this boot (and session), in order."""
+    def _on_unsolicited(self, frame: Frame, msg: Message, now: float, out: Output, replayed: bool = False) -> None:
+        """TELEMETRY and EVENT: believed only once bound to this boot (and session), in order.
+        ``replayed``: held while HELLO was pending; its order was checked against HELLO_ACK's seq."""
         if isinstance(msg, Telemetry | BoundEvent) and self._from_older_boot(msg.boot_count):
             self.stats.other_boot_frames += 1  # a frame that waited somewhere while the device rebooted
             return
         if isinstance(msg, Telemetry) and self._rebooted(msg.boot_count):
             self._on_reboot(msg.boot_count, out)
-        if not self._fresh_seq(frame.seq):
+        if not replayed and not self._fresh_seq(frame.seq):
             self.stats.stale_frames += 1
             return
         if isinstance(msg, Event) and self.minor >= 1:
@@ -257,7 +262,7 @@ class HostSession:
             return
         self.stats.frames_received += 1
         if isinstance(msg, Telemetry):
-            self._on_telemetry(msg, now, out)
+            self._on_telemetry(msg, now, out, marks_start=not replayed)
         elif isinstance(msg, BoundEvent):
             self._on_bound_event(msg, now, out)
         elif isinstance(msg, Event):
@@ -294,7 +299,11 @@ class HostSession:
         if isinstance(msg, HelloAck) and self.state is SessionState.READY:
             waiting, self._before_ack = self._before_ack, []
             for early_frame, early_msg in waiting:
-                self._on_unsolicited(early_frame, early_msg, now, out)
+                if 0 < (frame.seq - early_frame.seq) & 0xFFFF <= HELD_SEQ_WINDOW:  # sent just before the answer, by this boot
+                    self._on_unsolicited(early_frame, early_msg, now, out, replayed=True)
+                else:
+                    self.stats.stale_frames += 1
+            self._last_rx_seq = frame.seq
 
     def _from_older_boot(self, boot_count: int) -> bool:
         """Boot counters only grow (non-volatile, +1 per reset): a lower one is a frame from the past."""
@@ -324,7 +333,7 @@ class HostSession:
         self.minor = min(self._hello_minor, ack.proto_minor)
         self.state = SessionState.READY
 
-    def _on_telemetry(self, telemetry: Telemetry, now: float, out: Output) -> None:
+    def _on_telemetry(self, telemetry: Telemetry, now: float, out: Output, marks_start: bool = True) -> None:
         if self._last_uptime_ms is not None:
             if telemetry.uptime_ms < self._last_uptime_ms:
                 self.stats.stale_frames += 1  # older than what we have: never let it overwrite newer data
@@ -336,7 +345,7 @@ class HostSession:
         self._last_uptime_ms = telemetry.uptime_ms
         self._last_uptime_at = now
         out.events.append(TelemetryReceived(telemetry, now))
-        if self._start_uptime_ms is None and self.state is SessionState.READY:
+        if marks_start and self._start_uptime_ms is None and self.state is SessionState.READY:
             self._start_uptime_ms = telemetry.uptime_ms
             held, self._held = self._held, []
             out.events.extend(self._mark_by_uptime(item) for item in held)

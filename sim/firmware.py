@@ -345,7 +345,7 @@ class Firmware:
             return self._ack(msg, Result.UNSUPPORTED)
         if self.model.cartridge.remaining_g <= 0:
             return self._ack(msg, Result.CARTRIDGE_EMPTY)
-        self.freeze = _Freeze(txn, msg.mode, msg.trigger, msg.duration_ms)
+        self.freeze = _Freeze(txn, msg.mode, msg.trigger, msg.duration_ms, released_since_accept=not self.trigger_held)
         self.nvm.last_freeze = LastFreeze(txn, msg.duration_ms, 0, NOT_AVAILABLE_U32, EndReason.NONE, self.nvm.boot_count)
         if msg.trigger is TriggerMode.HOST:
             self._open_valve(device_ms, true_s)

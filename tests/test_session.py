@@ -200,15 +200,25 @@ def test_frames_that_come_before_hello_ack_are_judged_by_its_boot() -> None:
     """A device reset as the port opens (DTR): frames of the old boot may still be in flight."""
     session = HostSession()
     txn, _ = session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
-    old_state = session.receive(device_frame(telemetry(boot=4, uptime=90_000), 40), 0.01)
-    old_event = session.receive(device_frame(bound(9, boot=4, session_id=3), 41), 0.01)
-    earlier = session.receive(device_frame(bound(1, boot=5, session_id=3), 1), 0.01)
-    assert [o.events or o.to_send for o in (old_state, old_event, earlier)] == [[], [], []]  # nothing acked or believed yet
-    out = session.receive(device_frame(hello_ack(boot=5, minor=1), 2, txn), 0.02)
+    old_state = session.receive(device_frame(telemetry(boot=4, uptime=90_000), 0), 0.01)  # seqs just below the answer's:
+    old_event = session.receive(device_frame(bound(9, boot=4, session_id=3), 1), 0.01)  # only the boot gives them away
+    earlier = session.receive(device_frame(bound(1, boot=5, session_id=3), 2), 0.01)
+    far = session.receive(device_frame(Event(4, EventCode.WATCHDOG_TRIP, EndReason.NONE, 0, 1, 0, 0, 0xFFFFFFFF, 7), 900), 0.01)
+    assert [o.events or o.to_send for o in (old_state, old_event, earlier, far)] == [[], [], [], []]  # nothing acked or believed yet
+    out = session.receive(device_frame(hello_ack(boot=5, minor=1), 3, txn), 0.02)
     (filed,) = [e for e in out.events if isinstance(e, DeviceEventReceived)]
     assert filed.event.event_id == 1 and filed.earlier_session and len(out.to_send) == 1  # only this boot's event is acked
-    assert session.stats.other_boot_frames == 2
-    assert session.receive(device_frame(telemetry(boot=5, uptime=30), 3), 0.03).events  # this boot's telemetry is not "stale"
+    assert session.stats.other_boot_frames == 2 and session.stats.stale_frames == 1  # seq 900: not sent just before HELLO_ACK
+    assert session.receive(device_frame(telemetry(boot=5, uptime=30), 4), 0.03).events  # this boot's telemetry is not "stale"
+
+
+def test_a_hello_with_no_answer_lets_a_new_one_be_tried() -> None:
+    session = HostSession(retry_interval_s=0.06, max_attempts=2)
+    session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 7), 0.0)
+    session.poll(0.1)
+    (expired,) = session.poll(0.2).events
+    assert isinstance(expired, RequestExpired) and session.state is SessionState.CLOSED
+    session.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 8), 0.3)  # allowed again
 
 
 def test_a_refused_bye_leaves_the_session_open() -> None:
