@@ -497,6 +497,7 @@ class Procedure:
             "freeze_requested",
             {"cycle": cycle.cycle, **self.plan.dose.as_record(), "mode": self.plan.mode.name, "spray_cap_ms": self.plan.spray_cap_ms,
              "serial": self._serial_at_fire, "boot_count": self._counters_before.boot_count,
+             "device_session": self.link.identity.device_session if self.link.identity else None,
              "freezes_started_before": self._counters_before.freezes_started, "last_txn_before": self._counters_before.last_txn},
         )
         device_ms = self.plan.spray_cap_ms if self.plan.mode is FreezeMode.HALO else self.plan.dose.effective_ms
@@ -549,7 +550,7 @@ class Procedure:
 
     def _on_device_event(self, item: DeviceEventReceived) -> None:
         event = item.event
-        self._record("device_event", device_event_record(item, None))
+        self._record("device_event", device_event_record(item, self.link.identity if self.link else None))
         current = self.cycles[-1] if self.cycles else None
         if event.code is EventCode.FREEZE_STARTED and current is not None and current.txn == event.freeze_txn:
             current.started_seen = True

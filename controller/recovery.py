@@ -124,16 +124,18 @@ def _early_events(link: Link | None, seconds: float) -> list[DeviceEventReceived
 
 
 def device_event_record(item: DeviceEventReceived, identity: DeviceIdentity | None) -> dict[str, Any]:
-    """A device event as the record keeps it; one of an earlier session says which device, boot and session."""
+    """A device event as the record keeps it, with the device, boot and device session it belongs to,
+    so a txn drawn again by a later link can never match another freeze's event."""
     event = item.event
+    own_session = identity.device_session if identity is not None and not item.earlier_session else None
     record: dict[str, Any] = {
         "code": event.code.name, "end_reason": event.end_reason.name, "txn": event.freeze_txn, "fault_flags": event.fault_flags,
         "valve_open_ms": event.valve_open_ms, "halo_to_off_ms": None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms,
-        "device_uptime_ms": event.uptime_ms,
+        "device_uptime_ms": event.uptime_ms, "device_session": item.device_session if item.device_session is not None else own_session,
+        "serial": identity.serial if identity else None, "boot_count": identity.boot_count if identity else None,
     }
     if item.earlier_session:
-        record |= {"earlier_session": True, "device_session": item.device_session,
-                   "serial": identity.serial if identity else None, "boot_count": identity.boot_count if identity else None}
+        record["earlier_session"] = True
     return record
 
 
@@ -192,17 +194,17 @@ def _figures(outcome: Outcome) -> dict[str, Any]:
 def _open_freezes(events: list[Event]) -> list[dict[str, Any]]:
     """Every freeze asked for that has no result yet, per lesion and cycle, with what the record knows."""
     asked: dict[tuple[object, object], dict[str, Any]] = {}
-    started_txns: set[int] = set()
-    reported: dict[int, dict[str, Any]] = {}  # FREEZE_DONE the device kept for this session, filed at a later connection
+    started: set[tuple[object, object]] = set()  # (device session, txn) of each FREEZE_STARTED
+    reported: dict[tuple[object, object], dict[str, Any]] = {}  # FREEZE_DONE the device reported, maybe filed at a later connection
     for event in events:
         p = event.payload
         key = (p.get("lesion_id"), p.get("cycle"))
         if event.kind == "freeze_requested":
             asked[key] = dict(p)
         elif event.kind == "device_event" and p.get("code") == "FREEZE_STARTED":
-            started_txns.add(p.get("txn", -1))
+            started.add((p.get("device_session"), p.get("txn")))
         elif event.kind == "device_event" and p.get("code") == "FREEZE_DONE":
-            reported[p.get("txn", -1)] = p
+            reported[(p.get("device_session"), p.get("txn"))] = p
         elif key in asked and event.kind == "freeze_accepted":
             asked[key] |= {"txn": p["txn"], "accepted": True}
         elif key in asked and event.kind == "freeze_unanswered":
@@ -210,8 +212,9 @@ def _open_freezes(events: list[Event]) -> list[dict[str, Any]]:
         elif key in asked and event.kind == "freeze_result":
             del asked[key]
     for pending in asked.values():
-        pending["started_seen"] = pending.get("txn") in started_txns
-        pending["reported"] = reported.get(pending.get("txn", -1))
+        key = (pending.get("device_session"), pending.get("txn"))
+        pending["started_seen"] = key in started
+        pending["reported"] = reported.get(key)
     return list(asked.values())
 
 

@@ -40,7 +40,7 @@ from controller.ledger import CartridgeLedger, LedgerError
 from controller.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
 from controller.procedure import Procedure, StartRefused, State
 from controller.records import RecordStore
-from controller.recovery import connect, file_device_event, recover
+from controller.recovery import connect, file_device_event, recover, unfinished_sessions
 from controller.supervisor import Supervisor
 from controller.treatment import Treatment, calibration_record
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
@@ -85,6 +85,8 @@ class Clinic:
     selftest_lines: list[str] = field(default_factory=list)
     billing_table: CcamTable = field(default_factory=load_table)
 
+    _open_by_device_session: dict[int, str] = field(default_factory=dict, init=False)
+
     def __post_init__(self) -> None:
         self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
         self.supervisor = Supervisor(self.link, self.alarms, self._file_earlier)
@@ -95,13 +97,17 @@ class Clinic:
         self.link = link
         self.supervisor.link = link
         self.recovered = [r.line() for r in recover(self.store, link, early_events_s=0)]
+        still_open, by_device_session = unfinished_sessions(self.store)
+        self._open_by_device_session = {ds: sid for ds, sid in by_device_session.items() if sid in still_open}
         cal = calibration_record(link.read_calibration())
         self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
         if self.selftest_on_connect:
             self.start_selftest()
 
     def _file_earlier(self, item: DeviceEventReceived) -> None:
-        file_device_event(self.store, item, self.link.identity if self.link else None, None)
+        """Under the session it was raised in while that session is still open (its recovery can use it)."""
+        owner = self._open_by_device_session.get(item.device_session or 0)
+        file_device_event(self.store, item, self.link.identity if self.link else None, owner)
 
     def start_selftest(self) -> None:
         """Run the pre-use self-test off the UI thread; the controller loop stands aside meanwhile."""
