@@ -164,9 +164,16 @@ def _converter(hint: typing.Any) -> typing.Callable[[typing.Any], typing.Any]:
     return int
 
 
-def message(msg_type: int, layout: str, since_minor: int = 0) -> typing.Callable[[type], type]:
-    def register(cls: type) -> type:
-        cls = dataclass(frozen=True, slots=True)(cls)
+_M = typing.TypeVar("_M", bound="type[Message]")
+
+
+@typing.dataclass_transform(frozen_default=True)
+def message(msg_type: int, layout: str, since_minor: int = 0) -> typing.Callable[[_M], _M]:
+    """Register a wire message: a frozen dataclass with its type byte, struct layout and version.
+    ``dataclass_transform`` lets type checkers see each message's constructor."""
+
+    def register(declared: _M) -> _M:
+        cls = typing.cast(_M, dataclass(frozen=True, slots=True)(declared))
         hints = typing.get_type_hints(cls)
         cls.MSG_TYPE = msg_type
         cls.LAYOUT = struct.Struct(layout)
