@@ -30,7 +30,6 @@ from firmware_bridge.link import Link, LinkDown
 from firmware_bridge.messages import (
     LATCHING_FAULTS,
     NOT_AVAILABLE_TEMP,
-    NOT_AVAILABLE_U32,
     CalData,
     Capability,
     Counters,
@@ -39,6 +38,7 @@ from firmware_bridge.messages import (
     Fault,
     FreezeMode,
     TriggerMode,
+    available_u32,
 )
 from firmware_bridge.session import DeviceEventReceived, RebootDetected
 from profiles.library import LoadedProfile
@@ -562,7 +562,7 @@ class Procedure:
             self.alarms.raise_("cartridge_low")
         elif event.code is EventCode.FREEZE_DONE and current is not None and current.txn == event.freeze_txn \
                 and current.end_reason is None:
-            halo = None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms
+            halo = available_u32(event.halo_to_off_ms)
             self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
 
     def _alarm_for_faults(self, flags: int) -> None:

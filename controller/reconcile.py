@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Link
-from firmware_bridge.messages import NOT_AVAILABLE_U32, Counters, EndReason
+from firmware_bridge.messages import Counters, EndReason, available_u32
 
 
 class Finding(enum.Enum):
@@ -95,7 +95,7 @@ def reconcile(facts: FreezeFacts, serial: str | None, counters: Counters | None,
     if facts.txn is not None and c.last_txn == facts.txn and c.last_boot_count == facts.boot_count and not never_ran:
         if c.last_end_reason is EndReason.NONE and c.boot_count == facts.boot_count:
             return Outcome(Finding.STILL_RUNNING, f"freeze txn {facts.txn} is still running on the device")
-        halo = None if c.last_halo_to_off_ms == NOT_AVAILABLE_U32 else c.last_halo_to_off_ms
+        halo = available_u32(c.last_halo_to_off_ms)
         rebooted = f" (the device restarted since: boot {facts.boot_count} -> {c.boot_count})" if c.boot_count != facts.boot_count else ""
         return Outcome(Finding.RECONCILED, f"the device measured {c.last_valve_open_ms} ms, ended {c.last_end_reason.name}{rebooted}",
                        c.last_valve_open_ms, halo, c.last_end_reason.name)

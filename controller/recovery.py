@@ -19,7 +19,7 @@ from controller.records import Event, RecordNotSaved, RecordStore
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link
-from firmware_bridge.messages import LATCHING_FAULTS, NOT_AVAILABLE_U32, Fault
+from firmware_bridge.messages import LATCHING_FAULTS, Fault, available_u32
 from firmware_bridge.session import DeviceEventReceived
 
 EARLY_EVENTS_S = 0.25  # events a device kept from an earlier session come within 100 ms of HELLO_ACK (§5.5)
@@ -130,7 +130,7 @@ def device_event_record(item: DeviceEventReceived, identity: DeviceIdentity | No
     own_session = identity.device_session if identity is not None and not item.earlier_session else None
     record: dict[str, Any] = {
         "code": event.code.name, "end_reason": event.end_reason.name, "txn": event.freeze_txn, "fault_flags": event.fault_flags,
-        "valve_open_ms": event.valve_open_ms, "halo_to_off_ms": None if event.halo_to_off_ms == NOT_AVAILABLE_U32 else event.halo_to_off_ms,
+        "valve_open_ms": event.valve_open_ms, "halo_to_off_ms": available_u32(event.halo_to_off_ms),
         "device_uptime_ms": event.uptime_ms, "device_session": item.device_session if item.device_session is not None else own_session,
         "serial": identity.serial if identity else None, "boot_count": identity.boot_count if identity else None,
     }
