@@ -13,11 +13,11 @@ from datetime import date
 from pathlib import Path
 
 from controller.config import Config
-from controller.ledger import CartridgeLedger
-from controller.lesion import Lesion, SessionInfo, Site
-from controller.records import RecordStore
-from controller.recovery import connect
-from controller.treatment import Treatment
+from controller.procedure.recovery import connect
+from controller.procedure.treatment import Treatment
+from controller.records.ledger import CartridgeLedger
+from controller.records.lesion import Lesion, SessionInfo, Site
+from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice

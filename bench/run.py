@@ -6,48 +6,29 @@ on the host's monotonic clock around the real pyserial path (pty, link thread, s
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-import tempfile
 from datetime import date
 from pathlib import Path
 
 from bench.clinic_day import clinic_day
-from controller.billing import load_table
-from controller.export import checked_sessions, to_csv, to_fhir
-from controller.report import build_report
-from controller.tui.benchmark import measure_tui
-from controller.records import RecordStore
+from bench.tui import measure_tui
+from controller.practice.billing import load_table
+from controller.practice.export import checked_sessions, to_csv, to_fhir
+from controller.practice.report import build_report
+from controller.records.store import RecordStore
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.conformance import run_conformance
 from firmware_bridge.link import Link
-from firmware_bridge.messages import Event, EventCode, FreezeMode, TriggerMode
+from firmware_bridge.messages import PROTO_MAJOR, PROTO_MINOR, DeviceState, Event, EventCode, FreezeMode, Telemetry, TriggerMode
 from firmware_bridge.session import DeviceEventReceived
-from firmware_bridge.messages import PROTO_MAJOR, PROTO_MINOR, DeviceState, Telemetry
 from sim.device import SimulatedDevice
 
 WATCHDOG_MS = 250
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object (the contract for scripts and CI)")
-    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
-
-
-def run(args: argparse.Namespace) -> int:
-    results = measure(quick=args.quick)
-    if args.json:
-        print(json.dumps(results, sort_keys=True))
-    else:
-        for key, value in sorted(results.items()):
-            print(f"{key:28} {value}")
-    return 0
 
 
 def measure(quick: bool = False) -> dict[str, object]:
@@ -168,7 +149,7 @@ def device_timed_freeze(link: Link, duration_ms: int, *, mode: FreezeMode = Free
                         seen: list[Event] | None = None) -> Event:
     """One FREEZE, heartbeating until its FREEZE_DONE, which is returned. A measurement harness for the
     bench and the link's tests: anything but a clean report raises, nothing is reconciled here (the
-    product's one path for that is controller/reconcile.py). ``seen`` collects the other events."""
+    product's one path for that is controller/procedure/reconcile.py). ``seen`` collects the other events."""
     txn = link.freeze(duration_ms, mode, trigger)
     deadline = link.clock.monotonic() + link.clock.wall(duration_ms / 1000 + 2.0)
     while link.clock.monotonic() < deadline:

@@ -9,10 +9,11 @@ from typing import Literal, TypeVar
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller.errors import GivreError
 from profiles.schema import HARD_MAX_FREEZE_S
 
 
-class ConfigError(Exception):
+class ConfigError(GivreError):
     pass
 
 

@@ -23,9 +23,6 @@ class Clock:
         """Seconds of (virtual) time; only differences are meaningful."""
         return self._origin_real + (time.monotonic() - self._origin_real) * self.scale
 
-    def monotonic_ms(self) -> int:
-        return int(self.monotonic() * 1000)
-
     def real_seconds(self, seconds: float) -> float:
         """Wall seconds that ``seconds`` of this clock's time take, for OS-level timeouts."""
         return max(0.0, seconds / self.scale)

@@ -68,6 +68,7 @@ from firmware_bridge.session import (
     TelemetryReceived,
 )
 from firmware_bridge.transport import SerialTransport
+from firmware_bridge.units import fault_names
 
 HANDSHAKE_TIMEOUT_S = 1.5
 REQUEST_TIMEOUT_S = 2.0  # outer bound; the session gives up earlier after its retries
@@ -158,10 +159,6 @@ _FAULT_ADVICE: dict[Fault, str] = {
     Fault.SENSOR_OPEN: "A thermocouple is disconnected: check its plug, then clear the fault",
     Fault.SENSOR_SHORT: "A thermocouple is shorted: check its cable, then clear the fault",
 }
-
-
-def _fault_names(flags: Fault) -> str:
-    return ", ".join(f.name for f in Fault if f & flags and f.name) or f"0x{int(flags):04X}"
 
 
 class Link:
@@ -388,7 +385,7 @@ class Link:
             flags = Fault(reply.message.detail16)
             raise DeviceFault(
                 self.port,
-                f"the device refused {type(msg).__name__.upper()}: latched fault {_fault_names(flags)}",
+                f"the device refused {type(msg).__name__.upper()}: latched fault {fault_names(flags)}",
                 _FAULT_ADVICE.get(flags, _REJECTION_ADVICE[Result.FAULT_LATCHED]),
                 Result.FAULT_LATCHED,
                 int(flags),

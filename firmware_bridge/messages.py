@@ -25,11 +25,6 @@ NOT_AVAILABLE_U16 = 0xFFFF
 NOT_AVAILABLE_TEMP = 0x7FFF  # in a centi-degree Celsius i16 field
 
 
-def available_u32(value: int) -> int | None:
-    """A u32 figure, or None where the device says "not available" (e.g. halo_to_off_ms of a timed freeze)."""
-    return None if value == NOT_AVAILABLE_U32 else value
-
-
 class DecodeError(ValueError):
     """A frame passed its CRC but its payload does not match the message layout."""
 

@@ -6,21 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-import platformdirs
-
 from profiles.library import (
     InvalidProfiles,
     Library,
     LoadedProfile,
     UnknownProfile,
     add_files,
+    default_clinic_dir,
     load_builtins,
     load_library,
 )
-
-
-def default_clinic_dir() -> Path:
-    return Path(platformdirs.user_config_dir("givre")) / "profiles"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

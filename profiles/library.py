@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 from pydantic import ValidationError
 
 from profiles.schema import Profile, Reference, References, unit_for
@@ -92,6 +93,11 @@ def load_builtins() -> Library:
     if issues:  # a broken built-in is a release defect: refuse to run rather than guess
         raise InvalidProfiles(issues)
     return library
+
+
+def default_clinic_dir() -> Path:
+    """Where a clinic keeps its own profiles (the per-user configuration directory)."""
+    return Path(platformdirs.user_config_dir("givre")) / "profiles"
 
 
 def load_library(clinic_dir: Path | None) -> Library:

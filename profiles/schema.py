@@ -28,18 +28,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-class Indication(str, enum.Enum):
+class Indication(enum.StrEnum):
     CRYOTHERAPY = "cryotherapy"  # benign: destruction need not be total
     CRYOSURGERY = "cryosurgery"  # pre-malignant / malignant: controlled destruction
 
 
-class DeviceKindName(str, enum.Enum):
+class DeviceKindName(enum.StrEnum):
     SPRAY = "spray"  # N2O spray actuator
     PROBE = "probe"  # contact cryode
     MANUAL = "manual"  # cotton-tip LN2 applicator: Givre is a timer only
 
 
-class TimingStart(str, enum.Enum):
+class TimingStart(enum.StrEnum):
     SPRAY_START = "spray_start"  # the practice sheet's figures: counted from the start of the spray
     HALO = "halo"  # counted from the clinician marking the ice halo at the margin
     TISSUE_TARGET = "tissue_target"  # counted from the tissue thermocouple reaching the target

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     device.faults.drop_pct, device.faults.corrupt_pct = args.drop_pct, args.corrupt_pct
     device.faults.delay_pct, device.faults.delay_ms = args.delay_pct, args.delay_ms
     for seconds, action in faults:
-        device.at(seconds, lambda act=FAULT_ACTIONS[action]: act(device))
+        device.at(seconds, lambda fault=action: device.inject(fault))
     if args.pty:
         url = device.serve_pty()
     else:

@@ -20,8 +20,8 @@ import tty
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge import messages
+from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.messages import Capability, Cryogen, DeviceKind
 from sim.firmware import DEFECTS, Firmware, Identity, NonVolatile
@@ -228,6 +228,10 @@ class SimulatedDevice:
             self._thread = threading.Thread(target=self._loop, name="givre-sim", daemon=True)
             self._thread.start()
         return endpoint.path
+
+    def inject(self, fault: str) -> None:
+        """One of FAULT_ACTIONS by name (the demo's fault panel, `givre sim --at`)."""
+        FAULT_ACTIONS[fault](self)
 
     def close(self) -> None:
         self._running.clear()

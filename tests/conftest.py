@@ -49,11 +49,11 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from controller.config import Config  # noqa: E402
-from controller.ledger import CartridgeLedger  # noqa: E402
-from controller.lesion import Lesion, SessionInfo, Site  # noqa: E402
-from controller.procedure import Procedure  # noqa: E402
-from controller.records import RecordStore  # noqa: E402
-from controller.treatment import Treatment  # noqa: E402
+from controller.procedure.driver import Procedure  # noqa: E402
+from controller.procedure.treatment import Treatment  # noqa: E402
+from controller.records.ledger import CartridgeLedger  # noqa: E402
+from controller.records.lesion import Lesion, SessionInfo, Site  # noqa: E402
+from controller.records.store import RecordStore  # noqa: E402
 from firmware_bridge.clock import Clock  # noqa: E402
 from profiles.library import Library, load_builtins  # noqa: E402
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from conftest import Rig
-from controller.alarms import AlarmManager, Mode, Priority
-from controller.procedure import State
-from controller.records import RecordNotSaved
+
+from controller.procedure.alarms import AlarmManager, Mode, Priority
+from controller.procedure.driver import State
+from controller.records.store import RecordNotSaved
 from sim.device import SimulatedDevice
 
 pytestmark = pytest.mark.pty

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.billing import Act, BillingError, load_table, parse_choice, propose
+from controller.practice.billing import Act, BillingError, load_table, parse_choice, propose
 
 
 def test_the_shipped_table_holds_the_sheets_codes_and_marks_what_is_unverified() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import calibration
-from controller.records import RecordStore
+from controller.device import calibration
+from controller.records.store import RecordStore
 from firmware_bridge.link import Link
 from sim.device import SimulatedDevice
 
@@ -103,7 +103,7 @@ def test_a_certificate_sets_the_due_date_and_is_recorded(tmp_path: Path) -> None
 def test_calibrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from controller.cli import main
+    from controller.cli.main import main
 
     with SimulatedDevice(serial="SIM-CLI-CAL") as device:
         port = device.serve_pty()

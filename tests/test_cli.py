@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from controller.cli import main
+from controller.cli.main import main
 from firmware_bridge.link import Link
 
 GIVRE = [sys.executable, "-m", "controller.cli"]
@@ -108,7 +108,7 @@ def test_info_reads_identity_counters_and_calibration(capsys: pytest.CaptureFixt
 
 
 def test_the_ui_refuses_a_store_another_givre_is_writing_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from controller.records import RecordStore
+    from controller.records.store import RecordStore
 
     db = tmp_path / "r.sqlite"
     with RecordStore(db):

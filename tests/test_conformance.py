@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from controller.cli import main
+from controller.cli.main import main
 from firmware_bridge.conformance import (
     CHECKS,
     SECTIONS,

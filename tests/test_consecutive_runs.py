@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_until
 
-from controller.cli import main
+from controller.cli.main import main
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 

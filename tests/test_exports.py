@@ -18,16 +18,16 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from conftest import Rig
 from fhir.resources.R4B.bundle import Bundle
 
-from conftest import Rig
-from controller.cli import main
+from controller.cli.main import main
 from controller.config import Config
-from controller.export import CSV_COLUMNS
-from controller.ledger import CartridgeLedger
-from controller.lesion import Lesion, SessionInfo, Site
-from controller.records import RecordStore, file_mode
-from controller.treatment import Treatment
+from controller.practice.export import CSV_COLUMNS
+from controller.procedure.treatment import Treatment
+from controller.records.ledger import CartridgeLedger
+from controller.records.lesion import Lesion, SessionInfo, Site
+from controller.records.store import RecordStore, file_mode
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import load_builtins

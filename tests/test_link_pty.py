@@ -8,10 +8,10 @@ import threading
 import tty
 
 import pytest
-
 from conftest import TEST_WATCHDOG_MS, wait_until
+
 from bench.run import device_timed_freeze
-from controller.reconcile import Finding, FreezeFacts, read_and_reconcile
+from controller.procedure.reconcile import Finding, FreezeFacts, read_and_reconcile
 from firmware_bridge.errors import (
     CommandRejected,
     DeviceFault,
@@ -25,11 +25,11 @@ from firmware_bridge.errors import (
 )
 from firmware_bridge.link import Link, LinkDown
 from firmware_bridge.messages import (
-    Event,
-    DeviceState,
     CalWrite,
     DeviceKind,
+    DeviceState,
     EndReason,
+    Event,
     EventCode,
     Fault,
     FreezeMode,

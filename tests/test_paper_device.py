@@ -36,7 +36,7 @@ from paper_device import (
     encode_frame,
 )
 
-from controller.cli import main
+from controller.cli.main import main
 from firmware_bridge.link import Link, TriggerMode
 
 pytestmark = pytest.mark.pty

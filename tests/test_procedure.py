@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from conftest import Rig, wait_until
-from controller.procedure import State, TRANSITIONS, StartRefused
-from controller.recovery import unfinished_sessions
+
+from controller.procedure.driver import TRANSITIONS, StartRefused, State
+from controller.procedure.recovery import unfinished_sessions
 from firmware_bridge.messages import Fault
 
 pytestmark = pytest.mark.pty
@@ -97,7 +97,7 @@ def test_stop_mid_freeze_closes_the_valve_and_records_aborted(make_rig: Callable
 
 def test_stop_works_from_every_state() -> None:
     non_terminal = {s for s in State} - {State.COMPLETED, State.ABORTED, State.FAULTED}
-    assert non_terminal == {State.IDLE, State.ARMED, State.FREEZING, State.THAWING, State.PAUSED, State.UNCERTAIN}
+    assert non_terminal == {State.IDLE, State.ARMED, State.FREEZING, State.THAWING, State.UNCERTAIN}
     # STOP is handled before the table (Procedure._on_stop); the table never needs a 'stop' row.
     assert all(trigger != "stop" for _, trigger in TRANSITIONS)
 
@@ -178,9 +178,9 @@ def test_device_reboot_mid_protocol(make_rig: Callable[..., Rig]) -> None:
 
 def test_manual_mode_is_a_host_timer_flagged_as_such(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from controller.config import Config
-    from controller.lesion import Lesion, SessionInfo, Site
-    from controller.records import RecordStore
-    from controller.treatment import Treatment
+    from controller.procedure.treatment import Treatment
+    from controller.records.lesion import Lesion, SessionInfo, Site
+    from controller.records.store import RecordStore
     from firmware_bridge.clock import Clock
     from profiles.library import load_builtins
 
@@ -202,7 +202,7 @@ def test_manual_mode_is_a_host_timer_flagged_as_such(tmp_path) -> None:  # type:
 def test_gating_cartridge_cover_and_keeping_time(make_rig: Callable[..., Rig]) -> None:
     from datetime import date, timedelta
 
-    from controller.ledger import CartridgeLedger
+    from controller.records.ledger import CartridgeLedger
 
     rig = make_rig(cartridge=None)
     _, procedure = rig.procedure("common-wart")

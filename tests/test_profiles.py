@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from controller.cli import main
+from controller.cli.main import main
 from profiles.library import InvalidProfiles, ProfileIssue, add_files, load_builtins, load_library
 from profiles.schema import HARD_MAX_FREEZE_S, MAX_CYCLES, Profile
 

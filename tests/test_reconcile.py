@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.reconcile import Finding, FreezeFacts, reconcile
+from controller.procedure.reconcile import Finding, FreezeFacts, reconcile
 from firmware_bridge.messages import NOT_AVAILABLE_U32, Counters, EndReason
 
 FACTS = FreezeFacts(serial="SIM-1", boot_count=4, txn=777, accepted=True, started_seen=True,

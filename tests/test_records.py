@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
-from controller.records import RecordStore, StoreUnavailable, file_mode
+from controller.cli.main import main
+from controller.records.store import RecordStore, StoreUnavailable, file_mode
 
 
 def test_events_are_chained_and_verified(tmp_path: Path) -> None:

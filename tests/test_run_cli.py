@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
-from controller.cli import main
+
+from controller.cli.main import main
 from firmware_bridge.clock import Clock
 from sim.device import SimulatedDevice
 

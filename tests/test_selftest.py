@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
-from controller.records import RecordStore
-from controller.selftest import Verdict, overall, run_selftest
+from controller.cli.main import main
+from controller.device.selftest import Verdict, overall, run_selftest
+from controller.records.store import RecordStore
 from firmware_bridge.link import Link
 from sim.device import SimulatedDevice
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import Rig, wait_until
 
-from controller.cli import main
-from controller.procedure import Procedure, State
-from controller.records import RecordStore
-from controller.treatment import Treatment
+from controller.cli.main import main
+from controller.procedure.driver import Procedure, State
+from controller.procedure.treatment import Treatment
+from controller.records.store import RecordStore
 from firmware_bridge.codec import Frame, encode_frame
 from firmware_bridge.link import Link
 from firmware_bridge.messages import (
@@ -164,7 +164,7 @@ def test_an_open_cycle_is_not_settled_by_another_device(make_rig: Callable[..., 
 def test_recovery_settles_every_open_freeze_of_a_session_and_charges_the_cartridge(tmp_path: Path) -> None:
     """Two lesions, the first one's freeze lost: it stays open until its device's report is in the
     record, then the session closes with the device's figure, the gas charged and the reservation released."""
-    from controller.recovery import recover
+    from controller.procedure.recovery import recover
 
     with RecordStore(tmp_path / "r.sqlite") as store:
         device = {"serial": "SIM-A", "boot_count": 3, "device_session": 11}

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from textual.css.query import NoMatches
 
+from controller.clinic import Clinic
 from controller.config import Config
-from controller.ledger import CartridgeLedger
-from controller.procedure import State
-from controller.records import RecordStore
-from controller.tui.app import BillingScreen, Clinic, GivreApp, LesionScreen, ProcedureScreen, SessionScreen, SummaryScreen
+from controller.procedure.driver import State
+from controller.records.ledger import CartridgeLedger
+from controller.records.store import RecordStore
+from controller.tui.app import BillingScreen, GivreApp, LesionScreen, ProcedureScreen, SessionScreen, SummaryScreen
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import load_builtins
@@ -202,10 +203,11 @@ def test_form_validation_is_inline_and_writes_nothing(harness: Harness) -> None:
 
 
 def test_without_a_port_the_connect_screen_offers_ports_the_simulator_and_manual_mode(tmp_path: Path) -> None:
+    from controller.cli.ui import embedded_simulator
     from controller.tui.app import ConnectScreen
 
     store = RecordStore(tmp_path / "c.sqlite")
-    clinic = Clinic(store, Config(), load_builtins(), None, bell=False, selftest_on_connect=False)
+    clinic = Clinic(store, Config(), load_builtins(), None, bell=False, selftest_on_connect=False, simulator_factory=embedded_simulator)
     app = GivreApp(clinic)
 
     async def scenario() -> None:

@@ -10,8 +10,8 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import wait_until
+
 from firmware_bridge.link import Link
 from firmware_bridge.messages import EndReason, Fault
 from sim.device import SimulatedDevice

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -33,105 +32,26 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
-from controller.alarms import AlarmManager, Mode
-from controller.billing import CcamTable, load_table
-from controller.config import Config
-from controller.ledger import CartridgeLedger, LedgerError
-from controller.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
-from controller.procedure import Procedure, StartRefused, State
-from controller.records import RecordStore
-from controller.recovery import connect, file_device_event, recover, unfinished_sessions
-from controller.supervisor import Supervisor
-from controller.treatment import Treatment, calibration_record
-from firmware_bridge.clock import SYSTEM_CLOCK, Clock
+from controller.clinic import Clinic
+from controller.procedure.driver import Procedure, StartRefused, State
+from controller.procedure.recovery import connect
+from controller.procedure.treatment import Treatment
+from controller.records.ledger import CartridgeLedger, LedgerError
+from controller.records.lesion import FACE_REGIONS, Lesion, Region, SessionInfo, Site
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.link import Link
 from firmware_bridge.messages import NOT_AVAILABLE_TEMP, NOT_AVAILABLE_U16, TriggerMode
-from firmware_bridge.session import DeviceEventReceived
-from profiles.library import Library, LoadedProfile
+from profiles.library import LoadedProfile
 
 PHASES = {
     State.IDLE: ("READY", "phase-idle"),
     State.ARMED: ("ARMED", "phase-armed"),
     State.FREEZING: ("FREEZE", "phase-freeze"),
     State.THAWING: ("THAW", "phase-thaw"),
-    State.PAUSED: ("PAUSED", "phase-thaw"),
     State.COMPLETED: ("DONE", "phase-done"),
     State.ABORTED: ("STOPPED", "phase-alarm"),
     State.FAULTED: ("FAULT", "phase-alarm"),
     State.UNCERTAIN: ("CHECKING DEVICE", "phase-alarm"),
 }
-
-
-@dataclass
-class Clinic:
-    """Everything the screens share: the store, the device link, the controller loop, the session."""
-
-    store: RecordStore
-    config: Config
-    library: Library
-    link: Link | None
-    clock: Clock = SYSTEM_CLOCK
-    device: object | None = None  # the embedded simulator in demo mode (for the fault panel)
-    trigger: TriggerMode = TriggerMode.HOST
-    bell: bool = True
-    alarms: AlarmManager = field(init=False)
-    supervisor: Supervisor = field(init=False)
-    treatment: Treatment | None = None
-    procedure: Procedure | None = None
-    recovered: list[str] = field(default_factory=list)
-    calibration_status: str = "unknown"
-    selftest_on_connect: bool = True
-    selftest_lines: list[str] = field(default_factory=list)
-    billing_table: CcamTable = field(default_factory=load_table)
-
-    _open_by_device_session: dict[int, str] = field(default_factory=dict, init=False)
-
-    def __post_init__(self) -> None:
-        self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
-        self.supervisor = Supervisor(self.link, self.alarms, self._file_earlier)
-
-    def connect(self, link: Link) -> None:
-        """Use a freshly opened link; close any unfinished session from a killed host first, then
-        run the pre-use self-test."""
-        self.link = link
-        self.supervisor.link = link
-        self.recovered = [r.line() for r in recover(self.store, link, early_events_s=0)]
-        still_open, by_device_session = unfinished_sessions(self.store)
-        self._open_by_device_session = {ds: sid for ds, sid in by_device_session.items() if sid in still_open}
-        cal = calibration_record(link.read_calibration())
-        self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
-        if self.selftest_on_connect:
-            self.start_selftest()
-
-    def _file_earlier(self, item: DeviceEventReceived) -> None:
-        """Under the session it was raised in while that session is still open (its recovery can use it)."""
-        owner = self._open_by_device_session.get(item.device_session or 0)
-        file_device_event(self.store, item, self.link.identity if self.link else None, owner)
-
-    def start_selftest(self) -> None:
-        """Run the pre-use self-test off the UI thread; the controller loop stands aside meanwhile."""
-        if self.link is None or self.supervisor.paused.is_set():
-            return
-        self.selftest_lines = ["self-test running (a few seconds; the device sprays 150 ms)..."]
-        threading.Thread(target=self._selftest, name="givre-selftest", daemon=True).start()
-
-    def _selftest(self) -> None:
-        from controller.selftest import overall, run_selftest
-
-        assert self.link is not None
-        self.supervisor.paused.set()
-        try:
-            checks = run_selftest(self.link, self.store, self.config)
-            self.selftest_lines = [c.line() for c in checks] + [f"self-test {overall(checks).value}"]
-        except Exception as exc:  # noqa: BLE001 - shown on screen, never a traceback
-            self.selftest_lines = [f"self-test could not run: {exc}"]
-        finally:
-            self.supervisor.paused.clear()
-
-    @property
-    def device_kind(self) -> str:
-        return self.link.identity.kind.name.lower() if self.link and self.link.identity else "manual"
 
 
 class TitleBar(Static):
@@ -179,8 +99,9 @@ class ConnectScreen(Screen[None]):
         yield TitleBar()
         yield Label("Device")
         options = [Option(f"{p.device} · {p.description} · serial {p.serial_number or '-'}", id=p.device) for p in list_ports()]
-        options += [Option("Embedded simulator (spray)", id="sim:spray"), Option("Embedded simulator (probe)", id="sim:probe"),
-                    Option("Manual mode: no device, Givre times only", id="manual")]
+        if self.app.clinic.simulator_factory is not None:  # type: ignore[attr-defined]
+            options += [Option("Embedded simulator (spray)", id="sim:spray"), Option("Embedded simulator (probe)", id="sim:probe")]
+        options.append(Option("Manual mode: no device, Givre times only", id="manual"))
         yield OptionList(*options, id="ports")
         yield Static("", id="error", classes="error", markup=False)
         yield Footer()
@@ -193,11 +114,7 @@ class ConnectScreen(Screen[None]):
             return
         try:
             if choice.startswith("sim:"):
-                from sim.device import SimulatedDevice
-
-                device = SimulatedDevice(kind=choice.removeprefix("sim:"), clock=clinic.clock)
-                clinic.device = device
-                choice = device.serve_pty()
+                choice = clinic.open_simulator(choice.removeprefix("sim:"))
             if choice != "manual":
                 clinic.connect(connect(choice, clinic.clock))
         except BridgeError as exc:
@@ -550,12 +467,12 @@ class BillingScreen(ModalScreen[None]):
         self.operator = operator
 
     def compose(self) -> ComposeResult:
-        from controller.billing import propose
-        from controller.history import view_of
+        from controller.practice.billing import acts_of, propose
+        from controller.records.history import view_of
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         self.table = clinic.billing_table
-        self.proposal = propose(view_of(clinic.store, self.session_id).acts(), self.table)
+        self.proposal = propose(acts_of(view_of(clinic.store, self.session_id)), self.table)
         details = [f"{a.code} ({a.lesions} lesion(s)): {a.label}" for a in self.proposal.acts]
         details += [f"! {line}" for line in (*self.proposal.not_billed, *self.proposal.warnings)]
         with VerticalScroll(id="dialog"):
@@ -577,7 +494,7 @@ class BillingScreen(ModalScreen[None]):
         self.action_confirm()
 
     def action_confirm(self) -> None:
-        from controller.billing import BillingError, confirm, parse_choice
+        from controller.practice.billing import BillingError, confirm, parse_choice
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         try:
@@ -652,7 +569,7 @@ class RecordsScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape", "app.pop_screen", "Close", show=True), Binding("v", "verify", "Verify chain", show=True)]
 
     def compose(self) -> ComposeResult:
-        from controller.history import load_sessions
+        from controller.records.history import load_sessions
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         with Vertical(id="dialog"):
@@ -724,7 +641,7 @@ class CalibrationScreen(ModalScreen[None]):
         self.set_interval(0.2, self._show)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        from controller import calibration
+        from controller.device import calibration
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         if clinic.link is None or clinic.supervisor.paused.is_set():
@@ -758,7 +675,7 @@ class CalibrationScreen(ModalScreen[None]):
         return lambda: cal.thermocouple(link, "tip", points)  # type: ignore[attr-defined]
 
     def _run(self, job, technician: str) -> None:  # type: ignore[no-untyped-def]
-        from controller import calibration
+        from controller.device import calibration
 
         clinic: Clinic = self.app.clinic  # type: ignore[attr-defined]
         clinic.supervisor.paused.set()
@@ -798,12 +715,10 @@ class FaultScreen(ModalScreen[None]):
                 yield Button(text, id=f"fault-{key}")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        from sim.device import FAULT_ACTIONS
-
         device = self.app.clinic.device  # type: ignore[attr-defined]
         name = (event.button.id or "").removeprefix("fault-")
-        if device is not None and name in FAULT_ACTIONS:
-            FAULT_ACTIONS[name](device)
+        if device is not None and name in self.FAULTS:
+            device.inject(name)
             self.app.notify(f"simulator: {self.FAULTS[name]}")
         self.app.pop_screen()
 
@@ -881,7 +796,7 @@ class GivreApp(App[None]):
     def on_unmount(self) -> None:
         self.clinic.supervisor.close()  # a running freeze is stopped; the device watchdog is the backstop
         device = self.clinic.device
-        if device is not None and hasattr(device, "close"):
+        if device is not None:
             device.close()
 
 
@@ -909,7 +824,7 @@ def freeze_range(lp: LoadedProfile) -> str:
 
 
 def profile_detail(clinic: Clinic, profile_id: str) -> str:
-    from controller.dose import decide
+    from controller.procedure.dose import decide
 
     lp = clinic.library.get(profile_id)
     p = lp.profile
@@ -927,11 +842,11 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
 
 def billing_line(clinic: Clinic) -> str:
     """The session's proposal so far (completed lesions); the clinician confirms it when the session ends."""
-    from controller.billing import propose
-    from controller.history import view_of
+    from controller.practice.billing import acts_of, propose
+    from controller.records.history import view_of
 
     assert clinic.treatment is not None
-    proposal = propose(view_of(clinic.store, clinic.treatment.session_id).acts(), clinic.billing_table)
+    proposal = propose(acts_of(view_of(clinic.store, clinic.treatment.session_id)), clinic.billing_table)
     if not proposal.acts and not proposal.aesthetic_lesions:
         return "billing: no completed lesion to bill yet"
     return "proposed billing: " + proposal.line() + "".join(f"\n! {w}" for w in proposal.warnings)

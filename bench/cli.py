@@ -1,0 +1,26 @@
+"""`givre bench`: registered as a command group through the `givre.commands` entry point, so
+controller/ never imports bench/. Light to import: the measuring code loads only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "measure speed and latencies against the simulator"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the contract for scripts and CI)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.run import measure  # noqa: PLC0415 - the UI toolkit and the simulator cost every other command's start
+
+    results = measure(quick=args.quick)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        for key, value in sorted(results.items()):
+            print(f"{key:28} {value}")
+    return 0

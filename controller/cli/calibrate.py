@@ -1,0 +1,73 @@
+"""`givre calibrate --port URL --step timer|valve|flow|thermocouple [--json]`: one step, headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from controller.config import default_db
+from controller.device import calibration
+from controller.procedure.recovery import connect_and_recover
+from controller.records.store import RecordStore, write_private
+from firmware_bridge.link import Link
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
+    parser.add_argument("--step", required=True, choices=["timer", "valve", "flow", "thermocouple"])
+    parser.add_argument("--technician", default="technician", help="pseudonymous technician id")
+    parser.add_argument("--window-s", type=float, default=10.0, help="timer: measuring window in seconds")
+    parser.add_argument("--mass-before", type=float, help="flow: cartridge mass before the spray, grams")
+    parser.add_argument("--mass-after", type=float, help="flow: cartridge mass after the spray, grams")
+    parser.add_argument("--valve-open-ms", type=int, help="flow: the spray's device-measured valve-open time")
+    parser.add_argument("--sensor", choices=["tip", "tissue"], default="tip", help="thermocouple: which one")
+    parser.add_argument("--point", action="append", default=[], metavar="REF:READING",
+                        help="thermocouple: reference bath C and the reading shown in it, twice")
+    parser.add_argument("--db", type=Path, help=f"record store for the certificate (default: {default_db()})")
+    parser.add_argument("--certificate", type=Path, metavar="FILE.html", help="also write the certificate as a web page")
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        points = [_point(text) for text in args.point]
+        with RecordStore(args.db or default_db()) as store:
+            link, recovered = connect_and_recover(args.port, store)
+            for report in recovered:
+                print(report.line(), file=sys.stderr)
+            with link:
+                result = _step(args, link, points)
+                certificate = calibration.certify(link, store, args.technician, [result])
+    except calibration.CalibrationError as exc:
+        print(f"givre calibrate: {exc}; nothing was written", file=sys.stderr)
+        return 2
+    if args.certificate is not None:
+        write_private(args.certificate, calibration.certificate_html(certificate).encode("utf-8"))
+    if args.json:
+        print(json.dumps(certificate, sort_keys=True))
+    else:
+        print(f"{result.step}: {'PASS' if result.passed else 'FAIL'}  {result.measurements}  (tolerance {result.tolerance})")
+        print(f"written to the device: {result.written or 'nothing'}; next due {certificate['next_due'] or '-'}")
+    return 0 if result.passed else 1
+
+
+def _point(text: str) -> tuple[float, float]:
+    ref, _, reading = text.partition(":")
+    try:
+        return float(ref), float(reading)
+    except ValueError:
+        raise calibration.CalibrationError(f"--point {text!r}: expected REF:READING in degrees C, e.g. 0:3.8") from None
+
+
+def _step(args: argparse.Namespace, link: Link, points: list[tuple[float, float]]) -> calibration.StepResult:
+    if args.step == "timer":
+        return calibration.timer(link, args.window_s)
+    if args.step == "valve":
+        return calibration.valve(link)
+    if args.step == "flow":
+        if args.mass_before is None or args.mass_after is None or args.valve_open_ms is None:
+            raise calibration.CalibrationError("flow needs --mass-before, --mass-after and --valve-open-ms")
+        return calibration.flow(link, args.mass_before, args.mass_after, args.valve_open_ms)
+    return calibration.thermocouple(link, args.sensor, points)

@@ -1,0 +1,77 @@
+"""`givre demo`: the whole product on the embedded simulator (a spray on a real pty, a fresh store).
+
+The UI by default; ``--headless`` runs one lesion's protocol through exactly the path `givre run`
+takes (handshake, recovery, the procedure with device-timed freezes and controller-timed thaws,
+the record, the billing proposal) and prints what the device says really happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+from controller.cli import run as run_cli
+from controller.config import Config
+from controller.records.ledger import CartridgeLedger
+from controller.records.store import RecordStore
+from firmware_bridge.clock import Clock
+from sim.device import SimulatedDevice
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=["spray", "probe"], default="spray")
+    parser.add_argument("--profile", help="headless: the lesion profile (default: common-wart for a spray, superficial-bcc for a probe)")
+    parser.add_argument("--freeze-s", type=float, help="headless: freeze per cycle, within the profile's range (default: its own)")
+    parser.add_argument("--cycles", type=int, help="headless: fewer cycles than the profile plans (1..3)")
+    parser.add_argument("--scale", type=float, default=1.0, help="virtual time: run this many times faster than the wall")
+    parser.add_argument("--headless", action="store_true", help="no UI: run one lesion's protocol and print what happened")
+    parser.add_argument("--json", action="store_true", help="headless: print `givre run`'s JSON object")
+    parser.add_argument("--db", type=Path, help="record store (default: a fresh one in a temporary folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.headless:
+        return run_tui(args)
+    return run_headless(args)
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    """The whole product on the embedded simulator: a spray on a pty, a fresh record store."""
+    from controller.cli import ui as launch
+
+    with tempfile.TemporaryDirectory(prefix="givre-demo-") as scratch, SimulatedDevice(kind=args.kind, clock=Clock(args.scale)) as device:
+        url = device.serve_pty()
+        args.db = args.db or Path(scratch) / "demo.sqlite"
+        clinic = launch.build_clinic(args, device=device, url=url, clock=device.clock)
+        if args.kind == "spray" and CartridgeLedger(clinic.store, clinic.config).status() is None:
+            CartridgeLedger(clinic.store, clinic.config).load("23g", date.today())
+        return launch.run_app(clinic)
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    if args.freeze_s is not None and not 0 < args.freeze_s <= 60:
+        raise SystemExit(f"givre demo: --freeze-s {args.freeze_s}: must be > 0 and <= 60 s")
+    if args.cycles is not None and not 1 <= args.cycles <= 3:
+        raise SystemExit(f"givre demo: --cycles {args.cycles}: must be 1, 2 or 3")
+    if args.scale <= 0:
+        raise SystemExit(f"givre demo: --scale {args.scale}: must be > 0")
+    profile = args.profile or ("common-wart" if args.kind == "spray" else "superficial-bcc")
+    with tempfile.TemporaryDirectory(prefix="givre-demo-") as scratch, SimulatedDevice(kind=args.kind, clock=Clock(args.scale)) as device:
+        db = args.db or Path(scratch) / "demo.sqlite"
+        if args.kind == "spray":
+            with RecordStore(db) as store:
+                ledger = CartridgeLedger(store, Config())
+                if ledger.status() is None:
+                    ledger.load("23g", date.today())
+        print(f"simulated {args.kind} device on {device.serve_pty()}; record store {db}", file=sys.stderr if args.json else sys.stdout)
+        argv = ["--port", device.url, "--profile", profile, "--site", "hand", "--patient", "DEMO-1", "--operator", "demo",
+                "--description", "demo lesion", "--db", str(db), "--scale", str(args.scale), "--yes"]
+        argv += ["--freeze-s", str(args.freeze_s)] if args.freeze_s is not None else []
+        argv += ["--cycles", str(args.cycles)] if args.cycles is not None else []
+        argv += ["--json"] if args.json else []
+        parser = argparse.ArgumentParser(prog="givre demo")
+        run_cli.add_arguments(parser)
+        return run_cli.run(parser.parse_args(argv))

@@ -1,0 +1,116 @@
+"""The application service: everything one running Givre shares (the store, the config, the
+profiles, the device link, the supervisor loop, the open session and lesion). The UI, the bench
+and the tests build it the same way; it knows nothing of any screen."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controller.config import Config
+from controller.device.selftest import overall, run_selftest
+from controller.practice.billing import CcamTable, load_table
+from controller.procedure.alarms import AlarmManager, Mode
+from controller.procedure.driver import Procedure
+from controller.procedure.recovery import file_device_event, recover, unfinished_sessions
+from controller.procedure.supervisor import Supervisor
+from controller.procedure.treatment import Treatment, calibration_record
+from controller.records.store import RecordStore
+from firmware_bridge.clock import SYSTEM_CLOCK, Clock
+from firmware_bridge.link import Link
+from firmware_bridge.messages import TriggerMode
+from firmware_bridge.session import DeviceEventReceived
+from profiles.library import Library
+
+
+class Simulator(Protocol):
+    """The embedded simulator as the clinic sees it (demo mode): where it serves, its faults, closing it."""
+
+    def serve_pty(self) -> str: ...
+
+    def inject(self, fault: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+SimulatorFactory = Callable[[str, Clock], Simulator]
+"""Builds the embedded simulator of a device kind ("spray", "probe") on a clock; given by the launcher."""
+
+
+@dataclass
+class Clinic:
+    """Everything the screens share: the store, the device link, the controller loop, the session."""
+
+    store: RecordStore
+    config: Config
+    library: Library
+    link: Link | None
+    clock: Clock = SYSTEM_CLOCK
+    device: Simulator | None = None  # the embedded simulator in demo mode (for the fault panel)
+    trigger: TriggerMode = TriggerMode.HOST
+    bell: bool = True
+    alarms: AlarmManager = field(init=False)
+    supervisor: Supervisor = field(init=False)
+    treatment: Treatment | None = None
+    procedure: Procedure | None = None
+    recovered: list[str] = field(default_factory=list)
+    calibration_status: str = "unknown"
+    selftest_on_connect: bool = True
+    selftest_lines: list[str] = field(default_factory=list)
+    billing_table: CcamTable = field(default_factory=load_table)
+    simulator_factory: SimulatorFactory | None = None  # offers the embedded simulator on the connect screen
+
+    _open_by_device_session: dict[int, str] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
+        self.supervisor = Supervisor(self.link, self.alarms, self._file_earlier)
+
+    def connect(self, link: Link) -> None:
+        """Use a freshly opened link; close any unfinished session from a killed host first, then
+        run the pre-use self-test."""
+        self.link = link
+        self.supervisor.link = link
+        self.recovered = [r.line() for r in recover(self.store, link, early_events_s=0)]
+        still_open, by_device_session = unfinished_sessions(self.store)
+        self._open_by_device_session = {ds: sid for ds, sid in by_device_session.items() if sid in still_open}
+        cal = calibration_record(link.read_calibration())
+        self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
+        if self.selftest_on_connect:
+            self.start_selftest()
+
+    def _file_earlier(self, item: DeviceEventReceived) -> None:
+        """Under the session it was raised in while that session is still open (its recovery can use it)."""
+        owner = self._open_by_device_session.get(item.device_session or 0)
+        file_device_event(self.store, item, self.link.identity if self.link else None, owner)
+
+    def start_selftest(self) -> None:
+        """Run the pre-use self-test off the UI thread; the controller loop stands aside meanwhile."""
+        if self.link is None or self.supervisor.paused.is_set():
+            return
+        self.selftest_lines = ["self-test running (a few seconds; the device sprays 150 ms)..."]
+        threading.Thread(target=self._selftest, name="givre-selftest", daemon=True).start()
+
+    def _selftest(self) -> None:
+        assert self.link is not None
+        self.supervisor.paused.set()
+        try:
+            checks = run_selftest(self.link, self.store, self.config)
+            self.selftest_lines = [c.line() for c in checks] + [f"self-test {overall(checks).value}"]
+        except Exception as exc:  # noqa: BLE001 - shown on screen, never a traceback
+            self.selftest_lines = [f"self-test could not run: {exc}"]
+        finally:
+            self.supervisor.paused.clear()
+
+    def open_simulator(self, kind: str) -> str:
+        """Start the embedded simulator of this kind; returns the pty to connect to."""
+        if self.simulator_factory is None:
+            raise RuntimeError("no embedded simulator in this build of the clinic")
+        self.device = self.simulator_factory(kind, self.clock)
+        return self.device.serve_pty()
+
+    @property
+    def device_kind(self) -> str:
+        return self.link.identity.kind.name.lower() if self.link and self.link.identity else "manual"

@@ -1,0 +1,29 @@
+"""The root of controller/'s exceptions: every error meant for a person says what went wrong and
+what to do, and the command line catches this one class (beside firmware_bridge's BridgeError and
+profiles' ProfileError) to print it as one line.
+
+    GivreError
+    ├── ConfigError        the clinic config file (config.py)
+    ├── RecordError        the record store (records/store.py)
+    │   ├── StoreUnavailable, RecordNotSaved
+    │   └── ExportRefused  (practice/export.py)
+    ├── LedgerError        the cartridge ledger (records/ledger.py)
+    ├── ProcedureError     a lesion's procedure (procedure/driver.py)
+    │   └── StartRefused
+    ├── DoseRefused        no dose within every limit (procedure/dose.py)
+    ├── CalibrationError   a calibration step (device/calibration.py)
+    ├── BillingError       the CCAM table or a billing choice (practice/billing.py)
+    ├── FhirError          the FHIR export (practice/fhir.py)
+    └── UsageError         a command-line value (cli/)
+"""
+
+from __future__ import annotations
+
+
+class GivreError(Exception):
+    """Base of every error controller/ raises for a person to read."""
+
+    def __init__(self, problem: str, action: str = "") -> None:
+        self.problem = problem
+        self.action = action
+        super().__init__(f"{problem}. {action}" if action else problem)

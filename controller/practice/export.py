@@ -1,0 +1,94 @@
+"""Exports of the record: JSON (the read-back view), CSV (one row per cycle), FHIR R4 Bundles.
+
+An export is refused when the hash chain does not verify: a tampered record must not leave the
+practice looking sound. Files are written 0600 and atomically, so a failed export leaves nothing
+half-written. The patient appears only by the pseudonymous id Givre holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from controller.practice.billing import CcamTable
+from controller.practice.fhir import BundleBuilder, validate_bundle
+from controller.records.history import SessionView, load_sessions
+from controller.records.store import RecordError, RecordStore
+
+CSV_COLUMNS = (
+    "session_id", "session_started", "patient", "operator", "device_serial", "lesion_id", "site", "zone", "profile",
+    "technique", "reimbursable", "lesion_status", "cycle", "freeze_ms_requested", "freeze_ms_effective", "freeze_ms_device",
+    "measured_by", "certainty", "end_reason", "limited_by", "thaw_ms", "halo_to_off_ms", "min_tissue_c", "cartridge_id",
+    "cartridge_seconds", "result_at",
+)
+FORMATS = ("fhir", "csv", "json")
+
+
+class ExportRefused(RecordError):
+    """The record cannot be exported as it stands (tampered chain, unknown session)."""
+
+
+def checked_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
+    """The sessions to export, after the whole chain has verified."""
+    bad = store.verify()
+    if bad is not None:
+        raise ExportRefused(f"{store.path}: refusing to export: event {bad.seq} ({bad.kind}, {bad.ts_utc}) does not follow the "
+                            "hash chain, so the record from it on cannot be trusted. Run `givre records verify` and restore "
+                            "the store from a backup")
+    sessions = load_sessions(store, session_id, since)
+    if session_id is not None and not sessions:
+        raise ExportRefused(f"{store.path}: no session {session_id!r}; see `givre records list`")
+    return sessions
+
+
+def to_json(sessions: list[SessionView], store: RecordStore) -> str:
+    count, head = store.head()
+    return json.dumps({"record": {"events": count, "head": head}, "sessions": [s.as_dict() for s in sessions]},
+                      ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+
+
+def csv_rows(sessions: list[SessionView]) -> list[dict[str, Any]]:
+    rows = []
+    for s in sessions:
+        for lesion in s.lesions:
+            for c in lesion.cycles:
+                rows.append({
+                    "session_id": s.session_id, "session_started": s.started, "patient": s.patient, "operator": s.operator,
+                    "device_serial": (s.device or {}).get("serial", ""), "lesion_id": lesion.lesion_id, "site": lesion.site_text,
+                    "zone": lesion.zone, "profile": lesion.profile_id, "technique": lesion.technique,
+                    "reimbursable": "yes" if lesion.reimbursable else "no", "lesion_status": lesion.status, "cycle": c.cycle,
+                    "freeze_ms_requested": c.freeze_ms_requested, "freeze_ms_effective": c.freeze_ms_effective,
+                    "freeze_ms_device": c.freeze_ms_device, "measured_by": c.measured_by, "certainty": c.certainty,
+                    "end_reason": c.end_reason, "limited_by": c.limited_by, "thaw_ms": c.thaw_ms, "halo_to_off_ms": c.halo_to_off_ms,
+                    "min_tissue_c": c.min_tissue_c, "cartridge_id": c.cartridge_id, "cartridge_seconds": c.cartridge_seconds,
+                    "result_at": c.result_at,
+                })
+    return rows
+
+
+def to_csv(sessions: list[SessionView], bom: bool = False) -> str:
+    """One row per cycle; empty cells where a figure is unknown; ISO 8601 times (UTC)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    for row in csv_rows(sessions):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return ("\ufeff" if bom else "") + out.getvalue()
+
+
+def to_fhir(sessions: list[SessionView], table: CcamTable, photos_dir: Path | None, validate: bool = False,
+            single: bool = False) -> str:
+    """single (--session): the Bundle as one JSON document. Otherwise one Bundle per line (NDJSON, as
+    FHIR bulk data), however many sessions there are, so scripts read one shape."""
+    builder = BundleBuilder(table, photos_dir)
+    bundles = [builder.bundle(s) for s in sessions]
+    if validate:
+        for bundle in bundles:
+            validate_bundle(bundle)
+    if single:
+        return json.dumps(bundles[0], ensure_ascii=False, indent=1) + "\n"
+    return "".join(json.dumps(b, ensure_ascii=False, separators=(",", ":")) + "\n" for b in bundles)

@@ -1,0 +1,247 @@
+"""FHIR R4 export: one Bundle (type collection) per session, built from the record read back.
+
+Patient carries the pseudonymous id only (security label PSEUDED) and nothing else; Practitioner
+the operator's pseudonymous id; Device the serial, firmware and calibration; one Procedure per lesion
+(SNOMED CT + the CCAM act as a second coding, bodySite, performedPeriod, reason where a code is
+sourced, the cycles in a note); one Observation per measured figure in UCUM units; Media for the
+photo. Codes come from terminology.toml, each with its source; what has no sourced code goes out as
+text. Resource ids are UUIDv5 of the session and the item, so exporting twice gives the same Bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.config import read_toml
+from controller.errors import GivreError
+from controller.practice.billing import CcamTable, acts_of, propose
+from controller.records.history import CycleView, LesionView, SessionView
+from controller.records.lesion import FACE_REGIONS, Region
+
+UCUM = "http://unitsofmeasure.org"
+SECURITY = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:givre:fhir-export")
+PHOTO_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".heic": "image/heic", ".webp": "image/webp",
+               ".tif": "image/tiff", ".tiff": "image/tiff"}
+LESION_STATUS = {"completed": "completed", "aborted": "stopped", "faulted": "stopped", "interrupted": "stopped",
+                 "uncertain": "stopped", "in progress": "in-progress"}
+
+
+class FhirError(GivreError):
+    """The export cannot be built or does not validate; the message says which resource and why."""
+
+
+class Code(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(pattern=r"^[0-9]{6,18}$")
+    display: str
+    source: str = Field(min_length=3)
+    text: str | None = None
+
+
+class Terminology(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snomed_system: str
+    ccam_system: str
+    ccam_source: str
+    uncertain: list[str]
+    procedure: dict[str, Code]
+    reason: dict[str, Code]
+    body_site: dict[str, Code]
+
+
+def load_terminology() -> Terminology:
+    with resources.as_file(resources.files("controller.practice").joinpath("terminology.toml")) as path:
+        return read_toml(path, Terminology, FhirError)
+
+
+def _ref(session_id: str, item: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(NAMESPACE, f'{session_id}/{item}')}"
+
+
+def _seconds(ms: int) -> float:
+    return ms / 1000
+
+
+class BundleBuilder:
+    """Builds one session's Bundle; the photos directory is read to hash the files it references."""
+
+    def __init__(self, table: CcamTable, photos_dir: Path | None = None, terminology: Terminology | None = None) -> None:
+        self.table = table
+        self.photos_dir = photos_dir
+        self.terms = terminology or load_terminology()
+
+    def bundle(self, session: SessionView) -> dict[str, Any]:
+        sid = session.session_id
+        self.entries: list[dict[str, Any]] = []
+        self.patient = self._add(sid, "patient", {
+            "resourceType": "Patient",
+            "meta": {"security": [{"system": SECURITY, "code": "PSEUDED", "display": "pseudonymized"}]},
+            "identifier": [{"type": {"text": "pseudonymous patient id (Givre)"}, "value": session.patient}],
+        })
+        self.practitioner = self._add(sid, "practitioner", {
+            "resourceType": "Practitioner",
+            "identifier": [{"type": {"text": "pseudonymous operator id (Givre)"}, "value": session.operator}],
+        })
+        self.device = self._add(sid, "device", self._device(session))
+        codes = self._ccam_by_lesion(session)
+        for lesion in session.lesions:
+            self._lesion(sid, lesion, codes.get(lesion.lesion_id))
+        return {"resourceType": "Bundle", "type": "collection", "timestamp": session.ended or session.started,
+                "identifier": {"type": {"text": "Givre session id"}, "value": sid}, "entry": self.entries}
+
+    def _add(self, sid: str, item: str, resource: dict[str, Any]) -> dict[str, str]:
+        url = _ref(sid, item)
+        self.entries.append({"fullUrl": url, "resource": resource})
+        return {"reference": url}
+
+    def _device(self, session: SessionView) -> dict[str, Any]:
+        cal = session.calibration
+        calibration = f"calibration: {cal.get('status', 'unknown')}" + "".join(
+            f", {key.replace('_', ' ')} {cal[key]}" for key in ("calibrated_on", "due_on") if cal.get(key))
+        if session.device is None:
+            return {"resourceType": "Device", "deviceName": [{"name": "cotton-tip applicator (manual; Givre timed it on the host)",
+                                                             "type": "user-friendly-name"}], "note": [{"text": calibration}]}
+        d = session.device
+        return {
+            "resourceType": "Device",
+            "identifier": [{"type": {"text": "device serial number"}, "value": d["serial"]}],
+            "serialNumber": d["serial"],
+            "deviceName": [{"name": f"cryotherapy {d.get('kind', 'device')} ({d.get('cryogen', '?')}), driven by Givre",
+                            "type": "user-friendly-name"}],
+            "version": [{"type": {"text": "firmware"}, "value": str(d.get("firmware"))},
+                        {"type": {"text": "wire protocol"}, "value": str(d.get("protocol"))}],
+            "note": [{"text": calibration}],
+        }
+
+    def _ccam_by_lesion(self, session: SessionView) -> dict[str, str]:
+        """The CCAM act each lesion was billed under: the clinician's confirmed choice if recorded,
+        else the proposal. Aesthetic and unfinished lesions get none."""
+        proposal = propose(acts_of(session), self.table)
+        by_lesion = {lesion_id: act.code for act in proposal.acts for lesion_id in act.lesion_ids}
+        if session.billing is None or not session.billing.get("changed"):
+            return by_lesion
+        chosen = [self.table.get(a["code"]) for a in session.billing["chosen"]]
+        return {lesion.lesion_id: code.code for lesion in session.lesions if lesion.completed and lesion.reimbursable
+                for code in chosen if code.technique == lesion.technique and code.zone in (lesion.zone, "any")}
+
+    def _body_site(self, lesion: LesionView) -> dict[str, Any]:
+        region = lesion.site.get("region", "")
+        key = region if region in self.terms.body_site else (
+            "face" if region in {r.value for r in FACE_REGIONS} and region != Region.EAR.value else "default")
+        code = self.terms.body_site[key]
+        return {"coding": [{"system": self.terms.snomed_system, "code": code.code, "display": code.display}], "text": lesion.site_text}
+
+    def _lesion(self, sid: str, lesion: LesionView, ccam: str | None) -> None:
+        procedure_code = self.terms.procedure[lesion.technique]
+        coding = [{"system": self.terms.snomed_system, "code": procedure_code.code, "display": procedure_code.display}]
+        if ccam is not None:
+            coding.append({"system": self.terms.ccam_system, "code": ccam, "display": self.table.get(ccam).label})
+        reason_code = self.terms.reason.get(lesion.profile_id)
+        reason: dict[str, Any] = {"text": lesion.profile_name_en or lesion.profile_name_fr}
+        if reason_code is not None:
+            reason["coding"] = [{"system": self.terms.snomed_system, "code": reason_code.code, "display": reason_code.display}]
+        body_site = self._body_site(lesion)
+        period = {"start": lesion.first_freeze_at or lesion.recorded_at} | ({"end": lesion.ended_at} if lesion.ended_at else {})
+        notes = [{"text": f"lesion {lesion.lesion_id}, profile {lesion.profile_id}: {lesion.description}".rstrip(": ")},
+                 {"text": cycles_note(lesion)}]
+        if not lesion.reimbursable:
+            notes.append({"text": "aesthetic act: not reimbursable (no 'remboursement demandé')"})
+        procedure: dict[str, Any] = {
+            "resourceType": "Procedure",
+            "status": LESION_STATUS.get(lesion.status, "unknown"),
+            "code": {"coding": coding, "text": procedure_code.text or procedure_code.display},
+            "subject": self.patient,
+            "performedPeriod": period,
+            "performer": [{"actor": self.practitioner}],
+            "reasonCode": [reason],
+            "bodySite": [body_site],
+            "note": notes,
+            "usedReference": [self.device],
+        }
+        if procedure["status"] == "stopped":
+            procedure["statusReason"] = {"text": f"the protocol ended {lesion.status}"}
+        ref = self._add(sid, f"{lesion.lesion_id}/procedure", procedure)
+        for cycle in lesion.cycles:
+            self._cycle(sid, lesion, cycle, ref)
+        if lesion.photo is not None:
+            self._add(sid, f"{lesion.lesion_id}/photo", self._media(lesion, ref, body_site))
+
+    def _cycle(self, sid: str, lesion: LesionView, cycle: CycleView, procedure: dict[str, str]) -> None:
+        who = "device-measured" if cycle.measured_by == "device" else "host-measured (manual)"
+        figures: list[tuple[str, str, float | None, str]] = [
+            ("freeze", f"Freeze time, cycle {cycle.cycle} (valve open, {who})",
+             None if cycle.freeze_ms_device is None else _seconds(cycle.freeze_ms_device), "s"),
+        ]
+        if cycle.thaw_ms is not None:
+            figures.append(("thaw", f"Thaw time after cycle {cycle.cycle}", _seconds(cycle.thaw_ms), "s"))
+        if cycle.min_tissue_c is not None:
+            figures.append(("tissue", f"Lowest tissue temperature, cycle {cycle.cycle}", cycle.min_tissue_c, "Cel"))
+        for item, text, value, unit in figures:
+            observation: dict[str, Any] = {
+                "resourceType": "Observation",
+                "status": "final" if value is not None else "unknown",
+                "code": {"text": text},
+                "subject": self.patient,
+                "partOf": [procedure],
+                "effectiveDateTime": cycle.result_at,
+                "device": self.device,
+                "note": [{"text": f"requested {cycle.freeze_ms_requested} ms, limited by {cycle.limited_by}; ended {cycle.end_reason}; "
+                                  f"certainty {cycle.certainty}"}],
+            }
+            if value is None:
+                observation["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "unknown", "display": "Unknown"}],
+                                                   "text": "the device could not say how long the valve was open"}
+            else:
+                observation["valueQuantity"] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
+            self._add(sid, f"{lesion.lesion_id}/{cycle.cycle}/{item}", observation)
+
+    def _media(self, lesion: LesionView, procedure: dict[str, str], body_site: dict[str, Any]) -> dict[str, Any]:
+        assert lesion.photo is not None
+        name = lesion.photo["file"]
+        content: dict[str, Any] = {"contentType": PHOTO_TYPES.get(Path(name).suffix.lower(), "application/octet-stream"),
+                                   "url": name, "title": f"lesion {lesion.lesion_id} ({lesion.site_text})"}
+        path = self.photos_dir / name if self.photos_dir is not None else None
+        if path is not None and path.is_file():
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != lesion.photo["sha256"]:
+                raise FhirError(f"{path}: the photo no longer matches the SHA-256 recorded at capture; restore it from a backup")
+            content["size"] = len(data)
+            content["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")  # FHIR asks for SHA-1 here
+        return {"resourceType": "Media", "status": "completed", "subject": self.patient, "partOf": [procedure],
+                "bodySite": body_site, "createdDateTime": lesion.recorded_at, "content": content,
+                "note": [{"text": f"SHA-256 at capture: {lesion.photo['sha256']}"}]}
+
+
+def cycles_note(lesion: LesionView) -> str:
+    if not lesion.cycles:
+        return "no freeze was delivered"
+    parts = []
+    for c in lesion.cycles:
+        freeze = "unknown" if c.freeze_ms_device is None else f"{_seconds(c.freeze_ms_device):g} s"
+        thaw = "" if c.thaw_ms is None else f", thaw {_seconds(c.thaw_ms):g} s"
+        parts.append(f"cycle {c.cycle}: freeze {freeze} ({c.measured_by}-measured, requested {_seconds(c.freeze_ms_requested or 0):g} s, "
+                     f"ended {c.end_reason}){thaw}")
+    return "; ".join(parts)
+
+
+def validate_bundle(bundle: dict[str, Any]) -> None:
+    """Check a Bundle against the R4B models of fhir.resources (the optional `fhir` extra)."""
+    try:
+        from fhir.resources.R4B.bundle import Bundle
+    except ImportError as exc:
+        raise FhirError("validation needs the optional FHIR library: pip install 'givre[fhir]'") from exc
+    try:
+        Bundle.model_validate(bundle)
+    except Exception as exc:  # noqa: BLE001 - the library's own error text names the element
+        raise FhirError(f"the FHIR Bundle does not validate: {exc}") from exc

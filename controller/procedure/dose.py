@@ -1,0 +1,56 @@
+"""The dose-limit chain: each limit keeps its reason, the most limiting wins, the record says which."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.errors import GivreError
+from profiles.schema import HARD_MAX_FREEZE_S, Profile
+
+
+class DoseRefused(GivreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    name: str  # requested | profile | clinic | hard | device
+    ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DoseDecision:
+    requested_ms: int
+    effective_ms: int
+    limited_by: str
+    chain: tuple[Limit, ...]
+
+    def as_record(self) -> dict[str, object]:
+        return {
+            "requested_ms": self.requested_ms,
+            "effective_ms": self.effective_ms,
+            "limited_by": self.limited_by,
+            "chain": [{"limit": l.name, "ms": l.ms, "reason": l.reason} for l in self.chain],
+        }
+
+
+def decide(profile: Profile, requested_s: float | None, clinic_max_s: float | None, device_cap_ms: int | None) -> DoseDecision:
+    """Per-cycle freeze time after every limit, in ms; refuses a request below the profile's minimum."""
+    f = profile.freeze_s
+    requested_ms = round((f.default if requested_s is None else requested_s) * 1000)
+    if requested_ms < round(f.min * 1000):
+        raise DoseRefused(
+            f"{requested_ms / 1000:g} s is below profile {profile.id}'s minimum of {f.min:g} s (allowed {f.min:g}-{f.max:g} s)"
+        )
+    chain = [
+        Limit("requested", requested_ms, "the profile's default" if requested_s is None else "asked for this lesion"),
+        Limit("profile", round(f.max * 1000), f"profile {profile.id} maximum ({f.source})"),
+    ]
+    if clinic_max_s is not None:
+        chain.append(Limit("clinic", round(clinic_max_s * 1000), "clinic maximum (config)"))
+    chain.append(Limit("hard", round(HARD_MAX_FREEZE_S * 1000), "Givre's hard maximum per cycle"))
+    if device_cap_ms is not None:
+        chain.append(Limit("device", device_cap_ms, "the device's own cap (handshake)"))
+    winner = min(chain, key=lambda limit: limit.ms)  # first of equals: a request within limits is 'requested'
+    return DoseDecision(requested_ms, winner.ms, winner.name, tuple(chain))

@@ -1,0 +1,779 @@
+"""One lesion's freeze-thaw protocol as an explicit state machine, run by the controller's loop.
+
+The device times every freeze; this loop heartbeats it, watches its telemetry, times the thaws,
+and records each step durably before anything reports it. Intents (arm, fire, mark the halo,
+confirm the thaw, stop) may come from any thread; STOP goes straight to the device from
+the caller's thread, the fastest path there is, and the loop records what the device answers.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from controller.config import Config
+from controller.errors import GivreError
+from controller.procedure.alarms import AlarmManager
+from controller.procedure.dose import DoseDecision, DoseRefused, decide
+from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
+from controller.procedure.recovery import device_event_record, file_device_event
+from controller.records.ledger import CartridgeLedger, CartridgeStatus, LedgerError
+from controller.records.lesion import Lesion
+from controller.records.store import RecordNotSaved, RecordStore
+from firmware_bridge.clock import Clock
+from firmware_bridge.errors import BridgeError, CommandRejected, CommandTimeout
+from firmware_bridge.link import Link, LinkDown
+from firmware_bridge.messages import (
+    LATCHING_FAULTS,
+    NOT_AVAILABLE_TEMP,
+    CalData,
+    Capability,
+    Counters,
+    EndReason,
+    EventCode,
+    Fault,
+    FreezeMode,
+    TriggerMode,
+)
+from firmware_bridge.session import DeviceEventReceived, RebootDetected
+from firmware_bridge.units import available_u32
+from profiles.library import LoadedProfile
+from profiles.schema import TimingStart
+
+STALE_AFTER_S = 1.0
+MANUAL_TICK_S = 0.05
+AUTO_FIRE_PATIENCE_S = 5.0
+VALVE_CLOSED_CONFIRM_S = 0.5
+PLAUSIBLE_C = (-200.0, 60.0)  # colder than liquid nitrogen or hotter than a fever is a sensor error
+COOLING_EXPECTED_MS = 5000  # a tip in the cryogen's flow is well below 0 C by then (illustrative bound)
+COOLING_EXPECTED_C = 0.0
+RECONCILE_RETRY_S = 0.5
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    ARMED = "armed"
+    FREEZING = "freezing"
+    THAWING = "thawing"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    FAULTED = "faulted"
+    UNCERTAIN = "uncertain"
+
+
+TERMINAL = frozenset({State.COMPLETED, State.ABORTED, State.FAULTED})
+
+# (state, trigger) -> next state. Anything absent is refused. STOP is handled first, from any state.
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.IDLE, "arm"): State.ARMED,
+    (State.ARMED, "fire"): State.FREEZING,
+    (State.ARMED, "refused"): State.FAULTED,
+    (State.FREEZING, "cycle_done"): State.THAWING,
+    (State.FREEZING, "last_cycle_done"): State.COMPLETED,
+    (State.FREEZING, "stopped"): State.ABORTED,
+    (State.FREEZING, "faulted"): State.FAULTED,
+    (State.FREEZING, "outcome_unknown"): State.UNCERTAIN,
+    (State.UNCERTAIN, "cycle_done"): State.THAWING,
+    (State.UNCERTAIN, "last_cycle_done"): State.COMPLETED,
+    (State.UNCERTAIN, "stopped"): State.ABORTED,
+    (State.UNCERTAIN, "faulted"): State.FAULTED,
+    (State.UNCERTAIN, "reconciled"): State.FAULTED,  # never resumed: the record says what the device did
+    (State.UNCERTAIN, "give_up"): State.FAULTED,  # still unknown: the next connection or crash recovery reads it
+    (State.THAWING, "thaw_done"): State.ARMED,
+    (State.THAWING, "faulted"): State.FAULTED,
+    (State.ARMED, "faulted"): State.FAULTED,
+}
+
+# How a device-reported ending moves the protocol.
+END_TRIGGERS: dict[EndReason, str] = {
+    EndReason.COMPLETED: "done",
+    EndReason.CAP: "done",
+    EndReason.STOPPED: "stopped",
+    EndReason.WATCHDOG: "faulted",
+    EndReason.TRIGGER_RELEASED: "faulted",
+    EndReason.CARTRIDGE_EMPTY: "faulted",
+    EndReason.FAULT: "faulted",
+    EndReason.RESET: "faulted",
+    EndReason.NEW_SESSION: "faulted",
+}
+
+FAULT_ALARMS: dict[Fault, str] = {
+    Fault.NO_FLOW: "no_flow",
+    Fault.VALVE_STUCK_OPEN: "valve_stuck_open",
+    Fault.VALVE_STUCK_CLOSED: "valve_stuck_closed",
+    Fault.SENSOR_OPEN: "sensor_fault",
+    Fault.SENSOR_SHORT: "sensor_fault",
+    Fault.WATCHDOG_TRIP: "watchdog_trip",
+}
+
+
+class ProcedureError(GivreError):
+    """Base of the procedure's errors: an intent that cannot be honoured now, with the reason."""
+
+
+class StartRefused(ProcedureError):
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
+@dataclass
+class CycleRecord:
+    cycle: int
+    dose: DoseDecision
+    txn: int | None = None
+    valve_open_ms: int | None = None
+    halo_to_off_ms: int | None = None
+    end_reason: str | None = None
+    certainty: str = "device_reported"
+    measured_by: str = "device"
+    thaw_ms: int | None = None
+    min_tip_c: float | None = None
+    min_tissue_c: float | None = None
+    accepted: bool = False  # the device answered the FREEZE with ACK OK
+    started_seen: bool = False  # the device reported FREEZE_STARTED for it
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cycle": self.cycle,
+            "freeze_ms_requested": self.dose.requested_ms,
+            "freeze_ms_effective": self.dose.effective_ms,
+            "freeze_ms_device": self.valve_open_ms,
+            "halo_to_off_ms": self.halo_to_off_ms,
+            "thaw_ms": self.thaw_ms,
+            "limited_by": self.dose.limited_by,
+            "end_reason": self.end_reason,
+            "certainty": self.certainty,
+            "measured_by": self.measured_by,
+            "min_tissue_c": self.min_tissue_c,
+        }
+
+
+@dataclass
+class Plan:
+    cycles: int
+    dose: DoseDecision
+    mode: FreezeMode
+    trigger: TriggerMode
+    spray_cap_ms: int  # what one spray may last on the device (halo / target modes: the whole spray)
+
+
+class Procedure:
+    def __init__(
+        self,
+        *,
+        store: RecordStore,
+        config: Config,
+        clock: Clock,
+        session_id: str,
+        lesion_id: str,
+        lesion: Lesion,
+        profile: LoadedProfile,
+        link: Link | None,
+        calibration: CalData | None = None,
+        requested_freeze_s: float | None = None,
+        cycles: int | None = None,
+        trigger: TriggerMode = TriggerMode.HOST,
+        auto: bool = False,
+        today: date | None = None,
+        on_change: Callable[[Procedure], None] | None = None,
+        reconnect: Callable[[], Link] | None = None,
+        reconnect_window_s: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.session_id = session_id
+        self.lesion_id = lesion_id
+        self.lesion = lesion
+        self.loaded = profile
+        self.profile = profile.profile
+        self.link = link
+        self.calibration = calibration
+        self.requested_freeze_s = requested_freeze_s
+        self.requested_cycles = cycles
+        self.trigger = trigger
+        self.auto = auto  # headless: fire each cycle and confirm each thaw by itself
+        self.today = today or date.today()
+        self.on_change = on_change
+        self.reconnect = reconnect
+        self.reconnect_window_s = reconnect_window_s
+        self._armed_waiting_since: float | None = None
+        self._last_reconcile_try = 0.0
+        self.state = State.IDLE
+        self.alarms = AlarmManager(self._record_alarm)
+        self.ledger = CartridgeLedger(store, config)
+        self.cartridge: CartridgeStatus | None = None
+        self.plan: Plan | None = None
+        self.cycles: list[CycleRecord] = []
+        self.warnings: list[str] = []
+        self.status_text = ""
+        self.cartridge_seconds_used = 0.0
+        self._intents: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stop_requested = threading.Event()
+        self._freeze_started_at: float | None = None
+        self._halo_marked = False
+        self._thaw_started_at: float | None = None
+        self._thaw_confirmed = False
+        self._uncertain_since: float | None = None
+        self._manual_deadline: float | None = None
+        self._counters_before: Counters | None = None
+        self._lesion_recorded = threading.Event()
+        self._serial_at_fire = ""
+
+    # ---- intents (any thread) ------------------------------------------------------------------
+
+    def stop(self) -> str:
+        """Emergency stop: straight to the device from the caller's thread, then recorded by the loop.
+        Returns what the device said, in words, for the screen."""
+        self._stop_requested.set()
+        said = "stopped"
+        if self.link is not None and self.state in (State.FREEZING, State.UNCERTAIN):
+            try:
+                ack = self.link.stop(reason=1)
+                said = f"the device closed its valve after {ack.detail32} ms of freeze"
+            except BridgeError as exc:
+                said = f"no answer from the device ({exc.problem}): its watchdog closes the valve by itself"
+        self._intents.put("stop")
+        return said
+
+    def fire(self) -> None:
+        self._intents.put("fire")
+
+    def mark_halo(self) -> None:
+        self._intents.put("mark_halo")
+
+    def confirm_thaw(self) -> None:
+        self._intents.put("confirm_thaw")
+
+    def acknowledge_alarms(self) -> None:
+        self._intents.put("ack")
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    @property
+    def halo_marked(self) -> bool:
+        return self._halo_marked
+
+    def freeze_elapsed_s(self) -> float | None:
+        """Seconds since the current freeze was fired (host clock: for the clinician's cues only)."""
+        if self.state is not State.FREEZING or self._freeze_started_at is None:
+            return None
+        return self.clock.monotonic() - self._freeze_started_at
+
+    @property
+    def finished(self) -> bool:
+        """True once the lesion's end is recorded, not merely once its state is terminal: a screen that
+        reads the record (summary, billing) must never see the lesion half-closed."""
+        return self.state in TERMINAL and self._lesion_recorded.is_set()
+
+    def _go(self, trigger: str) -> None:
+        target = TRANSITIONS.get((self.state, trigger))
+        if target is None:
+            raise ProcedureError(f"cannot {trigger.replace('_', ' ')} while {self.state.value}")
+        self._enter(target, trigger)
+
+    def _enter(self, target: State, trigger: str) -> None:
+        previous, self.state = self.state, target
+        try:
+            self._record("state_changed", {"from": previous.value, "to": target.value, "trigger": trigger})
+        finally:
+            if target in TERMINAL:
+                self._finish()  # even when the store failed: the lesion is over and must read as finished
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _record(self, kind: str, payload: dict[str, Any]) -> None:
+        """Every step is committed before it is reported. A failed write raises the 'record not
+        saved' alarm in memory (it cannot be written) and never blocks STOP."""
+        try:
+            self.store.append(kind, {"lesion_id": self.lesion_id, **payload}, self.session_id)
+        except RecordNotSaved as exc:
+            self.status_text = str(exc)
+            if "record_not_saved" not in self.alarms.latched:
+                self.alarms.raise_("record_not_saved", str(exc))
+            raise
+
+    def _record_alarm(self, kind: str, payload: dict[str, object]) -> None:
+        try:
+            self.store.append(kind, {"lesion_id": self.lesion_id, **payload}, self.session_id)
+        except RecordNotSaved:
+            pass  # the alarm is still shown; the store's failure is itself the 'record not saved' alarm
+
+    # ---- arming: the start gate ------------------------------------------------------------------
+
+    def arm(self) -> Plan:
+        """Check everything that must hold before a first freeze; refuse with every reason at once."""
+        reasons: list[str] = []
+        p = self.profile
+        kind = "manual" if self.link is None else self.link.identity.kind.name.lower()  # type: ignore[union-attr]
+        if not p.runs_on(kind):
+            reasons.append(f"profile {p.id} runs on {', '.join(k.value for k in p.device_kinds)}, not on a {kind} device")
+        cycles = self.requested_cycles or p.cycles
+        if not 1 <= cycles <= p.cycles:
+            reasons.append(f"--cycles {cycles}: profile {p.id} plans {p.cycles} cycle(s); ask for 1 to {p.cycles}")
+        device_cap = None
+        if self.link is not None and self.link.identity is not None:
+            ident = self.link.identity
+            device_cap = ident.max_freeze_ms
+            if p.cryogen != "any" and ident.cryogen.name.lower() != p.cryogen:
+                reasons.append(f"profile {p.id} needs {p.cryogen.upper()}, the device uses {ident.cryogen.name}")
+            if p.requires_tissue_thermocouple and not ident.capabilities & Capability.TISSUE_THERMOCOUPLE:
+                reasons.append(f"profile {p.id} needs a tissue thermocouple; this device has none")
+            if p.timing_start is not TimingStart.SPRAY_START and not ident.capabilities & Capability.HALO_TIMING:
+                reasons.append(f"profile {p.id} counts from the {p.timing_start.value.replace('_', ' ')}; this device cannot time that")
+            if self.trigger is not TriggerMode.HOST and not ident.capabilities & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
+                reasons.append("this device has no hand trigger or foot switch")
+            reasons += self._device_readiness()
+        try:
+            dose = decide(p, self.requested_freeze_s, self.config.clinic_max_freeze_s, device_cap)
+        except DoseRefused as exc:
+            reasons.append(str(exc))
+            dose = None
+        reasons += self._calibration_gate()
+        if any(a.priority.name == "HIGH" and not a.acknowledged for a in self.alarms.latched.values()):
+            reasons.append("a HIGH alarm is not acknowledged")
+        if reasons or dose is None:
+            self._record("start_refused", {"reasons": reasons})
+            raise StartRefused(reasons)
+        mode, spray_cap = FreezeMode.TIMED, dose.effective_ms
+        if p.timing_start is not TimingStart.SPRAY_START:
+            mode = FreezeMode.HALO
+            spray_cap = min(round(self.config.halo_spray_cap_s * 1000), device_cap or 10**9)
+            if spray_cap < dose.effective_ms:
+                raise StartRefused([f"the whole-spray cap ({spray_cap} ms) is shorter than the dose ({dose.effective_ms} ms)"])
+        plan = Plan(cycles, dose, mode, self.trigger, spray_cap)
+        if kind == "spray":
+            flow = self.calibration.flow_mg_per_s if self.calibration else 0
+            try:
+                status = self.ledger.status(flow, self.today)
+                if status is not None and status.past_keeping_time:
+                    raise LedgerError(
+                        f"the opened cartridge is {status.age_days} days old, past its keeping time of "
+                        f"{status.keeping_days} days; load a new one"
+                    )
+                self.cartridge = self.ledger.reserve(self.session_id, cycles * spray_cap / 1000, flow)
+            except LedgerError as exc:
+                self._record("start_refused", {"reasons": [str(exc)]})
+                raise StartRefused([str(exc)]) from None
+        self.plan = plan
+        self._record("armed", {"cycles": cycles, "dose": dose.as_record(), "mode": mode.name, "trigger": self.trigger.name,
+                               "spray_cap_ms": spray_cap, "warnings": self.warnings,
+                               "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None})
+        self._go("arm")
+        return plan
+
+    def _device_readiness(self) -> list[str]:
+        assert self.link is not None
+        latest = self.link.latest_telemetry()
+        if latest is None or self.clock.monotonic() - latest.received_at > self.clock.wall(STALE_AFTER_S):
+            return ["device data is STALE (none in the last second): check the link"]
+        faults = Fault(latest.telemetry.fault_flags) & LATCHING_FAULTS
+        if faults:
+            self._alarm_for_faults(faults & ~Fault.WATCHDOG_TRIP)  # a hazard present now is alarmed now, whoever's event reported it
+            names = ", ".join(f.name for f in Fault if f & faults and f.name)
+            return [f"the device holds a latched fault ({names}): fix its cause and clear it"]
+        if Fault(latest.telemetry.fault_flags) & Fault.CARTRIDGE_EMPTY:
+            return ["the device reports its cartridge empty: load a new one"]
+        return []
+
+    def _calibration_gate(self) -> list[str]:
+        if self.link is None:
+            return []
+        cal = self.calibration
+        due = cal.due_on_day if cal else 0
+        today = (self.today - date(1970, 1, 1)).days
+        if due and due >= today:
+            return []
+        what = "has never been calibrated" if not due else f"was due for calibration on {date.fromordinal(date(1970, 1, 1).toordinal() + due)}"
+        message = f"the device {what}"
+        self.alarms.raise_("calibration_overdue", message)
+        if self.config.calibration_overdue == "block":
+            return [message + " (config: block)"]
+        self.warnings.append(message)
+        return []
+
+    # ---- the controller loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Headless: drive the protocol to its end from this thread."""
+        while not self.finished:
+            self.tick()
+
+    def tick(self) -> None:
+        """One loop iteration: heartbeat, intents, device events, telemetry, timers."""
+        if self.link is not None:
+            try:
+                self.link.heartbeat(list(State).index(self.state))
+            except BridgeError:
+                pass  # the link's loss arrives as an event
+        self._drain_intents()
+        if self.link is not None:
+            item = self.link.next_event(self.link.heartbeat_period_s)
+            while item is not None:
+                self._on_link_event(item)
+                item = self.link.next_event(0)
+            self._watch_telemetry()
+        else:
+            self.clock.sleep(MANUAL_TICK_S)
+        self._advance()
+
+    def _drain_intents(self) -> None:
+        while True:
+            try:
+                intent = self._intents.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._on_intent(intent)
+            except ProcedureError as exc:
+                self.status_text = str(exc)
+
+    def _on_intent(self, intent: str) -> None:
+        if intent == "stop":
+            self._on_stop()
+        elif intent == "fire":
+            self._fire()
+        elif intent == "mark_halo":
+            self._mark_halo()
+        elif intent == "confirm_thaw":
+            self._thaw_confirmed = True
+        elif intent == "ack":
+            self.alarms.acknowledge_all()
+
+    def _on_stop(self) -> None:
+        if self.state in TERMINAL:
+            return
+        if self.state in (State.FREEZING, State.UNCERTAIN):
+            if self.link is None:  # manual: the clinician stops; the host timer is all there is
+                self._finish_cycle(valve_open_ms=None, halo_ms=None, reason=EndReason.STOPPED, certainty="host_measured")
+            return  # the device's FREEZE_DONE (STOPPED) carries the measured time
+        self._record("stopped", {"state": self.state.value})
+        self._enter(State.ABORTED, "stop")
+
+    # ---- freezing ------------------------------------------------------------------------------
+
+    def _fire(self) -> None:
+        if self.state is not State.ARMED:
+            raise ProcedureError(f"cannot fire while {self.state.value}")
+        if self._stop_requested.is_set():
+            raise ProcedureError("STOP was pressed")
+        assert self.plan is not None
+        cycle = CycleRecord(len(self.cycles) + 1, self.plan.dose)
+        if self.link is not None:
+            readiness = self._device_readiness()
+            if readiness:
+                raise ProcedureError("; ".join(readiness))
+        self.cycles.append(cycle)
+        self._halo_marked = False
+        self._freeze_started_at = self.clock.monotonic()
+        if self.link is None:
+            cycle.measured_by, cycle.certainty = "host", "host_measured"
+            self._record("freeze_requested", {"cycle": cycle.cycle, **self.plan.dose.as_record(), "measured_by": "host"})
+            self._manual_deadline = self._freeze_started_at + self.plan.dose.effective_ms / 1000
+            self._go("fire")
+            return
+        try:
+            self._counters_before = self.link.counters()
+        except BridgeError as exc:
+            raise ProcedureError(f"cannot read the device before freezing: {exc}") from exc
+        self._serial_at_fire = self.link.identity.serial if self.link.identity else ""
+        self._record(
+            "freeze_requested",
+            {"cycle": cycle.cycle, **self.plan.dose.as_record(), "mode": self.plan.mode.name, "spray_cap_ms": self.plan.spray_cap_ms,
+             "serial": self._serial_at_fire, "boot_count": self._counters_before.boot_count,
+             "device_session": self.link.identity.device_session if self.link.identity else None,
+             "freezes_started_before": self._counters_before.freezes_started, "last_txn_before": self._counters_before.last_txn},
+        )
+        device_ms = self.plan.spray_cap_ms if self.plan.mode is FreezeMode.HALO else self.plan.dose.effective_ms
+        self._go("fire")
+        try:
+            cycle.txn = self.link.freeze(device_ms, self.plan.mode, self.plan.trigger)
+        except CommandTimeout as exc:
+            cycle.txn = exc.txn
+            self._record("freeze_unanswered", {"cycle": cycle.cycle, "txn": exc.txn})
+            self._become_uncertain(f"no answer to FREEZE ({exc.problem})")
+            return
+        except CommandRejected as exc:
+            self._record("freeze_refused", {"cycle": cycle.cycle, "reason": exc.problem, "result": exc.result})
+            self.status_text = str(exc)
+            self._go("faulted")
+            return
+        except BridgeError as exc:
+            self._become_uncertain(str(exc))
+            return
+        cycle.accepted = True
+        self._record("freeze_accepted", {"cycle": cycle.cycle, "txn": cycle.txn, "device_ms": device_ms})
+
+    def _mark_halo(self) -> None:
+        if self.state is not State.FREEZING or self.plan is None or self.plan.mode is not FreezeMode.HALO or self._halo_marked:
+            raise ProcedureError("nothing to mark: no halo-timed freeze is running")
+        assert self.link is not None
+        self._halo_marked = True
+        try:
+            ack = self.link.end_in(self.plan.dose.effective_ms)
+        except BridgeError as exc:
+            self.status_text = f"halo mark not taken: {exc}"
+            return
+        self._record("halo_marked", {"cycle": len(self.cycles), "remaining_ms": ack.detail32})
+
+    def _on_link_event(self, item: object) -> None:
+        if isinstance(item, DeviceEventReceived):
+            if item.earlier_session:  # filed outside this session, never charged to it
+                file_device_event(self.store, item, self.link.identity if self.link else None, None)
+                return
+            self._on_device_event(item)
+        elif isinstance(item, (RebootDetected, LinkDown)):
+            if isinstance(item, RebootDetected):
+                self.alarms.raise_("device_rebooted", f"boot {item.old_boot_count} -> {item.new_boot_count}")
+            else:
+                self.alarms.raise_("link_lost", item.error.problem)
+            if self.state is State.FREEZING:
+                self._become_uncertain(f"{'the device rebooted' if isinstance(item, RebootDetected) else 'the link was lost'} during the freeze")
+            elif (self.state, "faulted") in TRANSITIONS:
+                self._go("faulted")
+
+    def _on_device_event(self, item: DeviceEventReceived) -> None:
+        event = item.event
+        self._record("device_event", device_event_record(item, self.link.identity if self.link else None))
+        current = self.cycles[-1] if self.cycles else None
+        if event.code is EventCode.FREEZE_STARTED and current is not None and current.txn == event.freeze_txn:
+            current.started_seen = True
+        if event.code is EventCode.FAULT_RAISED or event.code is EventCode.WATCHDOG_TRIP:
+            self._alarm_for_faults(event.fault_flags)
+        elif event.code is EventCode.CARTRIDGE_EMPTY:
+            self.alarms.raise_("cartridge_empty")
+        elif event.code is EventCode.CARTRIDGE_LOW:
+            self.alarms.raise_("cartridge_low")
+        elif event.code is EventCode.FREEZE_DONE and current is not None and current.txn == event.freeze_txn \
+                and current.end_reason is None:
+            halo = available_u32(event.halo_to_off_ms)
+            self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
+
+    def _alarm_for_faults(self, flags: int) -> None:
+        for fault, code in FAULT_ALARMS.items():
+            if flags & fault:
+                self.alarms.raise_(code)
+
+    def _watch_telemetry(self) -> None:
+        assert self.link is not None
+        latest = self.link.latest_telemetry()
+        now = self.clock.monotonic()
+        stale = latest is None or now - latest.received_at > self.clock.wall(STALE_AFTER_S)
+        if stale:
+            self.alarms.raise_("telemetry_stale")
+            if self.state is State.FREEZING:
+                self._become_uncertain("no device data for more than 1 s during the freeze")
+            return
+        self.alarms.condition_gone("telemetry_stale")
+        assert latest is not None
+        t = latest.telemetry
+        if self.state is State.FREEZING and self.cycles:
+            cycle = self.cycles[-1]
+            self._check_temperature_plausible(t.tip_cdeg, t.elapsed_ms)
+            if t.tip_cdeg != NOT_AVAILABLE_TEMP:
+                cycle.min_tip_c = min(cycle.min_tip_c if cycle.min_tip_c is not None else 99.0, t.tip_cdeg / 100)
+            if t.tissue_cdeg != NOT_AVAILABLE_TEMP:
+                cycle.min_tissue_c = min(cycle.min_tissue_c if cycle.min_tissue_c is not None else 99.0, t.tissue_cdeg / 100)
+            target = self.profile.target
+            if target is not None and not self._halo_marked and t.tissue_cdeg != NOT_AVAILABLE_TEMP and t.tissue_cdeg / 100 <= target.tissue_c:
+                self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": t.tissue_cdeg / 100, "target_c": target.tissue_c})
+                self._mark_halo()
+
+    def _check_temperature_plausible(self, tip_cdeg: int, elapsed_ms: int) -> None:
+        """A tip thermocouple that reads outside physics, or has not cooled after a few seconds of
+        cryogen, is lying: say so (the device's own sensor-fault detection may not see it)."""
+        if tip_cdeg == NOT_AVAILABLE_TEMP:
+            return
+        tip_c = tip_cdeg / 100
+        if not PLAUSIBLE_C[0] <= tip_c <= PLAUSIBLE_C[1]:
+            self.alarms.raise_("temperature_implausible", f"tip reads {tip_c:g} C")
+        elif elapsed_ms >= COOLING_EXPECTED_MS and tip_c > COOLING_EXPECTED_C:
+            self.alarms.raise_("temperature_implausible", f"tip still at {tip_c:g} C after {elapsed_ms / 1000:g} s of cryogen")
+
+    def _become_uncertain(self, why: str) -> None:
+        if self.state is State.UNCERTAIN:
+            return
+        self.alarms.raise_("outcome_uncertain", why)
+        self._record("outcome_uncertain", {"cycle": len(self.cycles), "why": why})
+        self._uncertain_since = self._last_reconcile_try = self.clock.monotonic()
+        self._go("outcome_unknown")
+        self._reconcile()
+
+    def _facts(self, cycle: CycleRecord) -> FreezeFacts:
+        before = self._counters_before
+        return FreezeFacts(self._serial_at_fire, before.boot_count if before else -1, cycle.txn, cycle.accepted, cycle.started_seen,
+                           before.freezes_started if before else None, before.last_txn if before else None)
+
+    def _reconcile(self) -> None:
+        """Ask the device what really happened (controller/procedure/reconcile.py's one rule); assume nothing."""
+        assert self.cycles
+        cycle = self.cycles[-1]
+        outcome = read_and_reconcile(self.link, self._facts(cycle))
+        self.status_text = f"outcome: {outcome.why}"
+        if not outcome.settled:
+            return  # stay UNCERTAIN and retry; past the window the cycle stays open for the next connection
+        if self.link is not None and self.link.identity is not None:
+            try:
+                self._alarm_for_faults(self.link.counters().fault_flags)
+            except BridgeError:
+                pass
+        if outcome.finding is Finding.RECONCILED:
+            assert outcome.end_reason is not None
+            self._finish_cycle(outcome.valve_open_ms, outcome.halo_to_off_ms, EndReason[outcome.end_reason], "reconciled", outcome.why)
+            return
+        self._record("freeze_reconciled", {"cycle": cycle.cycle, "found": outcome.finding.value, "why": outcome.why})
+        self._close_cycle_without_device_figures(cycle, outcome)
+
+    def _close_cycle_without_device_figures(self, cycle: CycleRecord, outcome: Outcome) -> None:
+        """NOT_STARTED (0 ms, proven) or UNKNOWN (no figure): recorded as such, never resumed."""
+        cycle.valve_open_ms, cycle.end_reason, cycle.certainty = outcome.valve_open_ms, outcome.end_reason, outcome.certainty
+        self._record("freeze_result", {**cycle.summary(), "txn": cycle.txn, "why": outcome.why,
+                                       "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None,
+                                       "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000})
+        self._go("reconciled")
+
+    def _finish_cycle(self, valve_open_ms: int | None, halo_ms: int | None, reason: EndReason, certainty: str, why: str = "") -> None:
+        cycle = self.cycles[-1]
+        if certainty == "host_measured":
+            assert self._freeze_started_at is not None
+            valve_open_ms = round((self.clock.monotonic() - self._freeze_started_at) * 1000)
+        cycle.valve_open_ms, cycle.halo_to_off_ms, cycle.end_reason, cycle.certainty = valve_open_ms, halo_ms, reason.name, certainty
+        if reason is EndReason.CAP and halo_ms is not None and halo_ms < cycle.dose.effective_ms:
+            self.warnings.append(f"cycle {cycle.cycle}: the whole-spray cap cut the timed freeze to {halo_ms} ms of {cycle.dose.effective_ms} ms")
+        seconds = (valve_open_ms or 0) / 1000
+        self._record("freeze_result", {
+            **cycle.summary(), "txn": cycle.txn, **({"why": why} if why else {}),
+            "host_elapsed_ms": round((self.clock.monotonic() - (self._freeze_started_at or 0)) * 1000),
+            "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None, "cartridge_seconds": seconds,
+        })
+        last = cycle.cycle >= (self.plan.cycles if self.plan else 1)
+        if self.cartridge is not None:
+            self.cartridge_seconds_used += seconds
+            self.ledger.commit(self.session_id, self.cartridge.cartridge_id, seconds, lesion_done=last and reason in (EndReason.COMPLETED, EndReason.CAP))
+        if self.state is State.UNCERTAIN and certainty == "reconciled":
+            self._go("reconciled")
+            return
+        outcome = END_TRIGGERS[reason]
+        if outcome == "done":
+            self._go("last_cycle_done" if last else "cycle_done")
+            if not last:
+                self._thaw_started_at = self.clock.monotonic()
+                self._thaw_confirmed = False
+        else:
+            self._go(outcome)
+
+    # ---- timers --------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        now = self.clock.monotonic()
+        if self.state is State.FREEZING and self.link is None and self._manual_deadline is not None and now >= self._manual_deadline:
+            self._finish_cycle(None, None, EndReason.COMPLETED, "host_measured")
+        elif self.state is State.THAWING:
+            self._advance_thaw(now)
+        elif self.state is State.ARMED and self.auto:
+            self._auto_fire(now)
+        elif self.state is State.UNCERTAIN:
+            self._retry_reconcile(now)
+
+    def _auto_fire(self, now: float) -> None:
+        """Headless: fire as soon as the device is ready; give up (FAULTED) if it never is."""
+        if self._stop_requested.is_set():
+            self._on_stop()
+            return
+        try:
+            self._fire()
+            self._armed_waiting_since = None
+        except ProcedureError as exc:
+            self.status_text = str(exc)
+            if self._armed_waiting_since is None:
+                self._armed_waiting_since = now
+            elif now - self._armed_waiting_since > AUTO_FIRE_PATIENCE_S:
+                self._record("fire_refused", {"reason": str(exc)})
+                self._go("refused")
+
+    def _retry_reconcile(self, now: float) -> None:
+        """While the outcome is unknown, keep trying to read the device; reconnect if the link died."""
+        assert self._uncertain_since is not None
+        if now - self._uncertain_since > self.reconnect_window_s:
+            cycle = self.cycles[-1]
+            cycle.certainty = "unresolved"
+            self._record("freeze_unresolved", {"cycle": cycle.cycle, "txn": cycle.txn, "serial": self._serial_at_fire,
+                                               "why": self.status_text,
+                                               "note": f"the cycle stays open: read at the next connection to device {self._serial_at_fire}"})
+            self._go("give_up")
+            return
+        if now - self._last_reconcile_try < RECONCILE_RETRY_S:
+            return
+        self._last_reconcile_try = now
+        if self.link is not None and self.link.lost and self.reconnect is not None:
+            try:
+                self.link = self.reconnect()
+            except BridgeError as exc:
+                self.status_text = f"reconnecting: {exc.problem}"
+                return
+            self._record("reconnected", {"boot_count": self.link.identity.boot_count if self.link.identity else None})
+        self._reconcile()
+
+    def thaw_remaining(self) -> tuple[float, str]:
+        """(seconds left on the thaw's minimum, what else it waits for)."""
+        assert self._thaw_started_at is not None
+        thaw = self.profile.thaw
+        elapsed = self.clock.monotonic() - self._thaw_started_at
+        left = max(0.0, (thaw.min_s if thaw else 0.0) - elapsed)
+        waiting = ""
+        if thaw is not None and thaw.until_above_c is not None:
+            tissue = self._tissue_c()
+            if tissue is None or tissue <= thaw.until_above_c:
+                waiting = f"tissue to read above {thaw.until_above_c:g} C (now {tissue if tissue is not None else '?'} C)"
+        return left, waiting
+
+    def _tissue_c(self) -> float | None:
+        latest = self.link.latest_telemetry() if self.link else None
+        if latest is None or latest.telemetry.tissue_cdeg == NOT_AVAILABLE_TEMP:
+            return None
+        return latest.telemetry.tissue_cdeg / 100
+
+    def _advance_thaw(self, now: float) -> None:
+        left, waiting = self.thaw_remaining()
+        if left > 0 or waiting:
+            return
+        if not (self._thaw_confirmed or self.auto):
+            return
+        assert self._thaw_started_at is not None
+        cycle = self.cycles[-1]
+        cycle.thaw_ms = round((now - self._thaw_started_at) * 1000)
+        self._record("thaw_done", {"cycle": cycle.cycle, "thaw_ms": cycle.thaw_ms, "tissue_c": self._tissue_c(),
+                                   "confirmed_by": "auto" if self.auto and not self._thaw_confirmed else "clinician"})
+        self._go("thaw_done")
+
+    def _confirm_valve_closed(self) -> None:
+        """After the last freeze, see the device's valve sensor say 'closed'; if it does not, the
+        valve is stuck open and only the clinician's hand on the cartridge can stop the gas."""
+        if self.link is None or self.link.lost or not self.cycles:
+            return
+        deadline = self.clock.monotonic() + self.clock.wall(VALVE_CLOSED_CONFIRM_S)
+        while self.clock.monotonic() < deadline:
+            latest = self.link.wait_for_telemetry(VALVE_CLOSED_CONFIRM_S)
+            if latest is not None and not latest.telemetry.valve & 0b10:
+                return
+        self.alarms.raise_("valve_stuck_open", "the valve sensor still reads open after the freeze ended")
+
+    def _finish(self) -> None:
+        try:
+            self._confirm_valve_closed()
+            if self.cartridge is not None:
+                try:
+                    self.ledger.release(self.session_id, self.cartridge.cartridge_id)
+                except RecordNotSaved:
+                    pass
+            self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
+                                          "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
+        finally:
+            self._lesion_recorded.set()  # even unsaved or with the link gone (their alarms are raised): the lesion is over
+

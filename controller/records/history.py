@@ -1,0 +1,180 @@
+"""The record read back: sessions, lesions and cycles rebuilt from the event log.
+
+Everything that reads the record (`givre records`, exports, the day report, billing) goes through
+this one view, so they cannot disagree. Figures are the recorded ones: durations are the device's
+measurements (or flagged host-measured), never the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from controller.records.store import Event, RecordStore
+
+
+@dataclass
+class CycleView:
+    cycle: int
+    freeze_ms_requested: int | None
+    freeze_ms_effective: int | None
+    freeze_ms_device: int | None  # the device's valve-open time; None when it could not be known
+    measured_by: str  # "device" or "host" (manual mode)
+    certainty: str | None  # "device", "reconciled", "host_measured", "unknown"
+    end_reason: str | None
+    limited_by: str | None
+    halo_to_off_ms: int | None
+    min_tissue_c: float | None
+    cartridge_id: str | None
+    cartridge_seconds: float
+    result_at: str
+    thaw_ms: int | None = None
+    recovered: bool = False
+
+
+@dataclass
+class LesionView:
+    lesion_id: str
+    recorded_at: str
+    profile_id: str
+    profile_name_fr: str
+    profile_name_en: str | None
+    family: str | None
+    technique: str  # "cryotherapy" or "cryosurgery" (the profile's indication)
+    site: dict[str, Any]
+    zone: str
+    size_mm: float | None
+    description: str
+    photo: dict[str, str] | None
+    reimbursable: bool
+    status: str = "in progress"  # the procedure's final state: "completed", "aborted", "faulted", ...
+    ended_at: str | None = None
+    first_freeze_at: str | None = None
+    cycles: list[CycleView] = field(default_factory=list)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def site_text(self) -> str:
+        parts = [self.site.get("region") or "", self.site.get("side") or "", self.site.get("detail") or ""]
+        return ", ".join(p for p in parts if p)
+
+
+@dataclass
+class SessionView:
+    session_id: str
+    started: str
+    patient: str  # pseudonymous id: the only patient identifier Givre holds
+    operator: str
+    mode: str
+    device: dict[str, Any] | None
+    calibration: dict[str, Any]
+    status: str = "in progress"
+    ended: str | None = None
+    recovered: bool = False
+    lesions: list[LesionView] = field(default_factory=list)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    billing: dict[str, Any] | None = None  # the clinician's confirmed choice, once recorded
+    first_seq: int = 0
+    last_seq: int = 0
+
+    @property
+    def cycles(self) -> list[CycleView]:
+        return [c for lesion in self.lesions for c in lesion.cycles]
+
+    @property
+    def cartridge_seconds(self) -> float:
+        return round(sum(c.cartridge_seconds for c in self.cycles), 3)
+
+    def lesion(self, lesion_id: str) -> LesionView | None:
+        return next((lesion for lesion in self.lesions if lesion.lesion_id == lesion_id), None)
+
+    def local_day(self) -> date:
+        return local_time(self.started).date()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cartridge_seconds"] = self.cartridge_seconds
+        return data
+
+
+def local_time(ts_utc: str) -> datetime:
+    """A recorded UTC timestamp in this machine's time zone: the clinic's day and clock."""
+    return datetime.fromisoformat(ts_utc).astimezone()
+
+
+def build_sessions(events: Iterable[Event]) -> dict[str, SessionView]:
+    sessions: dict[str, SessionView] = {}
+    for event in events:
+        sid = event.session_id
+        if sid is None:
+            continue
+        if event.kind == "session_started":
+            p = event.payload
+            sessions[sid] = SessionView(sid, event.ts_utc, p["patient"], p["operator"], p.get("mode", "device"), p.get("device"),
+                                        p.get("calibration") or {}, first_seq=event.seq)
+        if sid in sessions:
+            _apply(sessions[sid], event)
+            sessions[sid].last_seq = event.seq
+    return sessions
+
+
+def _apply(session: SessionView, event: Event) -> None:
+    p = event.payload
+    lesion = session.lesion(p["lesion_id"]) if isinstance(p.get("lesion_id"), str) else None
+    if event.kind == "lesion_recorded":
+        profile = p["profile"]
+        session.lesions.append(LesionView(
+            p["lesion_id"], event.ts_utc, profile["id"], profile["name_fr"], profile.get("name_en"), profile.get("family"),
+            profile.get("indication", "cryotherapy"), p["site"], p["zone"], p.get("size_mm"), p.get("description", ""),
+            p.get("photo"), p.get("reimbursable", True)))
+    elif event.kind == "freeze_requested" and lesion is not None and lesion.first_freeze_at is None:
+        lesion.first_freeze_at = event.ts_utc
+    elif event.kind == "freeze_result" and lesion is not None:
+        cycle = CycleView(
+            p["cycle"], p.get("freeze_ms_requested"), p.get("freeze_ms_effective"), p.get("freeze_ms_device"),
+            p.get("measured_by", "device"), p.get("certainty"), p.get("end_reason"), p.get("limited_by"), p.get("halo_to_off_ms"),
+            p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
+            recovered=bool(p.get("recovered")))
+        lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
+    elif event.kind == "freeze_unresolved":
+        session.status = "unresolved"  # open until its device (the session's) is read at a connection
+    elif event.kind == "thaw_done" and lesion is not None:
+        for c in lesion.cycles:
+            if c.cycle == p["cycle"]:
+                c.thaw_ms = p["thaw_ms"]
+    elif event.kind == "lesion_ended" and lesion is not None:
+        lesion.status, lesion.ended_at = str(p["status"]).lower(), event.ts_utc
+    elif event.kind in ("start_refused", "freeze_refused", "fire_refused") and lesion is not None:
+        lesion.refused.extend(p.get("reasons") or [p.get("reason", "")])
+    elif event.kind == "alarm_raised":
+        alarm = {"code": p["code"], "priority": p["priority"], "text": p["text"], "detail": p.get("detail", ""), "at": event.ts_utc,
+                 "lesion_id": p.get("lesion_id")}
+        session.alarms.append(alarm)
+        if lesion is not None:
+            lesion.alarms.append(alarm)
+    elif event.kind == "billing_confirmed":
+        session.billing = p
+    elif event.kind == "session_ended":
+        session.status, session.ended, session.recovered = p["status"], event.ts_utc, bool(p.get("recovered"))
+        for open_lesion in session.lesions:
+            if open_lesion.ended_at is None:
+                open_lesion.status = session.status
+
+
+def load_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
+    """Sessions in the order they started; one session, or those started on or after a local day."""
+    views = build_sessions(store.events(session_id))
+    return [v for v in views.values() if since is None or v.local_day() >= since]
+
+
+def view_of(store: RecordStore, session_id: str) -> SessionView:
+    """One session's view; the session must exist (callers hold its id from the record)."""
+    (view,) = load_sessions(store, session_id)
+    return view

@@ -1,0 +1,108 @@
+"""What the clinician records about a session and a lesion: validated input, pseudonymous ids only."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".heic", ".webp", ".tif", ".tiff")
+MAX_PHOTO_BYTES = 50 * 1024 * 1024
+
+# A pseudonymous identifier: letters, digits, '-', '_', '.'; never a name with spaces.
+PseudoId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
+
+
+class Zone(enum.StrEnum):
+    FACE = "face"
+    BODY = "body"  # "outside the face" in the billing codes
+
+
+class Region(enum.StrEnum):
+    FOREHEAD = "forehead"
+    TEMPLE = "temple"
+    EYELID = "eyelid"
+    NOSE = "nose"
+    CHEEK = "cheek"
+    EAR = "ear"
+    LIP = "lip"
+    CHIN = "chin"
+    SCALP = "scalp"
+    NECK = "neck"
+    CHEST = "chest"
+    BACK = "back"
+    ABDOMEN = "abdomen"
+    SHOULDER = "shoulder"
+    ARM = "arm"
+    FOREARM = "forearm"
+    HAND = "hand"
+    FINGER = "finger"
+    BUTTOCK = "buttock"
+    GENITAL = "genital"
+    PERIANAL = "perianal"
+    THIGH = "thigh"
+    KNEE = "knee"
+    LEG = "leg"
+    FOOT_SOLE = "foot-sole"
+    FOOT_DORSUM = "foot-dorsum"
+    TOE = "toe"
+
+
+FACE_REGIONS = frozenset({Region.FOREHEAD, Region.TEMPLE, Region.EYELID, Region.NOSE, Region.CHEEK, Region.EAR, Region.LIP, Region.CHIN})
+
+
+class Site(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: Region
+    side: Literal["left", "right", "midline"] | None = None
+    detail: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+
+    @property
+    def zone(self) -> Zone:
+        """Face or rest of the body: the distinction the billing codes make (scalp counted as body)."""
+        return Zone.FACE if self.region in FACE_REGIONS else Zone.BODY
+
+    def describe(self) -> str:
+        parts = [self.region.value, self.side or "", self.detail]
+        return ", ".join(p for p in parts if p)
+
+
+class Lesion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile_id: str = Field(min_length=1)
+    site: Site
+    size_mm: float | None = Field(default=None, gt=0, le=100)
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
+    photo: Path | None = None
+    # False for an aesthetic act: not reimbursable, no 'remboursement demandé' (the practice sheet)
+    reimbursable: bool = True
+
+    @field_validator("photo")
+    @classmethod
+    def _photo_readable(cls, photo: Path | None) -> Path | None:
+        if photo is None:
+            return None
+        if photo.suffix.lower() not in PHOTO_SUFFIXES:
+            raise ValueError(f"{photo}: not a photo file; allowed: {', '.join(PHOTO_SUFFIXES)}")
+        if not photo.is_file():
+            raise ValueError(f"{photo}: no such file")
+        if photo.stat().st_size > MAX_PHOTO_BYTES:
+            raise ValueError(f"{photo}: larger than {MAX_PHOTO_BYTES // 1024 // 1024} MB")
+        return photo
+
+    @model_validator(mode="after")
+    def _photo_or_description(self) -> Lesion:
+        if self.photo is None and not self.description:
+            raise ValueError("the record needs a photo or a short description of the lesion (with its site)")
+        return self
+
+
+class SessionInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operator: PseudoId
+    patient: PseudoId
