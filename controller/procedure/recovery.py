@@ -15,7 +15,7 @@ from typing import Any
 from controller.config import Config
 from controller.procedure.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
 from controller.records.ledger import CartridgeLedger
-from controller.records.store import Event, RecordNotSaved, RecordStore
+from controller.records.store import StoredEvent, RecordNotSaved, RecordStore
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link
@@ -69,9 +69,9 @@ def connect_and_recover(url: str, store: RecordStore, clock: Clock = SYSTEM_CLOC
         raise
 
 
-def unfinished_sessions(store: RecordStore) -> tuple[dict[str, list[Event]], dict[int, str]]:
+def unfinished_sessions(store: RecordStore) -> tuple[dict[str, list[StoredEvent]], dict[int, str]]:
     """Sessions never ended, with their events; and every record session by its device session id."""
-    sessions: dict[str, list[Event]] = {}
+    sessions: dict[str, list[StoredEvent]] = {}
     by_device_session: dict[int, str] = {}
     for event in store.events():
         if event.session_id is None:
@@ -149,7 +149,7 @@ def file_device_event(store: RecordStore, item: DeviceEventReceived, identity: D
         pass
 
 
-def _settle(store: RecordStore, link: Link | None, session_id: str, events: list[Event]) -> Recovered:
+def _settle(store: RecordStore, link: Link | None, session_id: str, events: list[StoredEvent]) -> Recovered:
     """Give every freeze of the session that has no result the device's figures; close the session
     once none is left open (its cartridge reservation released, the gas the device measured charged)."""
     device = events[0].payload.get("device")
@@ -192,7 +192,7 @@ def _figures(outcome: Outcome) -> dict[str, Any]:
             "certainty": outcome.certainty, "measured_by": "device", "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000}
 
 
-def _open_freezes(events: list[Event]) -> list[dict[str, Any]]:
+def _open_freezes(events: list[StoredEvent]) -> list[dict[str, Any]]:
     """Every freeze asked for that has no result yet, per lesion and cycle, with what the record knows."""
     asked: dict[tuple[object, object], dict[str, Any]] = {}
     started: set[tuple[object, object]] = set()  # (device session, txn) of each FREEZE_STARTED
@@ -219,12 +219,12 @@ def _open_freezes(events: list[Event]) -> list[dict[str, Any]]:
     return list(asked.values())
 
 
-def _cartridge_reserved(events: list[Event]) -> str | None:
+def _cartridge_reserved(events: list[StoredEvent]) -> str | None:
     reserved = [e.payload["cartridge_id"] for e in events if e.kind == "cartridge_reserved"]
     return reserved[-1] if reserved else None
 
 
-def _reservation_open(events: list[Event], cartridge_id: str) -> bool:
+def _reservation_open(events: list[StoredEvent], cartridge_id: str) -> bool:
     balance = 0
     for event in events:
         if event.payload.get("cartridge_id") == cartridge_id:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from controller.records.store import Event, RecordStore
+from controller.records.store import StoredEvent, RecordStore
 
 
 @dataclass
@@ -109,7 +109,7 @@ def local_time(ts_utc: str) -> datetime:
     return datetime.fromisoformat(ts_utc).astimezone()
 
 
-def build_sessions(events: Iterable[Event]) -> dict[str, SessionView]:
+def build_sessions(events: Iterable[StoredEvent]) -> dict[str, SessionView]:
     sessions: dict[str, SessionView] = {}
     for event in events:
         sid = event.session_id
@@ -125,7 +125,7 @@ def build_sessions(events: Iterable[Event]) -> dict[str, SessionView]:
     return sessions
 
 
-def _apply(session: SessionView, event: Event) -> None:
+def _apply(session: SessionView, event: StoredEvent) -> None:
     p = event.payload
     lesion = session.lesion(p["lesion_id"]) if isinstance(p.get("lesion_id"), str) else None
     if event.kind == "lesion_recorded":

@@ -59,7 +59,7 @@ class RecordNotSaved(RecordError):
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class StoredEvent:
     seq: int
     session_id: str | None
     ts_utc: str
@@ -163,12 +163,12 @@ class RecordStore:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None) -> Event:
+    def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None) -> StoredEvent:
         """Commit one event durably and return it; raises RecordNotSaved if it is not on disk."""
         with self._db_lock:
             return self._append(kind, payload, session_id)
 
-    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None) -> Event:
+    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None) -> StoredEvent:
         seq = self._last_seq + 1
         ts = datetime.now(UTC).isoformat(timespec="milliseconds")
         mono_ms = round(self.clock.monotonic() * 1000, 3)
@@ -187,7 +187,7 @@ class RecordStore:
             except sqlite3.Error:
                 pass
             raise RecordNotSaved(f"{self.path}: event '{kind}' was NOT recorded ({exc}). Free disk space or fix the store") from exc
-        event = Event(seq, session_id, ts, mono_ms, kind, payload, self._last_hash, digest)
+        event = StoredEvent(seq, session_id, ts, mono_ms, kind, payload, self._last_hash, digest)
         self._last_seq, self._last_hash = seq, digest
         return event
 
@@ -204,20 +204,20 @@ class RecordStore:
 
     # ---- reading -------------------------------------------------------------------------------
 
-    def events(self, session_id: str | None = None) -> Iterator[Event]:
+    def events(self, session_id: str | None = None) -> Iterator[StoredEvent]:
         query = "SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events"
         with self._db_lock:
             rows = self._db.execute(
                 query + (" WHERE session_id = ? ORDER BY seq" if session_id else " ORDER BY seq"), (session_id,) if session_id else ()
             ).fetchall()
         for seq, sid, ts, mono, kind, payload, prev, digest in rows:
-            yield Event(seq, sid, ts, mono, kind, json.loads(payload), prev, digest)
+            yield StoredEvent(seq, sid, ts, mono, kind, json.loads(payload), prev, digest)
 
     def head(self) -> tuple[int, str]:
         """(event count, head hash): print these in reports so a truncated store can be caught."""
         return self._last_seq, self._last_hash
 
-    def verify(self) -> Event | None:
+    def verify(self) -> StoredEvent | None:
         """Walk the chain; returns the first event that does not follow, or None if all do."""
         prev = GENESIS
         expected_seq = 1
@@ -229,7 +229,7 @@ class RecordStore:
                     body = json.loads(payload)
                 except ValueError:
                     body = {"unreadable": payload}
-                return Event(seq, sid, ts, mono, kind, body, prev_hash, digest)
+                return StoredEvent(seq, sid, ts, mono, kind, body, prev_hash, digest)
             prev, expected_seq = digest, seq + 1
         return None
 
