@@ -15,7 +15,7 @@ from typing import Any
 from controller.config import Config
 from controller.procedure.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
 from controller.records.ledger import CartridgeLedger
-from controller.records.store import StoredEvent, RecordNotSaved, RecordStore
+from controller.records.store import RecordNotSaved, RecordStore, StoredEvent
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link

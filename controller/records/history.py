@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from controller.records.store import StoredEvent, RecordStore
+from controller.records.store import RecordStore, StoredEvent
 
 
 @dataclass
