@@ -14,7 +14,7 @@ from profiles.schema import HARD_MAX_FREEZE_S
 
 
 class ConfigError(GivreError):
-    pass
+    """The clinic config file cannot be used; the message names the file, the key and what is allowed."""
 
 
 M = TypeVar("M", bound=BaseModel)

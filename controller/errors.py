@@ -6,6 +6,7 @@ profiles' ProfileError) to print it as one line.
     ├── ConfigError        the clinic config file (config.py)
     ├── RecordError        the record store (records/store.py)
     │   ├── StoreUnavailable, RecordNotSaved
+    │   ├── ChainBroken    (records/history.py: verified_sessions)
     │   └── ExportRefused  (practice/export.py)
     ├── LedgerError        the cartridge ledger (records/ledger.py)
     ├── ProcedureError     a lesion's procedure (procedure/driver.py)

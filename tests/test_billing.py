@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.practice.billing import Act, BillingError, load_table, parse_choice, propose
+from controller.records.lesion import Zone
 
 
 def test_the_shipped_table_holds_the_sheets_codes_and_marks_what_is_unverified() -> None:
@@ -19,7 +20,7 @@ def test_the_shipped_table_holds_the_sheets_codes_and_marks_what_is_unverified()
 
 
 def test_face_and_body_lesions_propose_two_codes_with_association() -> None:
-    acts = [Act("face", "cryotherapy", True)] * 2 + [Act("body", "cryotherapy", True)] * 12 + [Act("face", "cryotherapy", False)]
+    acts = [Act(Zone.FACE, "cryotherapy", True)] * 2 + [Act(Zone.BODY, "cryotherapy", True)] * 12 + [Act(Zone.FACE, "cryotherapy", False)]
     proposal = propose(acts, load_table())
     first, second = proposal.acts
     assert (first.code, first.association_code, first.rate, first.amount_eur) == ("QZNP012", 1, Decimal("1"), Decimal("30.53"))
@@ -30,11 +31,20 @@ def test_face_and_body_lesions_propose_two_codes_with_association() -> None:
 
 
 def test_a_single_act_has_no_association_code_and_a_third_is_not_billed() -> None:
-    single = propose([Act("body", "cryotherapy", True)] * 3, load_table())
+    single = propose([Act(Zone.BODY, "cryotherapy", True)] * 3, load_table())
     (act,) = single.acts
     assert act.code == "QZNP004" and act.association_code is None and not act.verified
-    three = propose([Act("body", "cryotherapy", True), Act("face", "cryotherapy", True), Act("body", "cryosurgery", True)], load_table())
+    three = propose([Act(Zone.BODY, "cryotherapy", True), Act(Zone.FACE, "cryotherapy", True), Act(Zone.BODY, "cryosurgery", True)],
+                    load_table())
     assert len(three.acts) == 2 and any("at most two acts" in line for line in three.not_billed)
+
+
+def test_a_group_without_a_code_is_named_by_its_zone_in_words(tmp_path: Path) -> None:
+    body_only = tmp_path / "body-only.toml"
+    body_only.write_text('version = "t"\n[[code]]\ncode = "QZNP004"\nzone = "body"\ntechnique = "cryotherapy"\nlesions_min = 1\n'
+                         'lesions_max = 10\nlabel = "a label"\nverified = false\ntariff_eur = ""\nsource = "test"\n', encoding="utf-8")
+    proposal = propose([Act(Zone.FACE, "cryotherapy", True)] * 2, load_table(body_only))
+    assert proposal.not_billed == ("2 cryotherapy lesion(s), face: no code in the table",)  # the zone's value, not Zone.FACE
 
 
 def test_a_table_with_overlapping_bands_or_a_repeated_code_is_refused(tmp_path: Path) -> None:

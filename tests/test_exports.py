@@ -14,8 +14,9 @@ import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Rig
@@ -26,7 +27,7 @@ from controller.config import Config
 from controller.practice.export import CSV_COLUMNS
 from controller.procedure.treatment import Treatment
 from controller.records.ledger import CartridgeLedger
-from controller.records.lesion import Lesion, SessionInfo, Site
+from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore, file_mode
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
@@ -37,10 +38,10 @@ pytestmark = pytest.mark.pty
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8cfc0f01f0005000201"
                     "a5f1d8f40000000049454e44ae426082")
 LESIONS = [  # profile, region, aesthetic
-    ("actinic-keratosis", "cheek", False),
-    ("actinic-keratosis", "nose", False),
-    ("plantar-wart", "foot-sole", False),
-    ("solar-lentigo", "cheek", True),
+    ("actinic-keratosis", Region.CHEEK, False),
+    ("actinic-keratosis", Region.NOSE, False),
+    ("plantar-wart", Region.FOOT_SOLE, False),
+    ("solar-lentigo", Region.CHEEK, True),
 ]
 
 
@@ -83,7 +84,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def _freeze_results(db: Path) -> list[dict]:  # type: ignore[type-arg]
+def _freeze_results(db: Path) -> list[dict[str, Any]]:
     with RecordStore(db, writer=False) as store:
         results = {(e.payload["lesion_id"], e.payload["cycle"]): dict(e.payload) for e in store.events() if e.kind == "freeze_result"}
         for e in store.events():
@@ -143,6 +144,7 @@ def test_the_clinicians_choice_is_recorded_and_a_correction_is_a_new_event(
     assert _run(capsys, "records", "bill", recorded.session_id, "--db", str(db), "--accept", "--by", "dr-a")[0] == 0
     assert _run(capsys, "records", "bill", recorded.session_id, "--db", str(db), "--code", "QZNP004", "--by", "dr-a")[0] == 0
     code, out, _ = _run(capsys, "records", "bill", recorded.session_id, "--db", str(db), "--json")
+    assert code == 0
     confirmed = json.loads(out)["confirmed"]
     assert [a["code"] for a in confirmed["chosen"]] == ["QZNP004"] and confirmed["changed"] and confirmed["by"] == "dr-a"
     with RecordStore(db, writer=False) as store:
@@ -249,7 +251,6 @@ def test_the_day_report_counts_acts_gas_and_alarms_and_draws_the_chart(
         recorded: Recorded, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with RecordStore(recorded.db, writer=False) as store:
         day = next(iter(store.events())).ts_utc
-    from datetime import datetime
     local_day = datetime.fromisoformat(day).astimezone().date().isoformat()
     page = tmp_path / "day.html"
     code, out, err = _run(capsys, "report", "--db", str(recorded.db), "--date", local_day, "--html", str(page), "--json")

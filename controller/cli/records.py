@@ -16,7 +16,7 @@ from controller.practice.billing import BillingError, acts_of, confirm, load_tab
 from controller.practice.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json
 from controller.practice.fhir import FhirError
 from controller.practice.report import build_report, report_html, report_text
-from controller.records.history import load_sessions
+from controller.records.history import ChainBroken, load_sessions
 from controller.records.ledger import CartridgeLedger, LedgerError
 from controller.records.lesion import SessionInfo
 from controller.records.store import RecordError, RecordStore, write_private
@@ -232,7 +232,7 @@ def run_report(args: argparse.Namespace) -> int:
             report = build_report(store, args.date or date.today(), table)
         if args.html is not None:
             write_private(args.html, report_html(report).encode("utf-8"))
-    except ExportRefused as exc:
+    except ChainBroken as exc:
         print(f"givre report: {exc}", file=sys.stderr)
         return 1
     except (RecordError, ConfigError, BillingError, OSError) as exc:

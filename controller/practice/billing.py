@@ -167,12 +167,14 @@ class Proposal:
 
     def line(self) -> str:
         if not self.acts:
-            return "no reimbursable act" + (f" ({self.aesthetic_lesions} aesthetic lesion(s), not reimbursable)" if self.aesthetic_lesions else "")
+            aesthetic = f" ({self.aesthetic_lesions} aesthetic lesion(s), not reimbursable)" if self.aesthetic_lesions else ""
+            return "no reimbursable act" + aesthetic
         aesthetic = f"; {self.aesthetic_lesions} aesthetic lesion(s) not reimbursable" if self.aesthetic_lesions else ""
         return "; ".join(a.line() for a in self.acts) + aesthetic
 
     def as_record(self) -> dict[str, Any]:
-        return _plain(asdict(self)) | {"total_eur": _plain(self.total_eur)}
+        record: dict[str, Any] = _plain(asdict(self))
+        return record | {"total_eur": _plain(self.total_eur)}
 
 
 def _plain(value: Any) -> Any:
@@ -237,13 +239,15 @@ def parse_choice(items: Iterable[str], table: CcamTable) -> list[ChosenAct]:
         chosen.append(ChosenAct(code, int(assoc) if assoc else None))
     if len(chosen) > MAX_ACTS:
         raise BillingError(f"{len(chosen)} acts: at most {MAX_ACTS} acts per session (association rule)")
-    if len(chosen) == 2 and (None in {c.association_code for c in chosen} or chosen[0].association_code == chosen[1].association_code):
+    associations = [c.association_code for c in chosen]
+    if len(chosen) > 1 and (None in associations or len(set(associations)) < len(associations)):
         raise BillingError("two acts need different association codes, e.g. QZNP012:1 QANP007:2")
     return chosen
 
 
-def confirm(store: RecordStore, session_id: str, proposal: Proposal, chosen: list[ChosenAct] | None, table: CcamTable,
-            by: str) -> dict[str, Any]:
+def confirm(  # noqa: PLR0913 - each is a fact of the record; bundling them would only move the list to both callers (cli, tui)
+        store: RecordStore, session_id: str, proposal: Proposal, chosen: list[ChosenAct] | None, table: CcamTable, *, by: str,
+) -> dict[str, Any]:
     """Record the clinician's billing for a session: the proposal as it stood and what was chosen
     (None: the proposal as it is). Returns the recorded payload."""
     if chosen is None:

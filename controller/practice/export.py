@@ -16,7 +16,7 @@ from typing import Any
 
 from controller.practice.billing import CcamTable
 from controller.practice.fhir import BundleBuilder, validate_bundle
-from controller.records.history import SessionView, load_sessions
+from controller.records.history import ChainBroken, SessionView, verified_sessions
 from controller.records.store import RecordError, RecordStore
 
 CSV_COLUMNS = (
@@ -33,13 +33,12 @@ class ExportRefused(RecordError):
 
 
 def checked_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
-    """The sessions to export, after the whole chain has verified."""
-    bad = store.verify()
-    if bad is not None:
-        raise ExportRefused(f"{store.path}: refusing to export: event {bad.seq} ({bad.kind}, {bad.ts_utc}) does not follow the "
-                            "hash chain, so the record from it on cannot be trusted. Run `givre records verify` and restore "
-                            "the store from a backup")
-    sessions = load_sessions(store, session_id, since)
+    """The sessions to export, read by history's verified_sessions: a broken chain or a session that
+    is not there refuses the export (ExportRefused)."""
+    try:
+        sessions = verified_sessions(store, session_id, since)
+    except ChainBroken as exc:
+        raise ExportRefused(f"{store.path}: refusing to export: {exc.finding}", exc.action) from exc
     if session_id is not None and not sessions:
         raise ExportRefused(f"{store.path}: no session {session_id!r}; see `givre records list`")
     return sessions

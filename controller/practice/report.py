@@ -16,8 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from controller.practice.billing import CcamTable, acts_of, propose
-from controller.practice.export import checked_sessions
-from controller.records.history import SessionView, local_time
+from controller.records.history import SessionView, local_time, verified_sessions
 from controller.records.store import RecordStore
 
 
@@ -61,7 +60,7 @@ class DayReport:
 
 
 def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
-    sessions = [s for s in checked_sessions(store) if s.local_day() == day]
+    sessions = [s for s in verified_sessions(store) if s.local_day() == day]
     count, head = store.head()
     report = DayReport(day.isoformat(), count, head)
     cost_per_s = _cartridge_costs(store)
@@ -92,8 +91,9 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
             device = report.devices.setdefault(s.device["serial"], {"kind": s.device.get("kind"), "firmware": s.device.get("firmware"),
                                                                      "sessions": 0})
             device["sessions"] += 1
-            device["calibration"] = s.calibration.get("status", "unknown") + (f", due {s.calibration['due_on']}" if s.calibration.get("due_on") else "")
-    for event in store.events():
+            due = f", due {s.calibration['due_on']}" if s.calibration.get("due_on") else ""
+            device["calibration"] = s.calibration.get("status", "unknown") + due
+    for event in store.events():  # raw events: those recorded outside any session are in no view of history
         if event.session_id is None and local_time(event.ts_utc).date() == day:
             if event.kind == "alarm_raised":
                 _count_alarm(report, event.payload)
@@ -114,7 +114,8 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
 
 
 def _cartridge_costs(store: RecordStore) -> dict[str, float]:
-    """EUR per second of gas, per cartridge: its price over its nominal seconds (the ledger's basis)."""
+    """EUR per second of gas, per cartridge: its price over its nominal seconds (the ledger's basis
+    when no calibrated flow is known), from the raw cartridge_loaded events."""
     return {e.payload["cartridge_id"]: e.payload["price_eur"] / e.payload["nominal_s"]
             for e in store.events() if e.kind == "cartridge_loaded" and e.payload.get("nominal_s")}
 
@@ -145,6 +146,10 @@ def acts_text(acts: list[dict[str, Any]]) -> str:
     return ", ".join(a["code"] + (f" (assoc. {a['association_code']})" if a["association_code"] else "") for a in acts) or "no act"
 
 
+def _not_completed(counts: dict[str, int]) -> str:
+    return f" (+{counts['not_completed']} not completed)" if counts["not_completed"] else ""
+
+
 def _unknown(act: dict[str, Any]) -> str:
     return f" + {act['unknown_tariff']} with tariff unknown" if act["unknown_tariff"] else ""
 
@@ -160,7 +165,7 @@ def report_text(r: DayReport) -> str:
     for s in r.sessions:
         lines.append(f"  {s.time} {s.session_id} patient {s.patient}: {s.status}, {s.completed_lesions}/{s.lesions} lesion(s), "
                      f"{s.cartridge_seconds:g} s of gas; {acts_text(s.acts)} [{s.billing}]")
-    lines.append("Lesions by profile: " + (", ".join(f"{p} {c['treated']}" + (f" (+{c['not_completed']} not completed)" if c["not_completed"] else "")
+    lines.append("Lesions by profile: " + (", ".join(f"{p} {c['treated']}" + _not_completed(c)
                                                     for p, c in sorted(r.lesions_by_profile.items())) or "none"))
     lines.append("Acts:")
     for code, a in sorted(r.acts_by_code.items()):
@@ -168,12 +173,14 @@ def report_text(r: DayReport) -> str:
     unknown = f" (+ {r.acts_with_unknown_tariff} act(s) whose tariff is unknown, not summed)" if r.acts_with_unknown_tariff else ""
     lines.append(f"  total known: {r.amount_known_eur} EUR{unknown}; {r.aesthetic_lesions} aesthetic lesion(s) not reimbursable")
     if r.unconfirmed_sessions:
-        lines.append(f"  ! {r.unconfirmed_sessions} session(s) with billing proposed but not confirmed: givre records bill SESSION --accept")
+        lines.append(f"  ! {r.unconfirmed_sessions} session(s) with billing proposed but not confirmed: "
+                     "givre records bill SESSION --accept")
     lines.append(f"Cartridge: {r.cartridge_seconds:g} s used, cost {_eur(r.cartridge_cost_eur)}; per act {_eur(r.cost_per_act_eur)}, "
                  f"per lesion {_eur(r.cost_per_lesion_eur)}")
     lines.append("Alarms: " + (", ".join(f"{code} ({a['priority']}) x{a['count']}" for code, a in sorted(r.alarms.items())) or "none"))
-    lines.append("Devices: " + (", ".join(f"{serial} ({d['kind']}, firmware {d['firmware']}, calibration {d['calibration']}, "
-                                          f"{d['sessions']} session(s))" for serial, d in sorted(r.devices.items())) or "none (manual only)"))
+    devices = ", ".join(f"{serial} ({d['kind']}, firmware {d['firmware']}, calibration {d['calibration']}, {d['sessions']} session(s))"
+                        for serial, d in sorted(r.devices.items()))
+    lines.append("Devices: " + (devices or "none (manual only)"))
     for c in r.calibrations:
         lines.append(f"  calibration of {c['device']} by {c['technician']}: {'PASS' if c['passed'] else 'FAIL'} ({', '.join(c['steps'])}), "
                      f"next due {c['next_due']}")
@@ -184,12 +191,13 @@ def cartridge_svg(r: DayReport, width: int = 640, height: int = 220) -> str:
     """Bars: gas seconds per session in time order; a line: the day's running total (right axis)."""
     e = html.escape
     if not r.sessions:
-        return f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='60' role='img'><text x='10' y='35'>no session this day</text></svg>"
+        return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='60' role='img'>"
+                "<text x='10' y='35'>no session this day</text></svg>")
     left, right, top, bottom = 50, 60, 20, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     per = [s.cartridge_seconds for s in r.sessions]
     running = [sum(per[: i + 1]) for i in range(len(per))]
-    bar_max, total_max = max(max(per), 1.0), max(running[-1], 1.0)
+    bar_max, total_max = max(*per, 1.0), max(running[-1], 1.0)
     step = plot_w / len(per)
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
              f"aria-label='cartridge seconds per session and running total'>",
@@ -202,7 +210,8 @@ def cartridge_svg(r: DayReport, width: int = 640, height: int = 220) -> str:
         x = left + i * step + step * 0.15
         parts.append(f"<rect x='{x:.1f}' y='{top + plot_h - h:.1f}' width='{step * 0.7:.1f}' height='{h:.1f}' fill='#3a7bd5'>"
                      f"<title>{e(s.session_id)}: {seconds:g} s</title></rect>")
-        parts.append(f"<text x='{left + (i + 0.5) * step:.1f}' y='{top + plot_h + 14}' font-size='10' text-anchor='middle'>{e(s.time)}</text>")
+        parts.append(f"<text x='{left + (i + 0.5) * step:.1f}' y='{top + plot_h + 14}' font-size='10' text-anchor='middle'>"
+                     f"{e(s.time)}</text>")
         points.append(f"{left + (i + 0.5) * step:.1f},{top + plot_h - plot_h * running[i] / total_max:.1f}")
     parts.append(f"<polyline points='{' '.join(points)}' fill='none' stroke='#b35900' stroke-width='2'/>")
     parts.append(f"<text x='{left}' y='{height - 6}' font-size='11'>bars: seconds of gas per session; line: running total</text></svg>")

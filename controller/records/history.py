@@ -1,8 +1,20 @@
 """The record read back: sessions, lesions and cycles rebuilt from the event log.
 
-Everything that reads the record (`givre records`, exports, the day report, billing) goes through
-this one view, so they cannot disagree. Figures are the recorded ones: durations are the device's
-measurements (or flagged host-measured), never the plan.
+Whatever reads sessions, lesions or cycles (`givre records list|export|bill`, the exports, the day
+report's sessions, billing, FHIR, the UI's records screen) goes through this one view, so they cannot
+disagree; what leaves the practice reads `verified_sessions`, after the hash chain has verified.
+Figures are the recorded ones: durations are the device's measurements (or flagged host-measured),
+never the plan.
+
+A few readers walk the raw events instead, for facts this view does not keep:
+- records/ledger.py: the cartridge_* events (a cartridge outlives sessions: its state is summed
+  across all of them);
+- procedure/recovery.py: an unfinished session's own events (the FREEZE's txn, device session and
+  reservation), to settle what a killed host left open;
+- practice/report.py: events outside any session (alarms, calibration certificates) and the loaded
+  cartridges' prices;
+- `givre records show` prints a session's events as recorded, and bench/clinic_day.py audits the
+  freeze_result rows themselves.
 """
 
 from __future__ import annotations
@@ -10,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
-from controller.records.store import RecordStore, StoredEvent
+from controller.records.store import RecordError, RecordStore, StoredEvent
 
 
 @dataclass
@@ -22,7 +35,9 @@ class CycleView:
     freeze_ms_effective: int | None
     freeze_ms_device: int | None  # the device's valve-open time; None when it could not be known
     measured_by: str  # "device" or "host" (manual mode)
-    certainty: str | None  # "device", "reconciled", "host_measured", "unknown"
+    # "device_reported" (the device's FREEZE_DONE), "reconciled" (settled from the device's counters),
+    # "host_measured" (manual), "unknown" (no figure could be had); None where the record has none
+    certainty: str | None
     end_reason: str | None
     limited_by: str | None
     halo_to_off_ms: int | None
@@ -125,6 +140,10 @@ def build_sessions(events: Iterable[StoredEvent]) -> dict[str, SessionView]:
     return sessions
 
 
+# Events that change the session as a whole (an alarm also goes to its lesion, when it names one).
+SESSION_EVENTS = frozenset({"freeze_unresolved", "alarm_raised", "billing_confirmed", "session_ended"})
+
+
 def _apply(session: SessionView, event: StoredEvent) -> None:
     p = event.payload
     lesion = session.lesion(p["lesion_id"]) if isinstance(p.get("lesion_id"), str) else None
@@ -134,25 +153,16 @@ def _apply(session: SessionView, event: StoredEvent) -> None:
             p["lesion_id"], event.ts_utc, profile["id"], profile["name_fr"], profile.get("name_en"), profile.get("family"),
             profile.get("indication", "cryotherapy"), p["site"], p["zone"], p.get("size_mm"), p.get("description", ""),
             p.get("photo"), p.get("reimbursable", True)))
-    elif event.kind == "freeze_requested" and lesion is not None and lesion.first_freeze_at is None:
-        lesion.first_freeze_at = event.ts_utc
-    elif event.kind == "freeze_result" and lesion is not None:
-        cycle = CycleView(
-            p["cycle"], p.get("freeze_ms_requested"), p.get("freeze_ms_effective"), p.get("freeze_ms_device"),
-            p.get("measured_by", "device"), p.get("certainty"), p.get("end_reason"), p.get("limited_by"), p.get("halo_to_off_ms"),
-            p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
-            recovered=bool(p.get("recovered")))
-        lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
-    elif event.kind == "freeze_unresolved":
+    elif event.kind in SESSION_EVENTS:
+        _apply_to_session(session, lesion, event)
+    elif lesion is not None:
+        _apply_to_lesion(lesion, event)
+
+
+def _apply_to_session(session: SessionView, lesion: LesionView | None, event: StoredEvent) -> None:
+    p = event.payload
+    if event.kind == "freeze_unresolved":
         session.status = "unresolved"  # open until its device (the session's) is read at a connection
-    elif event.kind == "thaw_done" and lesion is not None:
-        for c in lesion.cycles:
-            if c.cycle == p["cycle"]:
-                c.thaw_ms = p["thaw_ms"]
-    elif event.kind == "lesion_ended" and lesion is not None:
-        lesion.status, lesion.ended_at = str(p["status"]).lower(), event.ts_utc
-    elif event.kind in ("start_refused", "freeze_refused", "fire_refused") and lesion is not None:
-        lesion.refused.extend(p.get("reasons") or [p.get("reason", "")])
     elif event.kind == "alarm_raised":
         alarm = {"code": p["code"], "priority": p["priority"], "text": p["text"], "detail": p.get("detail", ""), "at": event.ts_utc,
                  "lesion_id": p.get("lesion_id")}
@@ -168,10 +178,50 @@ def _apply(session: SessionView, event: StoredEvent) -> None:
                 open_lesion.status = session.status
 
 
+def _apply_to_lesion(lesion: LesionView, event: StoredEvent) -> None:
+    p = event.payload
+    if event.kind == "freeze_requested" and lesion.first_freeze_at is None:
+        lesion.first_freeze_at = event.ts_utc
+    elif event.kind == "freeze_result":
+        cycle = CycleView(
+            p["cycle"], p.get("freeze_ms_requested"), p.get("freeze_ms_effective"), p.get("freeze_ms_device"),
+            p.get("measured_by", "device"), p.get("certainty"), p.get("end_reason"), p.get("limited_by"), p.get("halo_to_off_ms"),
+            p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
+            recovered=bool(p.get("recovered")))
+        lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
+    elif event.kind == "thaw_done":
+        for c in lesion.cycles:
+            if c.cycle == p["cycle"]:
+                c.thaw_ms = p["thaw_ms"]
+    elif event.kind == "lesion_ended":
+        lesion.status, lesion.ended_at = str(p["status"]).lower(), event.ts_utc
+    elif event.kind in ("start_refused", "freeze_refused", "fire_refused"):
+        lesion.refused.extend(p.get("reasons") or [p.get("reason", "")])
+
+
 def load_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
     """Sessions in the order they started; one session, or those started on or after a local day."""
     views = build_sessions(store.events(session_id))
     return [v for v in views.values() if since is None or v.local_day() >= since]
+
+
+class ChainBroken(RecordError):
+    """The hash chain does not verify from ``first_bad`` on: nothing read from there may leave the
+    practice as if the record were sound."""
+
+    def __init__(self, path: Path, first_bad: StoredEvent) -> None:
+        self.first_bad = first_bad
+        self.finding = (f"event {first_bad.seq} ({first_bad.kind}, {first_bad.ts_utc}) does not follow the hash chain, "
+                        "so the record from it on cannot be trusted")
+        super().__init__(f"{path}: {self.finding}", "Run `givre records verify` and restore the store from a backup")
+
+
+def verified_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
+    """``load_sessions`` once the whole chain has verified (exports, the day report); raises ChainBroken otherwise."""
+    bad = store.verify()
+    if bad is not None:
+        raise ChainBroken(store.path, bad)
+    return load_sessions(store, session_id, since)
 
 
 def view_of(store: RecordStore, session_id: str) -> SessionView:

@@ -1,4 +1,5 @@
-"""The cartridge ledger, derived from the record's events (never a mutable counter).
+"""The cartridge ledger, derived from the record's events (never a mutable counter). It reads the
+raw cartridge_* events, not history's session views: a cartridge outlives the sessions it serves.
 
 Seconds are consumed from the device-reported valve-open times, not the plan: a protocol reserves
 its planned seconds before it starts, commits what the device measured, and releases the rest.
@@ -7,7 +8,7 @@ its planned seconds before it starts, commits what the device measured, and rele
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 
 from controller.config import Config
@@ -18,7 +19,7 @@ STORAGE_REMINDER = "Store an opened cartridge refrigerated, upright, nozzle down
 
 
 class LedgerError(GivreError):
-    pass
+    """A cartridge that cannot be loaded or cannot cover a protocol; the message says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class CartridgeStatus:
     reminder: str
 
     def as_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return asdict(self)
 
 
 class CartridgeLedger:

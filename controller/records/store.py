@@ -16,6 +16,7 @@ import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +26,9 @@ from controller.errors import GivreError
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 
 GENESIS = "0" * 64
-NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p", "fuse.sshfs", "davfs", "ceph", "glusterfs", "lustre", "gpfs"})
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p", "fuse.sshfs", "davfs", "ceph", "glusterfs", "lustre", "gpfs",
+})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -44,6 +47,7 @@ BEGIN SELECT RAISE(ABORT, 'events are append-only: record a correction instead')
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only: record a correction instead'); END;
 """
+SELECT_EVENTS = "SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events"
 
 
 class RecordError(GivreError):
@@ -60,6 +64,9 @@ class RecordNotSaved(RecordError):
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
+    """One row of the record as committed, with its place in the chain (not the device's wire
+    EVENT, which is firmware_bridge.messages.Event)."""
+
     seq: int
     session_id: str | None
     ts_utc: str
@@ -74,8 +81,12 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def chain_hash(prev_hash: str, seq: int, session_id: str | None, ts_utc: str, mono_ms: float, kind: str, payload: str) -> str:
-    body = canonical([prev_hash, seq, session_id, ts_utc, mono_ms, kind, payload])
+# What a row's hash covers besides the previous hash: (seq, session_id, ts_utc, mono_ms, kind, payload as stored).
+ChainedFields = tuple[int, str | None, str, float, str, str]
+
+
+def chain_hash(prev_hash: str, fields: ChainedFields) -> str:
+    body = canonical([prev_hash, *fields])
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
@@ -88,12 +99,12 @@ def filesystem_type(path: Path) -> str | None:
     target = str(path.resolve())
     best, best_type = "", None
     for line in mounts:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount_point = parts[1].replace("\\040", " ")
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
-            best, best_type = mount_point, parts[2]
+        match line.split():
+            case [_device, escaped_point, fs_type, *_options]:
+                mount_point = escaped_point.replace("\\040", " ")
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, best_type = mount_point, fs_type
     return best_type
 
 
@@ -131,7 +142,8 @@ class RecordStore:
             self.close()
             raise StoreUnavailable(f"{path}: not a usable record store ({exc}). Check the path, or restore from a backup") from exc
         last = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        self._last_seq, self._last_hash = (last[0], last[1]) if last else (0, GENESIS)
+        self._last_seq: int = last[0] if last else 0
+        self._last_hash: str = last[1] if last else GENESIS
 
     def _take_lock(self) -> None:
         lock_path = Path(f"{self.path}.lock")
@@ -147,10 +159,9 @@ class RecordStore:
         self._lock_fd = fd
 
     def close(self) -> None:
-        db = getattr(self, "_db", None)
+        db = getattr(self, "_db", None)  # absent when connecting failed; closing twice is harmless
         if db is not None:
             db.close()
-            self._db = None  # type: ignore[assignment]
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -173,7 +184,7 @@ class RecordStore:
         ts = datetime.now(UTC).isoformat(timespec="milliseconds")
         mono_ms = round(self.clock.monotonic() * 1000, 3)
         body = canonical(payload)
-        digest = chain_hash(self._last_hash, seq, session_id, ts, mono_ms, kind, body)
+        digest = chain_hash(self._last_hash, (seq, session_id, ts, mono_ms, kind, body))
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
@@ -182,10 +193,8 @@ class RecordStore:
             )
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            try:
+            with suppress(sqlite3.Error):  # the INSERT's error is the one to report
                 self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             raise RecordNotSaved(f"{self.path}: event '{kind}' was NOT recorded ({exc}). Free disk space or fix the store") from exc
         event = StoredEvent(seq, session_id, ts, mono_ms, kind, payload, self._last_hash, digest)
         self._last_seq, self._last_hash = seq, digest
@@ -205,11 +214,9 @@ class RecordStore:
     # ---- reading -------------------------------------------------------------------------------
 
     def events(self, session_id: str | None = None) -> Iterator[StoredEvent]:
-        query = "SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events"
+        where, params = (" WHERE session_id = ?", (session_id,)) if session_id else ("", ())
         with self._db_lock:
-            rows = self._db.execute(
-                query + (" WHERE session_id = ? ORDER BY seq" if session_id else " ORDER BY seq"), (session_id,) if session_id else ()
-            ).fetchall()
+            rows = self._db.execute(f"{SELECT_EVENTS}{where} ORDER BY seq", params).fetchall()
         for seq, sid, ts, mono, kind, payload, prev, digest in rows:
             yield StoredEvent(seq, sid, ts, mono, kind, json.loads(payload), prev, digest)
 
@@ -222,9 +229,9 @@ class RecordStore:
         prev = GENESIS
         expected_seq = 1
         with self._db_lock:
-            rows = self._db.execute("SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events ORDER BY seq").fetchall()
+            rows = self._db.execute(f"{SELECT_EVENTS} ORDER BY seq").fetchall()
         for seq, sid, ts, mono, kind, payload, prev_hash, digest in rows:
-            if seq != expected_seq or prev_hash != prev or chain_hash(prev, seq, sid, ts, mono, kind, payload) != digest:
+            if seq != expected_seq or prev_hash != prev or chain_hash(prev, (seq, sid, ts, mono, kind, payload)) != digest:
                 try:
                     body = json.loads(payload)
                 except ValueError:
