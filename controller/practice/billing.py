@@ -65,8 +65,12 @@ class CcamCode(BaseModel):
     def amount(self, rate: Decimal) -> Decimal | None:
         return None if self.tariff_eur is None else (self.tariff_eur * rate).quantize(Decimal("0.01"))
 
+    def fits(self, zone: str, technique: str) -> bool:
+        """The code is for this technique on this zone ("any" fits face and body)."""
+        return self.technique == technique and self.zone in (zone, "any")
+
     def covers(self, zone: Zone, technique: Technique, count: int) -> bool:
-        return self.technique == technique and self.zone in (zone, "any") and self.lesions_min <= count <= self.lesions_max
+        return self.fits(zone, technique) and self.lesions_min <= count <= self.lesions_max
 
 
 class TariffRange(BaseModel):

@@ -133,7 +133,7 @@ class BundleBuilder:
             return by_lesion
         chosen = [self.table.get(a["code"]) for a in session.billing["chosen"]]
         return {lesion.lesion_id: code.code for lesion in session.lesions if lesion.completed and lesion.reimbursable
-                for code in chosen if code.technique == lesion.technique and code.zone in (lesion.zone, "any")}
+                for code in chosen if code.fits(lesion.zone, lesion.technique)}
 
     def _body_site(self, lesion: LesionView) -> dict[str, Any]:
         region = lesion.site.get("region", "")
