@@ -1,8 +1,8 @@
 """The record read back: sessions, lesions and cycles rebuilt from the event log.
 
-Whatever reads sessions, lesions or cycles (`givre records list|export|bill`, the exports, the day
-report's sessions, billing, FHIR, the UI's records screen) goes through this one view, so they cannot
-disagree; what leaves the practice reads `verified_sessions`, after the hash chain has verified.
+Whatever reads sessions, lesions or cycles (`givre records`, `givre run`'s billing, the exports and
+FHIR, the day report's sessions, the UI) goes through this one view, so they cannot disagree; what
+leaves the practice (exports, the day report) reads `verified_sessions`, after the chain verified.
 Figures are the recorded ones: durations are the device's measurements (or flagged host-measured),
 never the plan.
 
