@@ -11,12 +11,22 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-DELIMITER = 0x00
+DELIMITER = b"\x00"  # between frames; COBS leaves no zero byte inside one
 HEADER = struct.Struct("<BBBBHH")  # proto_major, proto_minor, msg_type, flags, seq, txn
 CRC = struct.Struct("<I")
 MAX_PAYLOAD_LEN = 240
 MAX_FRAME_LEN = HEADER.size + MAX_PAYLOAD_LEN + CRC.size  # 252 decoded bytes
 MAX_ENCODED_LEN = MAX_FRAME_LEN + 1  # COBS adds one byte per 254: exactly one here
+
+# The wire's unsigned integer widths: header fields, seq/txn arithmetic, message fields.
+U8_MAX = 0xFF
+U16_MAX = 0xFFFF  # seq and txn are u16: both wrap after this
+U32_MAX = 0xFFFFFFFF
+
+# COBS: a block's code byte is 1 + the length of the zero-free run it carries; a run of
+# COBS_MAX_RUN bytes gets the code COBS_FULL_BLOCK, which means "no zero follows this block".
+COBS_MAX_RUN = 0xFE
+COBS_FULL_BLOCK = 0xFF
 
 # Header flag bits.
 FLAG_RETRANSMIT = 0x01  # sender is repeating an earlier frame with the same txn
@@ -25,19 +35,30 @@ FLAG_DUPLICATE = 0x02  # device answer replayed from its txn cache: the request 
 
 def crc32(data: bytes) -> int:
     """CRC-32/ISO-HDLC (the zlib/Ethernet CRC); check value 0xCBF43926 over b"123456789"."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+    return zlib.crc32(data) & U32_MAX
+
+
+def next_seq(seq: int) -> int:
+    """The seq after this one: every frame sent takes the next, wrapping 65535 -> 0."""
+    return (seq + 1) & U16_MAX
+
+
+def next_nonzero_u16(value: int) -> int:
+    """The next of a u16 counter that skips 0, in 1..65535: txns (0 = no reply wanted) and event ids."""
+    return value % U16_MAX + 1
 
 
 def cobs_encode(data: bytes) -> bytes:
     """Consistent Overhead Byte Stuffing: the result contains no 0x00 byte."""
     out = bytearray()
-    for chunk in data.split(b"\x00"):
-        while len(chunk) >= 0xFE:
-            out.append(0xFF)
-            out += chunk[:0xFE]
-            chunk = chunk[0xFE:]
-        out.append(len(chunk) + 1)
-        out += chunk
+    for run in data.split(DELIMITER):
+        start = 0
+        while len(run) - start >= COBS_MAX_RUN:
+            out.append(COBS_FULL_BLOCK)
+            out += run[start : start + COBS_MAX_RUN]
+            start += COBS_MAX_RUN
+        out.append(len(run) - start + 1)
+        out += run[start:]
     return bytes(out)
 
 
@@ -57,7 +78,7 @@ def cobs_decode(data: bytes) -> bytes:
             raise FramingError("COBS block runs past the end of the frame")
         out += data[index + 1 : end]
         index = end
-        if code != 0xFF and index < length:
+        if code != COBS_FULL_BLOCK and index < length:
             out.append(0)
     return bytes(out)
 
@@ -74,10 +95,10 @@ class Frame:
 
     def __post_init__(self) -> None:
         for name in ("proto_major", "proto_minor", "msg_type", "flags"):
-            if not 0 <= getattr(self, name) <= 0xFF:
+            if not 0 <= getattr(self, name) <= U8_MAX:
                 raise ValueError(f"{name} out of range 0..255: {getattr(self, name)}")
         for name in ("seq", "txn"):
-            if not 0 <= getattr(self, name) <= 0xFFFF:
+            if not 0 <= getattr(self, name) <= U16_MAX:
                 raise ValueError(f"{name} out of range 0..65535: {getattr(self, name)}")
         if len(self.payload) > MAX_PAYLOAD_LEN:
             raise ValueError(f"payload of {len(self.payload)} bytes exceeds {MAX_PAYLOAD_LEN}")
@@ -89,7 +110,7 @@ def encode_frame(frame: Frame) -> bytes:
         HEADER.pack(frame.proto_major, frame.proto_minor, frame.msg_type, frame.flags, frame.seq, frame.txn)
         + frame.payload
     )
-    return b"\x00" + cobs_encode(body + CRC.pack(crc32(body))) + b"\x00"
+    return DELIMITER + cobs_encode(body + CRC.pack(crc32(body))) + DELIMITER
 
 
 @dataclass(slots=True)
@@ -113,7 +134,7 @@ class FrameDecoder:
         frames: list[Frame] = []
         start = 0
         while start < len(data):
-            zero = data.find(b"\x00", start)
+            zero = data.find(DELIMITER, start)
             if zero < 0:
                 self._accumulate(data[start:])
                 break

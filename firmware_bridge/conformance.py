@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.codec import (
@@ -28,11 +28,15 @@ from firmware_bridge.codec import (
     FLAG_DUPLICATE,
     FLAG_RETRANSMIT,
     HEADER,
+    U16_MAX,
+    U32_MAX,
     Frame,
     FrameDecoder,
     cobs_encode,
     crc32,
     encode_frame,
+    next_nonzero_u16,
+    next_seq,
 )
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.messages import (
@@ -73,12 +77,12 @@ from firmware_bridge.messages import (
     schema_hash,
 )
 from firmware_bridge.transport import SerialTransport, list_ports
+from firmware_bridge.units import DEFAULT_WATCHDOG_MS, HEARTBEATS_PER_WATCHDOG
 
 # ---- what the kit asks for and what it tolerates (docs/conformance.md, "Tolerances") ----------------
 
 WORK_WATCHDOG_MS = 2000  # checks not about the watchdog ask for this: a pause of the host never trips it
-DEFAULT_WATCHDOG_MS = 250  # what a HELLO with watchdog_ms 0 must get
-WATCHDOG_CLAMPS = ((0, DEFAULT_WATCHDOG_MS), (50, 100), (1000, 1000), (65_000, 60_000))  # asked -> enforced
+WATCHDOG_CLAMPS = ((0, DEFAULT_WATCHDOG_MS), (50, 100), (1000, 1000), (65_000, 60_000))  # asked -> enforced (0: the default)
 REPLY_TIMEOUT_S = 0.5  # a request not answered in this long is not answered
 EVENT_TIMEOUT_S = 1.0  # beyond a freeze's own duration
 LINK_TOLERANCE_MS = 50  # watchdog: serial latency and the device's telemetry send, on top of watchdog_ms
@@ -103,6 +107,8 @@ RUNNING_MS = 150  # how long a freeze runs before a check stops it, so its valve
 STORED_LATENCY_MS = 100  # valve latencies written to prove the device does not time with them
 UNKNOWN_TYPE = 0x7F  # the last host type: no minor version will assign it soon
 SAMPLES = 4  # telemetry periods per median (twice as many at 50 Hz)
+FEWEST_FOR_PERIOD = 3  # frames (two gaps): the fewest a median period is taken over
+EVENTS_PER_FREEZE = 2  # FREEZE_STARTED and FREEZE_DONE
 
 TRIGGERS = Capability.HAND_TRIGGER | Capability.FOOT_SWITCH
 EVENT_TYPES = frozenset({Event.MSG_TYPE, BoundEvent.MSG_TYPE})
@@ -272,7 +278,7 @@ class RawClient:
         self.keepalive = True
         self.auto_ack = True
         self._seq = 0
-        self._txn = random.randrange(1, 0x10000)
+        self._txn = random.randrange(1, U16_MAX + 1)
         self.last_sent_at = clock.monotonic()
 
     @property
@@ -281,18 +287,19 @@ class RawClient:
 
     def new_txn(self) -> int:
         txn = self._txn
-        self._txn = txn % 0xFFFF + 1  # 1..65535: 0 is "no reply wanted"
+        self._txn = next_nonzero_u16(txn)
         return txn
 
     def header(self, msg_type: int, *, txn: int = 0, flags: int = 0, major: int = PROTO_MAJOR, minor: int | None = None) -> bytes:
         """A header with the next seq, for frames a check builds by hand (short or corrupt ones)."""
-        seq, self._seq = self._seq, (self._seq + 1) & 0xFFFF
+        seq, self._seq = self._seq, next_seq(self._seq)
         return HEADER.pack(major, self.minor if minor is None else minor, msg_type, flags, seq, txn)
 
-    def wire(self, msg_type: int, payload: bytes, *, txn: int = 0, flags: int = 0, major: int = PROTO_MAJOR,
-             minor: int | None = None) -> bytes:
-        frame = Frame(major, self.minor if minor is None else minor, msg_type, flags, self._seq, txn, payload)
-        self._seq = (self._seq + 1) & 0xFFFF
+    def wire(self, msg_type: int, payload: bytes, *, txn: int = 0, flags: int = 0, version: tuple[int, int] | None = None) -> bytes:
+        """A whole frame with the next seq; ``version``: the (major, minor) in its header, else the session's."""
+        major, minor = (PROTO_MAJOR, self.minor) if version is None else version
+        frame = Frame(major, minor, msg_type, flags, self._seq, txn, payload)
+        self._seq = next_seq(self._seq)
         return encode_frame(frame)
 
     def write(self, data: bytes) -> float:
@@ -302,7 +309,8 @@ class RawClient:
 
     def send(self, msg: Message, *, txn: int = 0, flags: int = 0, major: int = PROTO_MAJOR, minor: int | None = None) -> Sent:
         mark = self.mark()
-        at = self.write(self.wire(msg.MSG_TYPE, msg.pack(), txn=txn, flags=flags, major=major, minor=minor))
+        version = (major, self.minor if minor is None else minor)
+        at = self.write(self.wire(msg.MSG_TYPE, msg.pack(), txn=txn, flags=flags, version=version))
         return Sent(txn, msg.MSG_TYPE, at, mark)
 
     def send_raw(self, msg_type: int, payload: bytes, *, txn: int, flags: int = 0) -> Sent:
@@ -376,7 +384,7 @@ class RawClient:
             event = event_of(message)
             if event is not None and self.auto_ack:
                 self.send(EventAck(event.event_id))
-        if self.keepalive and self.watchdog_ms and now - self.last_sent_at >= self.watchdog_ms / 5000:
+        if self.keepalive and self.watchdog_ms and now - self.last_sent_at >= self.watchdog_ms / (1000 * HEARTBEATS_PER_WATCHDOG):
             self.send(Heartbeat(0))
 
 
@@ -811,8 +819,8 @@ def _schema(ctx: Context) -> Finding:
     e.that(ack.proto_minor == negotiated,
            f"HELLO_ACK minor {ack.proto_minor} to a 1.{PROTO_MINOR} HELLO from a 1.{header.proto_minor} device, expected 1.{negotiated}")
     expected = schema_hash(ack.proto_minor) if ack.proto_minor <= PROTO_MINOR else None
-    e.that(ack.schema_hash == expected, f"schema_hash 0x{ack.schema_hash:08X}, expected "
-                                         + (f"0x{expected:08X} for 1.{ack.proto_minor}" if expected is not None else "a minor this kit knows"))
+    wanted = f"0x{expected:08X} for 1.{ack.proto_minor}" if expected is not None else "a minor this kit knows"
+    e.that(ack.schema_hash == expected, f"schema_hash 0x{ack.schema_hash:08X}, expected {wanted}")
     return e.done(f"1.{ack.proto_minor}: 0x{ack.schema_hash:08X}")
 
 
@@ -833,9 +841,11 @@ def _hello_ack_fields(ctx: Context) -> Finding:
     x, host_nonce = ctx.session, ctx.session_nonce
     ack, header = ctx.session_ack, x.reply.frame
     e = Expect()
-    e.that(ack.proto_major == PROTO_MAJOR and header.proto_major == PROTO_MAJOR, f"proto_major {ack.proto_major} (header {header.proto_major})")
+    e.that(ack.proto_major == PROTO_MAJOR and header.proto_major == PROTO_MAJOR,
+           f"proto_major {ack.proto_major} (header {header.proto_major})")
     e.that(ack.host_nonce == host_nonce, f"nonce 0x{ack.host_nonce:08X} echoed for 0x{host_nonce:08X}")
-    e.that(bool(ack.serial) and ack.serial.isascii() and ack.serial.isprintable(), f"serial {ack.serial!r}: must be non-empty printable ASCII")
+    e.that(bool(ack.serial) and ack.serial.isascii() and ack.serial.isprintable(),
+           f"serial {ack.serial!r}: must be non-empty printable ASCII")
     e.that(ack.max_freeze_ms > 0, "max_freeze_ms 0")
     e.that(ack.boot_count > 0, "boot_count 0: it counts power-ons from 1")
     seen = ctx.telemetry(lambda t: True, x.reply.index + 1, "after HELLO_ACK")
@@ -876,7 +886,8 @@ def _hello_ends_freeze(ctx: Context) -> Finding:
 @_check("handshake", "H4", "§7.6", "HELLO_ACK's serial is the port's USB serial number")
 def _usb_serial(ctx: Context) -> Finding:
     port = next((p for p in list_ports() if p.device == ctx.client.port), None)
-    ctx.needs(port is not None and bool(port.serial_number), "the port reports no USB serial number (a pty, a socket or an adapter without one)")
+    ctx.needs(port is not None and bool(port.serial_number),
+              "the port reports no USB serial number (a pty, a socket or an adapter without one)")
     assert port is not None
     e = Expect()
     e.that(port.serial_number == ctx.opening.serial, f"USB serial {port.serial_number}, HELLO_ACK serial {ctx.opening.serial}")
@@ -986,7 +997,7 @@ def _refused(ctx: Context, e: Expect, msg: Freeze | bytes, result: Result, why: 
 
 
 def _over_cap(ctx: Context) -> int:
-    ctx.needs(ctx.opening.max_freeze_ms < 0xFFFFFFFF, "the device's cap is the largest duration a FREEZE can carry")
+    ctx.needs(ctx.opening.max_freeze_ms < U32_MAX, "the device's cap is the largest duration a FREEZE can carry")
     return ctx.opening.max_freeze_ms + 1
 
 
@@ -1185,7 +1196,8 @@ def _halo_cap(ctx: Context) -> Finding:
 
 def _duplicate(e: Expect, first: Exchange, again: Exchange) -> None:
     """A replay: DUPLICATE set, the cached reply's type and payload byte for byte."""
-    e.that(bool(again.reply.frame.flags & FLAG_DUPLICATE), f"the retransmission got {describe_received(again.reply)} without the DUPLICATE flag")
+    e.that(bool(again.reply.frame.flags & FLAG_DUPLICATE),
+           f"the retransmission got {describe_received(again.reply)} without the DUPLICATE flag")
     e.that(again.reply.frame.msg_type == first.reply.frame.msg_type and again.reply.frame.payload == first.reply.frame.payload,
            f"the retransmission got {describe_received(again.reply)}, not the cached {describe_received(first.reply)}")
 
@@ -1218,7 +1230,8 @@ def _retransmit_done(ctx: Context) -> Finding:
     e = Expect()
     _duplicate(e, run.exchange, again)
     after = ctx.counters()
-    e.that(after.freezes_started == before.freezes_started, f"freezes_started +{after.freezes_started - before.freezes_started}: it froze twice")
+    e.that(after.freezes_started == before.freezes_started,
+           f"freezes_started +{after.freezes_started - before.freezes_started}: it froze twice")
     reopened = [t for t in ctx.telemetry_between(again.sent.mark, ctx.client.mark()) if valve_commanded(t)]
     e.that(not reopened, "the valve was commanded open again")
     return e.done(f"answered {describe_received(again.reply)}")
@@ -1401,7 +1414,8 @@ def _end_in_cut(ctx: Context) -> Finding:
     _, done = ctx.freeze_done(run, x.sent.mark)
     e.that(done.end_reason is EndReason.CAP, f"end_reason {done.end_reason.name}, expected CAP")
     e.that(abs(done.valve_open_ms - cap) <= TIMER_TOLERANCE_MS, f"valve_open_ms {done.valve_open_ms} for a cap of {cap} ms")
-    return e.done(f"detail32 {left} (host: {cap - ran_high:.0f}..{cap - ran_low:.0f}), {done.end_reason.name} after {done.valve_open_ms} ms")
+    return e.done(f"detail32 {left} (host: {cap - ran_high:.0f}..{cap - ran_low:.0f}), "
+                  f"{done.end_reason.name} after {done.valve_open_ms} ms")
 
 
 @_check("end_in", "EI3", "§6.3", "END_IN in a TIMED freeze: BAD_REQUEST")
@@ -1473,10 +1487,11 @@ def _bound_events(ctx: Context) -> Finding:
     e.that(not unbound, f"{len(unbound)} EVENT 0x84 frames in a 1.1 session")
     ours = [m for r in frames if isinstance(m := r.message, BoundEvent) and m.freeze_txn == run.txn]
     ids = {m.event_id for m in ours}
-    e.that(len(ids) >= 2, f"{len(ids)} bound events for the freeze, expected FREEZE_STARTED and FREEZE_DONE")
+    e.that(len(ids) >= EVENTS_PER_FREEZE, f"{len(ids)} bound events for the freeze, expected FREEZE_STARTED and FREEZE_DONE")
     for m in ours:
         e.that(m.boot_count == ack.boot_count, f"event {m.event_id}: boot_count {m.boot_count}, HELLO_ACK says {ack.boot_count}")
-        e.that(m.session_id == ctx.session_nonce, f"event {m.event_id}: session_id 0x{m.session_id:08X}, the session is 0x{ctx.session_nonce:08X}")
+        e.that(m.session_id == ctx.session_nonce,
+               f"event {m.event_id}: session_id 0x{m.session_id:08X}, the session is 0x{ctx.session_nonce:08X}")
     return e.done(f"{len(ours)} copies, boot {ack.boot_count}, session 0x{ctx.session_nonce:08X}")
 
 
@@ -1500,7 +1515,8 @@ def _event_repeats(ctx: Context) -> Finding:
                            and ev.event_id == started.event_id, 2 * EVENT_REPEAT_MS / 1000, client.mark())
     e = Expect()
     gaps = [ms(b.at - a.at) for a, b in itertools.pairwise(seen)]
-    if e.that(len(seen) >= 3, f"{len(seen)} cop{'y' if len(seen) == 1 else 'ies'} in {ms(window_s):.0f} ms without EVENT_ACK: not repeated"):
+    if e.that(len(seen) >= FEWEST_FOR_PERIOD,
+              f"{len(seen)} cop{'y' if len(seen) == 1 else 'ies'} in {ms(window_s):.0f} ms without EVENT_ACK: not repeated"):
         median = statistics.median(gaps)
         e.that(abs(median - EVENT_REPEAT_MS) <= EVENT_REPEAT_TOLERANCE_MS,
                f"repeated every {median:.0f} ms (median), expected {EVENT_REPEAT_MS} +/- {EVENT_REPEAT_TOLERANCE_MS}")
@@ -1521,9 +1537,10 @@ def _event_ids(ctx: Context) -> Finding:
         if ev.event_id not in known and ev.event_id not in fresh:
             fresh.append(ev.event_id)
     e = Expect()
-    e.that(len(fresh) >= 4, f"{len(fresh)} new event ids for two freezes, expected 4")
+    wanted = 2 * EVENTS_PER_FREEZE
+    e.that(len(fresh) >= wanted, f"{len(fresh)} new event ids for two freezes, expected {wanted}")
     e.that(0 not in fresh, "an event id 0")
-    jumps = [(a, b) for a, b in itertools.pairwise(fresh) if b != a % 0xFFFF + 1]
+    jumps = [(a, b) for a, b in itertools.pairwise(fresh) if b != next_nonzero_u16(a)]
     if jumps:
         e.fail(f"ids jump from {jumps[0][0]} to {jumps[0][1]}")
     return e.done(f"ids {', '.join(map(str, fresh))}")
@@ -1647,12 +1664,15 @@ def watchdog_trip(ctx: Context) -> WatchdogTrip:
                         after_clear, cleared, rearmed_by_clear)
 
 
-def _optional_event(ctx: Context, match: Callable[[Event], bool], since: int, timeout_s: float = 0.3) -> tuple[Received | None, Event | None]:
+def _optional_event(
+    ctx: Context, match: Callable[[Event], bool], since: int, timeout_s: float = 0.3
+) -> tuple[Received | None, Event | None]:
     got = ctx.client.wait(lambda r: (ev := event_of(r.message)) is not None and match(ev), timeout_s, since)
     return (got, event_of(got.message)) if got is not None else (None, None)
 
 
-@_check("watchdog", "W1", "§5.7", f"host silence closes the valve: device within watchdog_ms + {DEVICE_TRIP_MS}, host sees it within + {LINK_TOLERANCE_MS}")
+@_check("watchdog", "W1", "§5.7",
+        f"host silence closes the valve: device within watchdog_ms + {DEVICE_TRIP_MS}, host sees it within + {LINK_TOLERANCE_MS}")
 def _watchdog_closes(ctx: Context) -> Finding:
     w = ctx.scenario(watchdog_trip)
     e = Expect()
@@ -1741,12 +1761,25 @@ def _watchdog_hello(ctx: Context) -> Finding:
 # ---- counters (§7.3) ----------------------------------------------------------------------------------
 
 
-def _last_freeze(e: Expect, c: Counters, run: FreezeRun, boot_count: int, reason: EndReason, valve_open_ms: int) -> None:
+class _EndedFreeze(Protocol):
+    """A scenario that ran a freeze to its end: the freeze, the boot it ran in, the counters after."""
+
+    @property
+    def run(self) -> FreezeRun: ...
+    @property
+    def boot_count(self) -> int: ...
+    @property
+    def after(self) -> Counters: ...
+
+
+def _last_freeze(e: Expect, ended: _EndedFreeze, reason: EndReason, valve_open_ms: int) -> None:
+    c, run, boot_count = ended.after, ended.run, ended.boot_count
     e.that(c.last_txn == run.txn, f"last_txn {c.last_txn}, the freeze was txn {run.txn}")
     e.that(c.last_requested_ms == run.duration_ms, f"last_requested_ms {c.last_requested_ms}, asked {run.duration_ms}")
     e.that(c.last_valve_open_ms == valve_open_ms, f"last_valve_open_ms {c.last_valve_open_ms}, FREEZE_DONE says {valve_open_ms}")
     e.that(c.last_end_reason is reason, f"last_end_reason {c.last_end_reason.name}, expected {reason.name}")
-    e.that(c.last_boot_count == boot_count == c.boot_count, f"last_boot_count {c.last_boot_count}, boot {c.boot_count}, HELLO_ACK {boot_count}")
+    e.that(c.last_boot_count == boot_count == c.boot_count,
+           f"last_boot_count {c.last_boot_count}, boot {c.boot_count}, HELLO_ACK {boot_count}")
 
 
 @_check("counters", "CT1", "§7.3", "while a freeze runs: last_txn is it, last_end_reason NONE, valve-open so far")
@@ -1765,8 +1798,9 @@ def _counters_running(ctx: Context) -> Finding:
 def _counters_stopped(ctx: Context) -> Finding:
     s = ctx.scenario(stopped_freeze)
     e = Expect()
-    _last_freeze(e, s.after, s.run, s.boot_count, EndReason.STOPPED, s.done.valve_open_ms)
-    e.that(s.after.freezes_started - s.before.freezes_started == 1, f"freezes_started +{s.after.freezes_started - s.before.freezes_started}")
+    _last_freeze(e, s, EndReason.STOPPED, s.done.valve_open_ms)
+    started = s.after.freezes_started - s.before.freezes_started
+    e.that(started == 1, f"freezes_started +{started}")
     added = s.after.total_valve_open_ms - s.before.total_valve_open_ms
     e.that(abs(added - s.done.valve_open_ms) <= 1, f"total_valve_open_ms +{added}, the freeze was {s.done.valve_open_ms} ms")
     return e.done(f"{s.after.last_end_reason.name} {s.after.last_valve_open_ms} ms")
@@ -1778,7 +1812,7 @@ def _counters_watchdog(ctx: Context) -> Finding:
     e = Expect()
     if e.that(w.done is not None, "no FREEZE_DONE for the freeze the watchdog ended"):
         assert w.done is not None
-        _last_freeze(e, w.after, w.run, w.boot_count, EndReason.WATCHDOG, w.done.valve_open_ms)
+        _last_freeze(e, w, EndReason.WATCHDOG, w.done.valve_open_ms)
     return e.done(f"{w.after.last_end_reason.name} {w.after.last_valve_open_ms} ms")
 
 
@@ -1795,7 +1829,7 @@ def _median_period(ctx: Context, match: Callable[[Telemetry], bool], periods: in
 
     client.wait(lambda r: len(matching()) > periods, timeout_s, mark)
     frames = matching()[: periods + 1]
-    if len(frames) < 3:
+    if len(frames) < FEWEST_FOR_PERIOD:
         raise Unmet(f"{len(frames)} TELEMETRY {what} in {timeout_s * 1000:.0f} ms")
     return statistics.median(uptime_periods(frames))
 
@@ -1993,7 +2027,8 @@ def _bye(ctx: Context) -> Finding:
     return e.done()
 
 
-@_check("session", "SE2", "§5.2", "BYE during a freeze: valve closed first, detail32 = valve-open ms; its FREEZE_DONE waits for the next session")
+@_check("session", "SE2", "§5.2",
+        "BYE during a freeze: valve closed first, detail32 = valve-open ms; its FREEZE_DONE waits for the next session")
 def _bye_freezing(ctx: Context) -> Finding:
     ctx.needs_1_1("BYE is a 1.1 message")
     client = ctx.client
@@ -2019,7 +2054,8 @@ def _bye_freezing(ctx: Context) -> Finding:
     e.that(done.end_reason is EndReason.STOPPED and done.valve_open_ms == detail,
            f"FREEZE_DONE {done.end_reason.name} {done.valve_open_ms} ms, expected STOPPED {detail} ms")
     if isinstance(done_at.message, BoundEvent):
-        e.that(done_at.message.session_id == earlier, f"FREEZE_DONE session_id 0x{done_at.message.session_id:08X}, BYE closed 0x{earlier:08X}")
+        e.that(done_at.message.session_id == earlier,
+               f"FREEZE_DONE session_id 0x{done_at.message.session_id:08X}, BYE closed 0x{earlier:08X}")
     return e.done(f"detail32 {detail} ms, FREEZE_DONE {done.end_reason.name} in the next session")
 
 

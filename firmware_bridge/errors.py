@@ -12,6 +12,7 @@
     ├── LinkLost             the device stopped answering or the port went away
     ├── DeviceRebooted       the device's boot counter changed: every pending command is void
     ├── CommandTimeout       no answer after the retries: the outcome is UNKNOWN
+    ├── UnexpectedReply      the device answered a request with a message the protocol does not allow there
     └── CommandRejected      the device answered and refused (carries its result code)
         └── DeviceFault      ...because a latched fault holds its valve closed (carries the flags)
 """
@@ -73,6 +74,10 @@ class CommandTimeout(BridgeError):
     def __init__(self, port: str, problem: str, action: str, txn: int | None = None) -> None:
         super().__init__(port, problem, action)
         self.txn = txn  # the request's transaction id, to look it up in the device's counters
+
+
+class UnexpectedReply(BridgeError):
+    pass
 
 
 class CommandRejected(BridgeError):

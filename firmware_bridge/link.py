@@ -13,9 +13,10 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
-from firmware_bridge.codec import DecoderStats, FrameDecoder
+from firmware_bridge.codec import U16_MAX, U32_MAX, DecoderStats, FrameDecoder
 from firmware_bridge.errors import (
     BridgeError,
     CommandRejected,
@@ -24,6 +25,7 @@ from firmware_bridge.errors import (
     DeviceRebooted,
     LinkLost,
     NotAGivreDevice,
+    UnexpectedReply,
     VersionMismatch,
     WrongDeviceKind,
 )
@@ -68,12 +70,14 @@ from firmware_bridge.session import (
     TelemetryReceived,
 )
 from firmware_bridge.transport import SerialTransport
-from firmware_bridge.units import fault_names
+from firmware_bridge.units import DEFAULT_WATCHDOG_MS, HEARTBEATS_PER_WATCHDOG, fault_names
 
 HANDSHAKE_TIMEOUT_S = 1.5
 REQUEST_TIMEOUT_S = 2.0  # outer bound; the session gives up earlier after its retries
 RETRY_INTERVAL_S = 0.06  # all three are wall-time limits (Clock.wall)
 BYE_TIMEOUT_S = 0.5  # a clean exit waits this long for the device to confirm the session's end
+
+_ReplyT = TypeVar("_ReplyT", bound=Message)  # the one message type the protocol allows as a request's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,7 @@ class LinkStats:
 
 
 class _Waiter:
-    __slots__ = ("done", "reply", "error", "txn")
+    __slots__ = ("done", "error", "reply", "txn")
 
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -166,7 +170,7 @@ class Link:
         self.port = transport.url
         self._transport = transport
         self._clock = clock
-        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S), first_txn=1 + secrets.randbelow(0xFFFF))
+        self._session = HostSession(retry_interval_s=clock.wall(RETRY_INTERVAL_S), first_txn=1 + secrets.randbelow(U16_MAX))
         self._decoder = FrameDecoder()
         self._outbox: queue.SimpleQueue[tuple[Message, _Waiter | None]] = queue.SimpleQueue()
         self._waiters: dict[int, _Waiter] = {}
@@ -203,7 +207,7 @@ class Link:
         return link
 
     def handshake(self, *, watchdog_ms: int = 0, expect_kind: DeviceKind | None = None) -> DeviceIdentity:
-        nonce = 1 + secrets.randbelow(0xFFFFFFFF)  # the session id: never 0, which means "no session" in a bound event
+        nonce = 1 + secrets.randbelow(U32_MAX)  # the session id: never 0, which means "no session" in a bound event
         try:
             reply = self._request(Hello(PROTO_MAJOR, PROTO_MINOR, watchdog_ms, nonce), self._clock.wall(HANDSHAKE_TIMEOUT_S))
         except CommandTimeout:
@@ -263,8 +267,8 @@ class Link:
     @property
     def heartbeat_period_s(self) -> float:
         """How often the controller must call heartbeat(): five beats per watchdog period."""
-        watchdog_ms = self.identity.watchdog_ms if self.identity else 250
-        return watchdog_ms / 5000
+        watchdog_ms = self.identity.watchdog_ms if self.identity else DEFAULT_WATCHDOG_MS
+        return watchdog_ms / (1000 * HEARTBEATS_PER_WATCHDOG)
 
     def heartbeat(self, host_state: int = 0) -> None:
         self._submit(Heartbeat(host_state), None)
@@ -274,15 +278,15 @@ class Link:
 
         CommandTimeout means the outcome is unknown: the device may be freezing. Never resend.
         """
-        reply = self._command(Freeze(mode, trigger, duration_ms))
-        return reply.txn
+        txn, _ = self._exchange(Freeze(mode, trigger, duration_ms), Ack)
+        return txn
 
     def end_in(self, remaining_ms: int) -> Ack:
-        return self._command(EndIn(remaining_ms)).message  # type: ignore[return-value]
+        return self._command(EndIn(remaining_ms), Ack)
 
     def stop(self, reason: int = 0) -> Ack:
         """Emergency stop; answered once the device's valve is closed. Idempotent."""
-        return self._command(Stop(reason)).message  # type: ignore[return-value]
+        return self._command(Stop(reason), Ack)
 
     def end_session(self) -> bool:
         """End the device session cleanly (protocol 1.1 BYE): the device closes its valve and runs no
@@ -298,16 +302,16 @@ class Link:
         return isinstance(reply.message, Ack) and reply.message.result is Result.OK
 
     def clear_fault(self) -> Ack:
-        return self._command(ClearFault()).message  # type: ignore[return-value]
+        return self._command(ClearFault(), Ack)
 
     def counters(self) -> Counters:
-        return self._command(GetCounters()).message  # type: ignore[return-value]
+        return self._command(GetCounters(), Counters)
 
     def read_calibration(self) -> CalData:
-        return self._command(CalRead()).message  # type: ignore[return-value]
+        return self._command(CalRead(), CalData)
 
     def write_calibration(self, cal: CalWrite) -> Ack:
-        return self._command(cal).message  # type: ignore[return-value]
+        return self._command(cal, Ack)
 
     def latest_telemetry(self) -> TelemetryReceived | None:
         with self._telemetry_lock:
@@ -379,7 +383,13 @@ class Link:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _command(self, msg: Message) -> Reply:
+    def _command(self, msg: Message, reply_type: type[_ReplyT]) -> _ReplyT:
+        """Send a request and wait for its answer, which the protocol says is a ``reply_type``."""
+        return self._exchange(msg, reply_type)[1]
+
+    def _exchange(self, msg: Message, reply_type: type[_ReplyT]) -> tuple[int, _ReplyT]:
+        """Send a request and wait: the txn it ran under and its ``reply_type`` answer. An ACK that
+        refuses it raises DeviceFault or CommandRejected; any other answer raises UnexpectedReply."""
         reply = self._request(msg, self._clock.wall(REQUEST_TIMEOUT_S))
         if isinstance(reply.message, Ack) and reply.message.result is Result.FAULT_LATCHED:
             flags = Fault(reply.message.detail16)
@@ -398,7 +408,14 @@ class Link:
                 _REJECTION_ADVICE.get(result, "See docs/protocol.md for this result code"),
                 result,
             )
-        return reply
+        if not isinstance(reply.message, reply_type):
+            raise UnexpectedReply(
+                self.port,
+                f"the device answered {type(msg).__name__.upper()} with {type(reply.message).__name__.upper()}, "
+                f"not {reply_type.__name__.upper()}",
+                "The device firmware breaks docs/protocol.md: run `givre conformance` against it",
+            )
+        return reply.txn, reply.message
 
     def _request(self, msg: Message, timeout_s: float) -> Reply:
         waiter = _Waiter()
@@ -503,13 +520,14 @@ class Link:
         self._waiters.clear()
         while True:
             try:
-                waiters.append(self._outbox.get_nowait()[1])
+                _, waiter = self._outbox.get_nowait()
             except queue.Empty:
                 break
-        for waiter in waiters:
             if waiter is not None:
-                waiter.error = exc
-                waiter.done.set()
+                waiters.append(waiter)
+        for waiter in waiters:
+            waiter.error = exc
+            waiter.done.set()
         self._events.put(LinkDown(exc))
 
 

@@ -130,11 +130,12 @@ class Message:
     LAYOUT: ClassVar[struct.Struct]
     FROM_DEVICE: ClassVar[bool]
     SINCE_MINOR: ClassVar[int]  # the protocol minor version that added this message
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[typing.Any]]]  # every message is a dataclass
     _converters: ClassVar[tuple[typing.Callable[[typing.Any], typing.Any], ...]]
 
     def pack(self) -> bytes:
         values = []
-        for item in dataclasses.astuple(self):  # type: ignore[call-overload]
+        for item in dataclasses.astuple(self):
             values.append(item.encode("ascii") if isinstance(item, str) else int(item))
         try:
             return self.LAYOUT.pack(*values)
@@ -146,7 +147,7 @@ class Message:
         if len(payload) != cls.LAYOUT.size:
             raise DecodeError(f"{cls.__name__}: payload is {len(payload)} bytes, layout needs {cls.LAYOUT.size}")
         try:
-            return cls(*(convert(raw) for convert, raw in zip(cls._converters, cls.LAYOUT.unpack(payload))))
+            return cls(*(convert(raw) for convert, raw in zip(cls._converters, cls.LAYOUT.unpack(payload), strict=True)))
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"{cls.__name__}: {exc}") from exc
 
@@ -157,10 +158,8 @@ REGISTRY: dict[int, type[Message]] = {}
 def _converter(hint: typing.Any) -> typing.Callable[[typing.Any], typing.Any]:
     if hint is str:
         return lambda raw: raw.rstrip(b"\x00").decode("ascii")
-    if isinstance(hint, type) and issubclass(hint, enum.IntFlag):
-        return lambda raw: hint(raw)  # unknown bits are kept: a newer device may report more
-    if isinstance(hint, type) and issubclass(hint, enum.IntEnum):
-        return hint
+    if isinstance(hint, type) and issubclass(hint, enum.IntEnum | enum.IntFlag):
+        return hint  # an IntFlag keeps unknown bits: a newer device may report more
     return int
 
 
@@ -381,7 +380,7 @@ def schema_text(minor: int = PROTO_MINOR) -> str:
     return ";".join(
         f"{msg_type:02X}:{cls.__name__}:{cls.LAYOUT.format}:{','.join(f.name for f in dataclasses.fields(cls))}"
         for msg_type, cls in sorted(REGISTRY.items())
-        if cls.SINCE_MINOR <= minor
+        if minor >= cls.SINCE_MINOR
     )
 
 

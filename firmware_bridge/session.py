@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, Frame, encode_frame
+from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, U16_MAX, Frame, encode_frame, next_nonzero_u16, next_seq
 from firmware_bridge.messages import (
     PROTO_MAJOR,
     PROTO_MINOR,
@@ -36,6 +36,8 @@ from firmware_bridge.messages import (
 FUTURE_SLACK_MS = 1000  # device uptime may run ahead of the host's clock by this, plus twice the elapsed time
 MAX_HELD_EVENTS = 32  # 1.0 events held until this session's start uptime is known (the device keeps 32 too)
 HELD_SEQ_WINDOW = 64  # frames held while HELLO was pending are believed only if sent just before HELLO_ACK
+SEEN_EVENT_IDS = 256  # event ids remembered to drop a repeated event's copies
+SEQ_HALF_RANGE = 0x8000  # a seq this far ahead of the newest, or further, is behind it (serial number arithmetic)
 
 
 class SessionState(enum.Enum):
@@ -134,7 +136,7 @@ class NotAllowed(Exception):
 class HostSession:
     def __init__(self, retry_interval_s: float = 0.06, max_attempts: int = 5, first_txn: int = 1) -> None:
         """``first_txn``: the link draws it at random, so two host processes never reuse each other's txns."""
-        if not 1 <= first_txn <= 0xFFFF:
+        if not 1 <= first_txn <= U16_MAX:
             raise ValueError(f"first_txn {first_txn}: allowed 1..65535")
         self.retry_interval_s = retry_interval_s
         self.max_attempts = max_attempts
@@ -160,7 +162,7 @@ class HostSession:
 
     def _frame(self, msg: Message, txn: int, flags: int = 0) -> bytes:
         frame = Frame(PROTO_MAJOR, PROTO_MINOR, msg.MSG_TYPE, flags, self._next_seq, txn, msg.pack())
-        self._next_seq = (self._next_seq + 1) & 0xFFFF
+        self._next_seq = next_seq(self._next_seq)
         self.stats.frames_sent += 1
         return encode_frame(frame)
 
@@ -170,7 +172,7 @@ class HostSession:
         if name not in ALLOWED_REQUESTS[self.state]:
             raise NotAllowed(f"{name} is not allowed while the session is {self.state.value}")
         txn = self._next_txn
-        self._next_txn = self._next_txn % 0xFFFF + 1  # 1..65535, 0 means "unsolicited"
+        self._next_txn = next_nonzero_u16(txn)
         if isinstance(msg, Hello):
             self._begin_handshake(msg)
         wire = self._frame(msg, txn)
@@ -273,8 +275,8 @@ class HostSession:
         if self._last_rx_seq is None:
             self._last_rx_seq = seq
             return True
-        delta = (seq - self._last_rx_seq) & 0xFFFF
-        if delta == 0 or delta >= 0x8000:
+        delta = (seq - self._last_rx_seq) & U16_MAX
+        if delta == 0 or delta >= SEQ_HALF_RANGE:
             return False
         if delta > 1:
             self.stats.seq_gaps += delta - 1
@@ -299,7 +301,7 @@ class HostSession:
         if isinstance(msg, HelloAck) and self.state is SessionState.READY:
             waiting, self._before_ack = self._before_ack, []
             for early_frame, early_msg in waiting:
-                if 0 < (frame.seq - early_frame.seq) & 0xFFFF <= HELD_SEQ_WINDOW:  # sent just before the answer, by this boot
+                if 0 < (frame.seq - early_frame.seq) & U16_MAX <= HELD_SEQ_WINDOW:  # sent just before the answer, by this boot
                     self._on_unsolicited(early_frame, early_msg, now, out, replayed=True)
                 else:
                     self.stats.stale_frames += 1
@@ -362,7 +364,7 @@ class HostSession:
         if event.event_id in self._seen_events:
             return
         self._seen_events.append(event.event_id)
-        del self._seen_events[:-256]
+        del self._seen_events[:-SEEN_EVENT_IDS]
         if received is not None:
             out.events.append(received)
         elif self._start_uptime_ms is None:

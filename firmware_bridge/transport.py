@@ -10,21 +10,21 @@ ModemManager runs as root, so docs/udev/99-givre.rules also tells it to leave th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
+import sys
 from dataclasses import dataclass
 
 import serial
+from serial.tools import list_ports as serial_list_ports
 
 from firmware_bridge.errors import LinkLost, PortBusy, PortError, PortNotFound, PortPermissionDenied
 
-try:
+if sys.platform != "win32":  # Windows has no ttys: the OS opens COM ports exclusively by itself
     import fcntl
     import termios
-except ImportError:  # pragma: no cover - Windows: no ttys, the OS opens COM ports exclusively
-    fcntl = None  # type: ignore[assignment]
-    termios = None  # type: ignore[assignment]
 
 DEFAULT_BAUDRATE = 115200
 UDEV_HELP = "install docs/udev/99-givre.rules (see docs/udev/README.md)"
@@ -44,7 +44,9 @@ class SerialTransport:
         except serial.SerialException as exc:
             raise _open_error(url, exc) from exc
         except ValueError as exc:  # e.g. an unknown URL scheme or a bad parameter
-            raise PortError(url, f"not a usable port address ({exc})", "Use a device path such as /dev/ttyUSB0, or socket://HOST:PORT") from exc
+            raise PortError(
+                url, f"not a usable port address ({exc})", "Use a device path such as /dev/ttyUSB0, or socket://HOST:PORT"
+            ) from exc
         self._exclusive_fd: int | None = _hold_tty_exclusively(self._port)
 
     def read(self) -> bytes:
@@ -66,10 +68,8 @@ class SerialTransport:
         """Make a blocked read return now (POSIX ports); others return within the read timeout."""
         cancel = getattr(self._port, "cancel_read", None)
         if cancel is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 cancel()
-            except (serial.SerialException, OSError):
-                pass
 
     def close(self) -> None:
         """Give up the tty's exclusivity first: while the simulator (or any process) keeps the tty
@@ -77,43 +77,43 @@ class SerialTransport:
         fd, self._exclusive_fd = self._exclusive_fd, None
         if fd is not None:
             _release_tty(fd)
-        try:
+        with contextlib.suppress(serial.SerialException, OSError):
             self._port.close()
-        except (serial.SerialException, OSError):
-            pass
 
 
-def _hold_tty_exclusively(port: object) -> int | None:
+def _hold_tty_exclusively(port: serial.SerialBase) -> int | None:
     """Set TIOCEXCL on the port's tty; return the fd it was set on, or None when not applicable.
 
     socket:// has a socket fd and loop:// none at all: neither is a tty, so they are skipped
     silently. If the ioctl fails on a real tty the port stays open: pyserial's flock still keeps
     other Givre instances out, so failing here would only make the port unusable for no gain.
     """
+    if sys.platform == "win32":
+        return None
     request = getattr(termios, "TIOCEXCL", None)
-    fileno = getattr(port, "fileno", None)
-    if fcntl is None or request is None or fileno is None:
+    if request is None:
         return None
     try:
-        fd = fileno()
-        if not isinstance(fd, int) or not os.isatty(fd):
+        fd = port.fileno()
+        if not os.isatty(fd):
             return None
         fcntl.ioctl(fd, request)
     except (io.UnsupportedOperation, OSError, AttributeError, ValueError):
-        # io.UnsupportedOperation: no fd (loop://); OSError: ioctl refused (flock alone holds it).
+        # io.UnsupportedOperation: no fd (loop://); AttributeError: a socket:// whose socket is gone;
+        # OSError: ioctl refused (flock alone holds it).
         return None
     return fd
 
 
 def _release_tty(fd: int) -> None:
     """Clear TIOCEXCL before closing (best effort: a vanished USB device fails with EIO)."""
-    request = getattr(termios, "TIOCNXCL", None)
-    if fcntl is None or request is None:
+    if sys.platform == "win32":
         return
-    try:
+    request = getattr(termios, "TIOCNXCL", None)
+    if request is None:
+        return
+    with contextlib.suppress(OSError):
         fcntl.ioctl(fd, request)
-    except OSError:
-        pass
 
 
 def _open_error(url: str, exc: serial.SerialException) -> PortError:
@@ -148,8 +148,6 @@ class PortInfo:
 
 def list_ports() -> list[PortInfo]:
     """Serial ports the OS knows, with the USB identity to match against the handshake serial."""
-    from serial.tools import list_ports as serial_list_ports
-
     return [
         PortInfo(p.device, p.description, p.serial_number, p.vid, p.pid)
         for p in sorted(serial_list_ports.comports(), key=lambda p: p.device)

@@ -10,6 +10,7 @@ from firmware_bridge.messages import NOT_AVAILABLE_TEMP, NOT_AVAILABLE_U16, NOT_
 
 DAY_ZERO = date(1970, 1, 1)  # calibrated_on_day / due_on_day count days from here (docs/protocol.md)
 DEFAULT_WATCHDOG_MS = 250  # the protocol's default host-silence timeout
+HEARTBEATS_PER_WATCHDOG = 5  # a host beats this often per watchdog period: a lost beat or two never trips it
 MAX_SCALED_WATCHDOG_MS = 60_000  # the longest a virtual-time run asks for (fits HELLO's u16)
 
 
