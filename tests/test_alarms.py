@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import Rig
 
 from controller.procedure.alarms import AlarmManager, Mode, Priority
 from controller.procedure.driver import State
 from controller.records.store import RecordNotSaved
 from sim.device import SimulatedDevice
+from tests.support.rig import Rig
 
 pytestmark = pytest.mark.pty
 

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 
 from controller.cli.main import main
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
+from tests.support.waiting import wait_until
 
 GIVRE = [sys.executable, "-m", "controller.cli"]
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Rig
 from fhir.resources.R4B.bundle import Bundle
 
 from controller.cli.main import main
@@ -33,6 +32,7 @@ from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice
+from tests.support.rig import Rig
 
 pytestmark = pytest.mark.pty
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8cfc0f01f0005000201"

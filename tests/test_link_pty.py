@@ -8,7 +8,6 @@ import threading
 import tty
 
 import pytest
-from conftest import TEST_WATCHDOG_MS, wait_until
 
 from bench.run import device_timed_freeze
 from controller.procedure.reconcile import Finding, FreezeFacts, read_and_reconcile
@@ -38,6 +37,8 @@ from firmware_bridge.messages import (
 )
 from firmware_bridge.session import RebootDetected
 from sim.device import SimulatedDevice
+from tests.support.rig import TEST_WATCHDOG_MS
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pty
 

@@ -20,7 +20,10 @@ import pytest
 if sys.platform == "win32":  # pragma: no cover - the paper device serves a POSIX pty
     pytest.skip("needs a POSIX pseudo-terminal", allow_module_level=True)
 
-from paper_device import (
+from controller.cli.main import main
+from firmware_bridge.link import Link
+from firmware_bridge.messages import TriggerMode
+from tests.paper_device import (
     END_RESET,
     END_TRIGGER_RELEASED,
     END_WATCHDOG,
@@ -35,9 +38,6 @@ from paper_device import (
     crc32,
     encode_frame,
 )
-
-from controller.cli.main import main
-from firmware_bridge.link import Link, TriggerMode
 
 pytestmark = pytest.mark.pty
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import Rig, wait_until
 
 from controller.procedure.driver import TRANSITIONS, StartRefused, State
 from controller.procedure.recovery import unfinished_sessions
 from firmware_bridge.messages import Fault
+from tests.support.rig import Rig
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pty
 

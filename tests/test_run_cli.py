@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 
 from controller.cli.main import main
 from firmware_bridge.clock import Clock
 from sim.device import SimulatedDevice
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pty
 GIVRE = [sys.executable, "-m", "controller.cli"]

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Rig, wait_until
 
 from controller.cli.main import main
 from controller.procedure.driver import Procedure, State
@@ -28,6 +27,8 @@ from firmware_bridge.messages import (
     Telemetry,
 )
 from sim.device import SimulatedDevice
+from tests.support.rig import Rig
+from tests.support.waiting import wait_until
 
 
 def wire(msg: Message, seq: int) -> bytes:

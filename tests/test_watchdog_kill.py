@@ -10,11 +10,11 @@ import sys
 import textwrap
 
 import pytest
-from conftest import wait_until
 
 from firmware_bridge.link import Link
 from firmware_bridge.messages import EndReason, Fault
 from sim.device import SimulatedDevice
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pty
 
