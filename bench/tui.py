@@ -1,5 +1,5 @@
-"""TUI figures for `givre bench` (kept here: only controller/tui imports textual): launch to the
-first screen ready, and a STOP key event to the screen saying the device closed its valve."""
+"""TUI figures for `givre bench`, driving the app from above with Textual's test pilot: launch to
+the first screen ready, and a STOP key event to the screen saying the device closed its valve."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from controller.clinic import Clinic
 from controller.config import Config
 from controller.procedure.treatment import Treatment
 from controller.records.ledger import CartridgeLedger
-from controller.records.lesion import Lesion, SessionInfo, Site
+from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore
-from controller.tui.app import GivreApp, ProcedureScreen, SessionScreen
+from controller.tui.app import GivreApp
+from controller.tui.screens.procedure import ProcedureScreen
+from controller.tui.screens.session import SessionScreen
 from firmware_bridge.link import Link
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice
@@ -51,7 +53,7 @@ async def _drive(clinic: Clinic, device: SimulatedDevice, samples: int) -> tuple
         clinic.treatment = treatment
         profile = clinic.library.get("seborrheic-keratosis-thick")
         for _ in range(samples):
-            procedure = treatment.lesion(Lesion(profile_id=profile.profile.id, site=Site(region="back"), description="bench"), profile)
+            procedure = treatment.lesion(Lesion(profile_id=profile.profile.id, site=Site(region=Region.BACK), description="bench"), profile)
             clinic.procedure = procedure
             clinic.supervisor.attach(procedure)
             app.push_screen(ProcedureScreen())

@@ -4,13 +4,13 @@ and the tests build it the same way; it knows nothing of any screen."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from controller.config import Config
-from controller.device.selftest import overall, run_selftest
+from controller.device import selftest
 from controller.practice.billing import CcamTable, load_table
 from controller.procedure.alarms import AlarmManager, Mode
 from controller.procedure.driver import Procedure
@@ -57,7 +57,7 @@ class Clinic:
     procedure: Procedure | None = None
     recovered: list[str] = field(default_factory=list)
     calibration_status: str = "unknown"
-    selftest_on_connect: bool = True
+    selftest_on_connect: bool = True  # the UI runs run_selftest after each connect (the bench and some tests turn it off)
     selftest_lines: list[str] = field(default_factory=list)
     billing_table: CcamTable = field(default_factory=load_table)
     simulator_factory: SimulatorFactory | None = None  # offers the embedded simulator on the connect screen
@@ -65,12 +65,16 @@ class Clinic:
     _open_by_device_session: dict[int, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self.alarms = AlarmManager(lambda kind, payload: self.store.append(kind, payload, None), Mode.TREATMENT)
+        self.alarms = AlarmManager(self._record_alarm, Mode.TREATMENT)
         self.supervisor = Supervisor(self.link, self.alarms, self._file_earlier)
 
+    def _record_alarm(self, kind: str, payload: dict[str, object]) -> None:
+        """An alarm raised between procedures belongs to no session."""
+        self.store.append(kind, payload, None)
+
     def connect(self, link: Link) -> None:
-        """Use a freshly opened link; close any unfinished session from a killed host first, then
-        run the pre-use self-test."""
+        """Use a freshly opened link; close any unfinished session from a killed host first. The
+        caller runs the pre-use self-test (run_selftest, blocking) if selftest_on_connect."""
         self.link = link
         self.supervisor.link = link
         self.recovered = [r.line() for r in recover(self.store, link, early_events_s=0)]
@@ -78,31 +82,36 @@ class Clinic:
         self._open_by_device_session = {ds: sid for ds, sid in by_device_session.items() if sid in still_open}
         cal = calibration_record(link.read_calibration())
         self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
-        if self.selftest_on_connect:
-            self.start_selftest()
 
     def _file_earlier(self, item: DeviceEventReceived) -> None:
         """Under the session it was raised in while that session is still open (its recovery can use it)."""
         owner = self._open_by_device_session.get(item.device_session or 0)
         file_device_event(self.store, item, self.link.identity if self.link else None, owner)
 
-    def start_selftest(self) -> None:
-        """Run the pre-use self-test off the UI thread; the controller loop stands aside meanwhile."""
-        if self.link is None or self.supervisor.paused.is_set():
-            return
-        self.selftest_lines = ["self-test running (a few seconds; the device sprays 150 ms)..."]
-        threading.Thread(target=self._selftest, name="givre-selftest", daemon=True).start()
-
-    def _selftest(self) -> None:
-        assert self.link is not None
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        """The device to a self-test or calibration step alone: the supervisor falls silent until the
+        block ends, so its heartbeats and ticks never interleave with the measurement's commands."""
         self.supervisor.paused.set()
         try:
-            checks = run_selftest(self.link, self.store, self.config)
-            self.selftest_lines = [c.line() for c in checks] + [f"self-test {overall(checks).value}"]
-        except Exception as exc:  # noqa: BLE001 - shown on screen, never a traceback
-            self.selftest_lines = [f"self-test could not run: {exc}"]
+            yield
         finally:
             self.supervisor.paused.clear()
+
+    def run_selftest(self) -> None:
+        """The pre-use self-test, blocking for a few seconds (the UI runs it in a worker thread):
+        selftest_lines say it is running, then hold each check and the verdict. Does nothing
+        without a device, or while another measurement has it."""
+        link = self.link
+        if link is None or self.supervisor.paused.is_set():
+            return
+        with self.measuring():
+            self.selftest_lines = [f"self-test running (a few seconds; the device sprays {selftest.VALVE_CLICK_MS} ms)..."]
+            try:
+                checks = selftest.run_selftest(link, self.store, self.config)
+                self.selftest_lines = [*(c.line() for c in checks), f"self-test {selftest.overall(checks).value}"]
+            except Exception as exc:  # shown on screen, never a traceback
+                self.selftest_lines = [f"self-test could not run: {exc}"]
 
     def open_simulator(self, kind: str) -> str:
         """Start the embedded simulator of this kind; returns the pty to connect to."""

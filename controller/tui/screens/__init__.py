@@ -1,0 +1,1 @@
+"""The screens: one module per screen, each reading the app's Clinic."""

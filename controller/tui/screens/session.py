@@ -1,0 +1,71 @@
+"""A new session: who treats whom, and the device's pre-use self-test."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import ValidationError
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import Button, Footer, Input, Label, Static
+
+from controller.procedure.treatment import Treatment
+from controller.records.lesion import SessionInfo
+from controller.tui.screens.base import GivreScreen
+from controller.tui.screens.lesion import LesionScreen
+from controller.tui.text import device_line
+from controller.tui.widgets.title_bar import TitleBar
+
+SELFTEST_REFRESH_S = 0.2
+
+
+class SessionScreen(GivreScreen):
+    """Operator and patient (pseudonymous ids), the device line, what recovery settled, the self-test's lines."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "start", "Start session", show=True, priority=True),
+                                             Binding("ctrl+t", "selftest", "Self-test", show=True, priority=True)]
+
+    def compose(self) -> ComposeResult:
+        clinic = self.app.clinic
+        yield TitleBar()
+        with VerticalScroll():
+            yield Static(device_line(clinic), id="device", markup=False)
+            for line in clinic.recovered:
+                yield Static(f"! {line}", classes="warning", markup=False)
+            yield Label("Operator (pseudonymous id)")
+            yield Input(placeholder="e.g. dr-martin", id="operator")
+            yield Label("Patient (pseudonymous id: never a name)")
+            yield Input(placeholder="e.g. P-0042", id="patient")
+            yield Static("", id="error", classes="error", markup=False)
+            yield Button("Start session (enter)", id="start", variant="primary")
+            yield Static("", id="selftest", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#operator", Input).focus()
+        self.set_interval(SELFTEST_REFRESH_S, self._show_selftest)
+
+    def _show_selftest(self) -> None:
+        self.query_one("#selftest", Static).update("\n".join(self.app.clinic.selftest_lines))
+
+    def action_selftest(self) -> None:
+        self.app.start_selftest()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_start()
+
+    def action_start(self) -> None:
+        clinic = self.app.clinic
+        try:
+            info = SessionInfo(operator=self.query_one("#operator", Input).value.strip(),
+                               patient=self.query_one("#patient", Input).value.strip())
+        except ValidationError as exc:
+            field_name = str(exc.errors()[0]["loc"][0])
+            self.query_one("#error", Static).update(
+                f"✗ {field_name}: letters, digits, '.', '_' or '-' (1-40, no spaces; a pseudonymous id, never a name)"
+            )
+            return
+        clinic.treatment = Treatment(clinic.store, clinic.config, clinic.clock, info, clinic.link)
+        clinic.treatment.start()
+        self.app.push_screen(LesionScreen())
