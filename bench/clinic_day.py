@@ -16,14 +16,15 @@ from controller.config import Config
 from controller.procedure.recovery import connect
 from controller.procedure.treatment import Treatment
 from controller.records.ledger import CartridgeLedger
-from controller.records.lesion import Lesion, SessionInfo, Site
+from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice
 
 DAY_PROFILES = ["common-wart", "solar-lentigo", "actinic-keratosis", "skin-tag", "molluscum-contagiosum", "condyloma"]
-DAY_REGIONS = ["hand", "cheek", "forehead", "back", "finger", "neck"]
+DAY_REGIONS = [Region.HAND, Region.CHEEK, Region.FOREHEAD, Region.BACK, Region.FINGER, Region.NECK]
+RELOAD_BELOW_S = 30  # a cartridge with less gas left than this is swapped before the next session
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +51,10 @@ def clinic_day(db: Path, sessions: int = 40, corrupt_pct: float = 1.0, scale: fl
             ledger = CartridgeLedger(store, config)
             ledger.load("23g", date.today())
             completed = 0
-            picks = itertools.cycle(zip(DAY_PROFILES, DAY_REGIONS))
+            picks = itertools.cycle(zip(DAY_PROFILES, DAY_REGIONS, strict=True))
             for n in range(sessions):
                 status = ledger.status()
-                if status is None or status.remaining_s < 30:
+                if status is None or status.remaining_s < RELOAD_BELOW_S:
                     ledger.load("23g", date.today())
                     device.load_cartridge(23)
                 treatment = Treatment(store, config, clock, SessionInfo(operator="dr-a", patient=f"P-{n:04d}"), link)

@@ -6,6 +6,8 @@ on the host's monotonic clock around the real pyserial path (pty, link thread, s
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import statistics
 import tempfile
@@ -24,7 +26,17 @@ from controller.records.store import RecordStore
 from firmware_bridge.codec import Frame, FrameDecoder, encode_frame
 from firmware_bridge.conformance import run_conformance
 from firmware_bridge.link import Link
-from firmware_bridge.messages import PROTO_MAJOR, PROTO_MINOR, DeviceState, Event, EventCode, FreezeMode, Telemetry, TriggerMode
+from firmware_bridge.messages import (
+    NOT_AVAILABLE_TEMP,
+    PROTO_MAJOR,
+    PROTO_MINOR,
+    DeviceState,
+    Event,
+    EventCode,
+    FreezeMode,
+    Telemetry,
+    TriggerMode,
+)
 from firmware_bridge.session import DeviceEventReceived
 from sim.device import SimulatedDevice
 
@@ -74,12 +86,10 @@ def _exports(db: Path) -> dict[str, float]:
 def _record_appends(db: Path, n: int) -> list[float]:
     """Durable appends (WAL, synchronous=FULL): each returns only once the event is on disk."""
     with RecordStore(db) as store:
-        return [_timed(lambda i=i: store.append("bench", {"i": i, "text": "x" * 200}, "S-bench")) for i in range(n)]
+        return [_timed(functools.partial(store.append, "bench", {"i": i, "text": "x" * 200}, "S-bench")) for i in range(n)]
 
 
 def _machine() -> str:
-    import os
-
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
@@ -91,7 +101,7 @@ def _percentiles(prefix: str, samples: list[float]) -> dict[str, float]:
 
 def _codec_frames_per_s(seconds: float) -> float:
     """Encode and decode telemetry frames, the most frequent frame on the wire."""
-    payload = Telemetry(123456, 7, DeviceState.FREEZING, 3, 1, 42, 5000, 5000, 4980, -8500, 0x7FFF, 0).pack()
+    payload = Telemetry(123456, 7, DeviceState.FREEZING, 3, 1, 42, 5000, 5000, 4980, -8500, NOT_AVAILABLE_TEMP, 0).pack()
     decoder = FrameDecoder()
     count = 0
     start = time.perf_counter()
@@ -105,9 +115,8 @@ def _codec_frames_per_s(seconds: float) -> float:
 
 @contextmanager
 def _device_and_link(watchdog_ms: int = 1000) -> Iterator[tuple[SimulatedDevice, Link]]:
-    with SimulatedDevice() as device:
-        with Link.open(device.serve_pty(), watchdog_ms=watchdog_ms) as link:
-            yield device, link
+    with SimulatedDevice() as device, Link.open(device.serve_pty(), watchdog_ms=watchdog_ms) as link:
+        yield device, link
 
 
 def _timed(action: Callable[[], object]) -> float:
@@ -122,7 +131,7 @@ def _roundtrips(link: Link, n: int) -> list[float]:
 
 def _stop_latencies(device: SimulatedDevice, link: Link, n: int) -> list[float]:
     """STOP asked -> the device's 'valve closed' answer read back; the valve state is then checked."""
-    samples = []
+    samples: list[float] = []
     for _ in range(n):
         link.freeze(30_000)
         samples.append(_timed(link.stop))
@@ -133,20 +142,20 @@ def _stop_latencies(device: SimulatedDevice, link: Link, n: int) -> list[float]:
 
 def _freeze_errors(device: SimulatedDevice, link: Link, n: int) -> tuple[list[float], list[float]]:
     """|device-measured - requested|, and against the simulator's ground truth of the valve."""
-    errors, truth = [], []
+    errors: list[float] = []
+    truth: list[float] = []
     for i in range(n):
         requested = 50 + 10 * (i % 10)
         errors.append(abs(device_timed_freeze(link, requested).valve_open_ms - requested))
-        edge = device.model.valve_log[-1]
-        _wait(lambda: edge.closed_at is not None)
-        assert edge.closed_at is not None
-        truth.append(abs((edge.closed_at - edge.opened_at) * 1000 - requested))
+        opened_at, closed_at = _last_opening(device, 1.0)
+        truth.append(abs((closed_at - opened_at) * 1000 - requested))
     return errors, truth
 
 
-def device_timed_freeze(link: Link, duration_ms: int, *, mode: FreezeMode = FreezeMode.TIMED,
-                        trigger: TriggerMode = TriggerMode.HOST, on_beat: Callable[[Link], None] | None = None,
-                        seen: list[Event] | None = None) -> Event:
+def device_timed_freeze(  # noqa: PLR0913 - a FREEZE's mode and trigger and two optional observers, keyword-only
+    link: Link, duration_ms: int, *, mode: FreezeMode = FreezeMode.TIMED, trigger: TriggerMode = TriggerMode.HOST,
+    on_beat: Callable[[Link], None] | None = None, seen: list[Event] | None = None,
+) -> Event:
     """One FREEZE, heartbeating until its FREEZE_DONE, which is returned. A measurement harness for the
     bench and the link's tests: anything but a clean report raises, nothing is reconciled here (the
     product's one path for that is controller/procedure/reconcile.py). ``seen`` collects the other events."""
@@ -178,20 +187,27 @@ def _conformance_seconds() -> float:
 
 def _watchdog_closes(n: int) -> list[float]:
     """The host goes silent mid-freeze: last host byte -> valve physically closed."""
-    samples = []
+    samples: list[float] = []
     for _ in range(n):
         with SimulatedDevice() as device:
             link = Link.open(device.serve_pty(), watchdog_ms=WATCHDOG_MS)
             link.freeze(10_000)
             link.close(end_session=False)  # silence: no BYE, no frame, the port closed as a killed host's would be
-            _wait(lambda: bool(device.model.valve_log) and device.model.valve_log[-1].closed_at is not None, 3.0)
-            closed_at = device.model.valve_log[-1].closed_at
-            assert closed_at is not None and device.last_host_byte_at is not None
+            _, closed_at = _last_opening(device, 3.0)
+            assert device.last_host_byte_at is not None
             samples.append((closed_at - device.last_host_byte_at) * 1000)
     return samples
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float = 1.0) -> None:
+def _last_opening(device: SimulatedDevice, timeout_s: float) -> tuple[float, float]:
+    """When the simulator's valve last opened and closed (true seconds), once it has closed."""
+    _wait(lambda: bool(device.model.valve_log) and device.model.valve_log[-1].closed_at is not None, timeout_s)
+    edge = device.model.valve_log[-1]
+    assert edge.closed_at is not None
+    return edge.opened_at, edge.closed_at
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
