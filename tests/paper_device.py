@@ -26,6 +26,7 @@ opens ``path`` (the slave) like a USB serial port.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import os
@@ -256,7 +257,7 @@ class FrameReceiver:
 
 
 class CorrectedClock:
-    """§7.5: corrected_ms = raw_ms × (1 + timer_ppm / 10⁶), applied to each interval as it
+    """§7.5: corrected_ms = raw_ms * (1 + timer_ppm / 10⁶), applied to each interval as it
     elapses: a new timer_ppm changes the rate from then on, the clock never jumps. It counts ms
     since power-on (uptime, §6.5)."""
 
@@ -422,6 +423,16 @@ class PendingEvent:
         return EVENT_S.pack(*nine)
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What the device says of itself in HELLO_ACK (§5.1), fixed for its life."""
+
+    serial: str = "PAPER-0001"
+    max_freeze_ms: int = 30_000
+    capabilities: int = CAP_PRESSURE_SENSOR | CAP_HAND_TRIGGER | CAP_HALO_TIMING | CAP_DEAD_MAN
+    fw_version: tuple[int, int, int] = (0, 1, 0)
+
+
 @dataclass
 class CachedReply:
     """§5.4 / §10.2: a reply kept as message type and payload (a replay needs a new seq)."""
@@ -440,17 +451,14 @@ class PaperFirmware:
     """The protocol logic. Not thread-safe: PaperDevice calls it under one lock."""
 
     def __init__(self, nv: NonVolatile, transmit: Callable[[bytes], None], *,
-                 serial: str = "PAPER-0001", max_freeze_ms: int = 30_000,
-                 capabilities: int = (CAP_PRESSURE_SENSOR | CAP_HAND_TRIGGER
-                                      | CAP_HALO_TIMING | CAP_DEAD_MAN),
-                 fw_version: tuple[int, int, int] = (0, 1, 0),
-                 hardware: SprayHardware | None = None) -> None:
+                 identity: Identity | None = None, hardware: SprayHardware | None = None) -> None:
         self.nv = nv
         self._transmit = transmit
-        self.serial = serial
-        self.max_freeze_ms = max_freeze_ms
-        self.capabilities = capabilities
-        self.fw_version = fw_version
+        identity = identity or Identity()
+        self.serial = identity.serial
+        self.max_freeze_ms = identity.max_freeze_ms
+        self.capabilities = identity.capabilities
+        self.fw_version = identity.fw_version
         self.hw = hardware or SprayHardware()
         self.rx = FrameReceiver()
         self._power_on()
@@ -597,7 +605,7 @@ class PaperFirmware:
             self._on_frame(body)
             self._emit(self.clock.now())  # events and telemetry caused by it, after the reply
 
-    def _on_frame(self, body: bytes) -> None:
+    def _on_frame(self, body: bytes) -> None:  # noqa: PLR0911, PLR0912 - §4.4's ten steps in order, as the document reads
         major, _minor, msg_type, _flags, seq, txn = HEADER.unpack_from(body)
         payload = body[HEADER.size:]
         now = self.clock.now()
@@ -649,7 +657,7 @@ class PaperFirmware:
             self.txn_cache.popitem(last=False)
         self._send(reply_type, reply, txn)
 
-    def _execute(self, msg_type: int, payload: bytes, txn: int,
+    def _execute(self, msg_type: int, payload: bytes, txn: int,  # noqa: PLR0911 - one return per request type, as §4.5 lists them
                  now: float) -> tuple[int, bytes]:
         fields = HOST_LAYOUTS[msg_type].unpack(payload)
         # §4.5: HELLO, BYE and STOP are served in every state, with or without a session.
@@ -731,7 +739,7 @@ class PaperFirmware:
             valve_open = self._end_freeze(now, END_STOPPED)
         return self._ack(STOP, R_OK, 0, valve_open)
 
-    def _freeze(self, mode: int, trigger: int, duration_ms: int, *, txn: int,
+    def _freeze(self, mode: int, trigger: int, duration_ms: int, *, txn: int,  # noqa: PLR0911 - §6.1's table, one return per row
                 now: float) -> tuple[int, bytes]:
         # §6.1: the table top to bottom, first match (row 1, no session, handled by the caller)
         if self.latched & LATCHING or self.state == S_FAULT:  # row 2
@@ -1000,9 +1008,11 @@ class DeviceStatus:
 class PaperDevice:
     """The paper firmware served on a pty. ``path`` is the slave a host opens."""
 
-    def __init__(self, *, nv: NonVolatile | None = None, **firmware_options: object) -> None:
+    def __init__(self, *, nv: NonVolatile | None = None, identity: Identity | None = None,
+                 hardware: SprayHardware | None = None) -> None:
         self.nv = nv if nv is not None else NonVolatile()
-        self._options = firmware_options
+        self._identity = identity
+        self._hardware = hardware
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1023,8 +1033,7 @@ class PaperDevice:
         self.path = os.ttyname(self._slave)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self.firmware = PaperFirmware(
-            self.nv, self._transmit, **self._options)  # type: ignore[arg-type]
+        self.firmware = PaperFirmware(self.nv, self._transmit, identity=self._identity, hardware=self._hardware)
         self._thread = threading.Thread(target=self._run, name="paper-device", daemon=True)
         self._thread.start()
         return self
@@ -1037,10 +1046,8 @@ class PaperDevice:
             self._thread = None
         for fd in (self._master, self._slave, self._wake_r, self._wake_w):
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         self._master = self._slave = self._wake_r = self._wake_w = -1
 
     @property
@@ -1097,10 +1104,8 @@ class PaperDevice:
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
-            except OSError:
-                pass
 
     def _transmit(self, frame: bytes) -> None:
         try:
@@ -1122,10 +1127,8 @@ class PaperDevice:
                 if self._stop.is_set():
                     return
                 if self._wake_r in ready:
-                    try:
+                    with contextlib.suppress(OSError):
                         os.read(self._wake_r, 512)
-                    except OSError:
-                        pass
                 if self._master in ready:
                     while True:
                         try:

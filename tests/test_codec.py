@@ -64,7 +64,7 @@ def test_frames_survive_arbitrary_chunking(items: list[Frame], data: st.DataObje
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     decoder = FrameDecoder()
     got: list[Frame] = []
-    for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         got += decoder.feed(stream[start:end])
     assert got == items
 

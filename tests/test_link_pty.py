@@ -6,6 +6,7 @@ import os
 import pty
 import threading
 import tty
+from collections.abc import Callable
 
 import pytest
 
@@ -22,7 +23,7 @@ from firmware_bridge.errors import (
     VersionMismatch,
     WrongDeviceKind,
 )
-from firmware_bridge.link import Link, LinkDown
+from firmware_bridge.link import Link, LinkDown, LinkEvent
 from firmware_bridge.messages import (
     CalWrite,
     DeviceKind,
@@ -41,6 +42,11 @@ from tests.support.rig import TEST_WATCHDOG_MS
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.pty
+
+
+def wait_for_event(link: Link, kind: type[LinkEvent], what: str) -> None:
+    """Read the link's event queue until an event of that kind comes out of it."""
+    wait_until(lambda: isinstance(link.next_event(0.05), kind), what=what)
 
 
 def test_handshake_reports_the_device_identity(device: SimulatedDevice, link: Link) -> None:
@@ -199,8 +205,7 @@ def test_calibration_is_stored_in_the_device(link: Link) -> None:
 
 def test_reboot_event_reaches_the_host_queue(device: SimulatedDevice, link: Link) -> None:
     device.reboot()
-    seen: list[object] = []
-    wait_until(lambda: seen.append(link.next_event(0.05)) or any(isinstance(e, RebootDetected) for e in seen), what="reboot")
+    wait_for_event(link, RebootDetected, "reboot")
 
 
 # ---- bad ports, bad devices: each a clear error naming the port -------------------------------
@@ -235,7 +240,7 @@ def test_different_message_layouts_are_refused() -> None:
 def test_wrong_device_kind() -> None:
     with SimulatedDevice(kind="probe") as dev:
         dev.serve_pty()
-        with pytest.raises(WrongDeviceKind, match="this is a probe device .* not a spray"):
+        with pytest.raises(WrongDeviceKind, match=r"this is a probe device .* not a spray"):
             Link.open(dev.url, expect_kind=DeviceKind.SPRAY)
 
 
@@ -287,8 +292,7 @@ def test_socket_url_reaches_a_tcp_simulator() -> None:
 
 def test_link_down_is_delivered_as_an_event(device: SimulatedDevice, link: Link) -> None:
     device.disconnect()
-    seen: list[object] = []
-    wait_until(lambda: seen.append(link.next_event(0.05)) or any(isinstance(e, LinkDown) for e in seen), what="link down")
+    wait_for_event(link, LinkDown, "link down")
     with pytest.raises(LinkLost):
         link.counters()
 
@@ -320,7 +324,8 @@ def test_dead_man_trigger_over_the_wire(device: SimulatedDevice, link: Link) -> 
     ],
     ids=["blocked-nozzle", "valve-stuck-closed", "empty-cartridge"],
 )
-def test_device_faults_end_the_freeze_and_reach_the_host(device: SimulatedDevice, link: Link, inject, fault, end_reason) -> None:  # type: ignore[no-untyped-def]
+def test_device_faults_end_the_freeze_and_reach_the_host(
+        device: SimulatedDevice, link: Link, inject: Callable[[SimulatedDevice], None], fault: Fault | None, end_reason: EndReason) -> None:
     device.at(0.1, lambda: inject(device))
     seen: list[Event] = []
     outcome = device_timed_freeze(link, 5000, seen=seen)

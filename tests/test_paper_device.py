@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,7 @@ from tests.paper_device import (
     S_WAIT_TRIGGER,
     SCHEMA_HASH,
     FrameReceiver,
+    Identity,
     PaperDevice,
     crc32,
     encode_frame,
@@ -69,17 +71,17 @@ def givre(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return int(rc or 0), capsys.readouterr().out
 
 
-def givre_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+def givre_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     rc, out = givre(capsys, *args)
     try:
         return rc, json.loads(out)
     except json.JSONDecodeError:  # pragma: no cover - a failure message worth reading
-        raise AssertionError(f"givre {' '.join(args)} exited {rc} without JSON: {out!r}")
+        raise AssertionError(f"givre {' '.join(args)} exited {rc} without JSON: {out!r}") from None
 
 
 @pytest.fixture
 def dev() -> Iterator[PaperDevice]:
-    device = PaperDevice(serial="PAPER-0001")
+    device = PaperDevice(identity=Identity(serial="PAPER-0001"))
     with device:
         yield device
     assert device.closed, "the device thread or its pty was left open"
@@ -149,7 +151,7 @@ def test_conformance_kit_passes_the_paper_device(dev: PaperDevice,
 # ---------------------------------------------------------------------------------------------
 
 
-def _run(capsys: pytest.CaptureFixture[str], dev: PaperDevice, db: str) -> dict:
+def _run(capsys: pytest.CaptureFixture[str], dev: PaperDevice, db: str) -> dict[str, Any]:
     rc, report = givre_json(capsys, "run", "--port", dev.path, "--profile", "solar-lentigo",
                             "--site", "hand", "--db", db, "--yes", "--json")
     assert rc == 0, report

@@ -49,7 +49,7 @@ def test_example_frame_decodes_as_described(title: str, hexdump: str) -> None:
     frame = frames[0]
     msg = decode_message(frame.msg_type, frame.payload)
     assert WIRE_NAMES[type(msg).__name__] == name
-    assert msg.FROM_DEVICE == (direction == "device->host")
+    assert (direction == "device->host") == msg.FROM_DEVICE
     assert frame.seq == int(header["seq"]) and frame.txn == int(header["txn"])
     flags = {"RETRANSMIT": FLAG_RETRANSMIT, "DUPLICATE": FLAG_DUPLICATE}.get(header.get("flags", ""), 0)
     assert frame.flags == flags

@@ -11,6 +11,7 @@ import pytest
 
 from controller.cli.main import main
 from controller.procedure.driver import Procedure, State
+from controller.procedure.recovery import recover
 from controller.procedure.treatment import Treatment
 from controller.records.store import RecordStore
 from firmware_bridge.codec import Frame, encode_frame
@@ -27,7 +28,7 @@ from firmware_bridge.messages import (
     Telemetry,
 )
 from sim.device import SimulatedDevice
-from tests.support.rig import Rig
+from tests.support.rig import TEST_WATCHDOG_MS, Rig
 from tests.support.waiting import wait_until
 
 
@@ -88,21 +89,33 @@ def test_events_an_earlier_session_left_are_filed_as_such_not_charged_to_the_new
     assert {"FREEZE_DONE", "WATCHDOG_TRIP"} <= {p["code"] for p in filed if p.get("earlier_session")}
 
 
-def freeze_then(rig: Rig, when_s: float, happening: Callable[[], object], window_s: float) -> tuple[Treatment, Procedure]:
+def unplugged(device: SimulatedDevice) -> None:
+    """USB power gone, then back: the host's port vanishes and the device restarts."""
+    device.drop_host()
+    device.reboot()
+
+
+def gone_quiet(device: SimulatedDevice) -> None:
+    """Nothing answers any more."""
+    device.set_silent(True)
+    device.drop_host()
+
+
+def freeze_then(rig: Rig, when_s: float, happening: Callable[[SimulatedDevice], None], window_s: float) -> tuple[Treatment, Procedure]:
     """A 10 s device-timed freeze over TCP (same URL after a reconnection) that ``happening`` interrupts."""
     url = rig.link.port
-    treatment, procedure = rig.procedure("common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=window_s)
+    treatment, procedure = rig.procedure("common-wart", reconnect=lambda: Link.open(url, watchdog_ms=TEST_WATCHDOG_MS),
+                                         reconnect_window_s=window_s)
     procedure.arm()
     while not rig.device.valve_open:
         procedure.tick()
-    rig.device.at(when_s, happening)
+    rig.device.at(when_s, lambda: happening(rig.device))
     procedure.run()
     return treatment, procedure
 
 
 def test_a_device_that_vanishes_mid_freeze_and_returns_rebooted_is_reconciled_never_zero(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(tcp=True)
-    unplugged = lambda: (rig.device.drop_host(), rig.device.reboot())  # USB power gone, then back
     treatment, procedure = freeze_then(rig, 0.4, unplugged, window_s=10)
     cycle = procedure.cycles[0]
     assert procedure.state is State.FAULTED and cycle.certainty == "reconciled" and cycle.end_reason == "RESET"
@@ -113,14 +126,14 @@ def test_a_device_that_vanishes_mid_freeze_and_returns_rebooted_is_reconciled_ne
     kinds = rig.kinds(treatment.session_id)
     assert "freeze_unresolved" not in kinds and kinds.count("freeze_result") == 1
     assert treatment.end() == "interrupted"
-    procedure.link.close()  # type: ignore[union-attr]
+    assert procedure.link is not None
+    procedure.link.close()
 
 
 def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_next_connection(
         make_rig: Callable[..., Rig], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rig = make_rig(tcp=True)
     url = rig.link.port
-    gone_quiet = lambda: (rig.device.set_silent(True), rig.device.drop_host())  # nothing answers
     treatment, procedure = freeze_then(rig, 0.3, gone_quiet, window_s=1.5)
     assert procedure.state is State.FAULTED and procedure.cycles[0].certainty == "unresolved"
     assert treatment.end() == "unresolved"  # the session is NOT closed: its cycle waits for the device
@@ -128,7 +141,8 @@ def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_
     assert "freeze_unresolved" in kinds and "freeze_result" not in kinds and "session_ended" not in kinds
     wait_until(lambda: rig.device.firmware.nvm.last_freeze.end_reason is EndReason.WATCHDOG, what="the device closing its valve by itself")
     truth = rig.device.firmware.nvm.last_freeze
-    procedure.link.close()  # type: ignore[union-attr]
+    assert procedure.link is not None
+    procedure.link.close()
     rig.store.close()
     rig.device.set_silent(False)
     capsys.readouterr()
@@ -151,9 +165,10 @@ def test_an_outcome_the_device_cannot_give_now_stays_open_and_is_settled_at_its_
 
 def test_an_open_cycle_is_not_settled_by_another_device(make_rig: Callable[..., Rig], capsys: pytest.CaptureFixture[str]) -> None:
     rig = make_rig(tcp=True)
-    treatment, procedure = freeze_then(rig, 0.3, lambda: (rig.device.set_silent(True), rig.device.drop_host()), window_s=1.0)
+    treatment, procedure = freeze_then(rig, 0.3, gone_quiet, window_s=1.0)
     assert treatment.end() == "unresolved"
-    procedure.link.close()  # type: ignore[union-attr]
+    assert procedure.link is not None
+    procedure.link.close()
     rig.store.close()
     with SimulatedDevice(serial="SIM-OTHER") as other:
         capsys.readouterr()
@@ -165,8 +180,6 @@ def test_an_open_cycle_is_not_settled_by_another_device(make_rig: Callable[..., 
 def test_recovery_settles_every_open_freeze_of_a_session_and_charges_the_cartridge(tmp_path: Path) -> None:
     """Two lesions, the first one's freeze lost: it stays open until its device's report is in the
     record, then the session closes with the device's figure, the gas charged and the reservation released."""
-    from controller.procedure.recovery import recover
-
     with RecordStore(tmp_path / "r.sqlite") as store:
         device = {"serial": "SIM-A", "boot_count": 3, "device_session": 11}
         store.append("session_started", {"operator": "dr", "patient": "P-1", "mode": "device", "device": device, "calibration": {}}, "S1")
@@ -184,8 +197,9 @@ def test_recovery_settles_every_open_freeze_of_a_session_and_charges_the_cartrid
         store.append("device_event", another_link, "S1")
         (still,) = recover(store, None)
         assert not still.closed
-        store.append("device_event", {"code": "FREEZE_DONE", "end_reason": "COMPLETED", "txn": 500, "fault_flags": 0, "valve_open_ms": 9_990,
-                                      "halo_to_off_ms": None, "earlier_session": True, "device_session": 11, "serial": "SIM-A"}, "S1")
+        store.append("device_event", {"code": "FREEZE_DONE", "end_reason": "COMPLETED", "txn": 500, "fault_flags": 0,
+                                      "valve_open_ms": 9_990, "halo_to_off_ms": None, "earlier_session": True, "device_session": 11,
+                                      "serial": "SIM-A"}, "S1")
         (settled,) = recover(store, None)
         events = list(store.events("S1"))
     assert settled.closed and "L1 cycle 1 (10000 ms planned): the device reported 9990 ms, ended COMPLETED" in settled.finding

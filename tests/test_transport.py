@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import serial
+from pytest_mock import MockerFixture
 
 from firmware_bridge.errors import PortBusy, PortError, PortNotFound, PortPermissionDenied
 from firmware_bridge.transport import SerialTransport, _open_error
@@ -27,13 +28,14 @@ NOBODY = 65534
         (serial.SerialException(errno.EACCES, "could not open port /dev/ttyACM0: [Errno 13] Permission denied"),
          PortPermissionDenied, "dialout"),
         (serial.SerialException(errno.EAGAIN, "Could not exclusively lock port /dev/ttyACM0"), PortBusy, "Close the other"),
-        (serial.SerialException(errno.EBUSY, "could not open port /dev/ttyACM0: [Errno 16] Device or resource busy"), PortBusy, "ModemManager"),
+        (serial.SerialException(errno.EBUSY, "could not open port /dev/ttyACM0: [Errno 16] Device or resource busy"), PortBusy,
+         "ModemManager"),
         (serial.SerialException(errno.ENOENT, "could not open port: No such file or directory"), PortNotFound, "Plug the device in"),
         (serial.SerialException("Could not open port socket://x:1: [Errno 111] Connection refused"), PortNotFound, "givre sim --tcp"),
         (serial.SerialException(errno.EIO, "something odd"), PortError, "Check the address"),
     ],
 )
-def test_open_errors_are_mapped(mocker, exc: Exception, expected: type[PortError], advice: str) -> None:  # type: ignore[no-untyped-def]
+def test_open_errors_are_mapped(mocker: MockerFixture, exc: Exception, expected: type[PortError], advice: str) -> None:
     mocker.patch("firmware_bridge.transport.serial.serial_for_url", side_effect=exc)
     with pytest.raises(expected) as info:
         SerialTransport("/dev/ttyACM0")
