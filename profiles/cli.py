@@ -17,6 +17,8 @@ from profiles.library import (
     load_library,
 )
 
+HELP = "lesion profiles: list, show, check"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

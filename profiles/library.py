@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from profiles.schema import Profile, Reference, References, unit_for
 
 BUILTIN_ORIGIN = "built-in"
+SHOWN_CHARS = 60  # a bad value longer than this is cut with "..." in a problem line
 
 
 class ProfileError(Exception):
@@ -211,7 +212,7 @@ def _issue_from_error(file: str, error: Any, data: dict[str, Any]) -> ProfileIss
     message = messages.get(kind)
     if message is None:
         message = str(error["msg"]).removeprefix("Value error, ")
-        if kind == "enum" or kind == "literal_error":
+        if kind in {"enum", "literal_error"}:
             message = f"must be one of {ctx.get('expected')}"
     if kind == "value_error" and isinstance(error.get("input"), dict):
         value = None  # a rule across a table's keys: the message names the values
@@ -226,4 +227,4 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "{...}"
     text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 import threading
@@ -11,6 +12,9 @@ from firmware_bridge.clock import Clock
 from sim.device import FAULT_ACTIONS, SimulatedDevice
 from sim.firmware import DEFECTS
 from sim.model import CARTRIDGE_SECONDS
+
+HELP = "serve a simulated device on a pty or TCP"
+ALL_PCT = 100  # --drop-pct, --corrupt-pct, --delay-pct: a share of frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +66,7 @@ def _parse_fault(text: str) -> tuple[float, str]:
 def run(args: argparse.Namespace) -> int:
     faults = [_parse_fault(item) for item in args.fault_at]
     for name in ("drop_pct", "corrupt_pct", "delay_pct"):
-        if not 0 <= getattr(args, name) <= 100:
+        if not 0 <= getattr(args, name) <= ALL_PCT:
             raise SystemExit(f"givre sim: --{name.replace('_', '-')} {getattr(args, name)}: must be between 0 and 100")
     if args.scale <= 0:
         raise SystemExit(f"givre sim: --scale {args.scale}: must be > 0")
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     device.faults.drop_pct, device.faults.corrupt_pct = args.drop_pct, args.corrupt_pct
     device.faults.delay_pct, device.faults.delay_ms = args.delay_pct, args.delay_ms
     for seconds, action in faults:
-        device.at(seconds, lambda fault=action: device.inject(fault))
+        device.at(seconds, functools.partial(device.inject, action))
     if args.pty:
         url = device.serve_pty()
     else:

@@ -8,6 +8,7 @@ thread-safe.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -33,6 +34,7 @@ PROBE_CAPABILITIES = (
     | Capability.DEAD_MAN | Capability.HALO_TIMING
 )
 MAX_IDLE_WAIT_S = 0.02
+FRAME_ENDS = 2  # a frame on the wire starts and ends with a 0x00 delimiter
 
 
 @dataclass(slots=True)
@@ -83,10 +85,8 @@ class _PtyEndpoint:
 
     def close(self) -> None:
         for fd in (self.master, self._slave):
-            try:
+            with contextlib.suppress(OSError):  # already closed
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class _TcpEndpoint:
@@ -141,7 +141,7 @@ class _TcpEndpoint:
 
 
 class SimulatedDevice:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - every knob a test or `givre sim` turns, all keyword-only with the plain device as default
         self,
         *,
         kind: str = "spray",
@@ -319,14 +319,15 @@ class SimulatedDevice:
             if roll < faults.drop_pct:
                 faults.dropped += 1
                 continue
+            sent = wire
             if roll < faults.drop_pct + faults.corrupt_pct:
                 faults.corrupted += 1
-                wire = _flip_bit(wire, self._rng)
+                sent = _flip_bit(wire, self._rng)
             release = true_s
             if self._rng.random() * 100 < faults.delay_pct:
                 faults.delayed += 1
                 release = true_s + faults.delay_ms / 1000
-            self._held.append((release, wire))
+            self._held.append((release, sent))
         while self._held and self._held[0][0] <= true_s:  # a serial stream never reorders
             _, wire = self._held.pop(0)
             if self._endpoint is not None and true_s >= self._stalled_until:
@@ -433,7 +434,8 @@ class SimulatedDevice:
 
 
 def _flip_bit(wire: bytes, rng: random.Random) -> bytes:
-    if len(wire) <= 2:
+    """One bit flipped between the frame's two 0x00 delimiters, which stay (the frame is lost, not merged)."""
+    if len(wire) <= FRAME_ENDS:
         return wire
     data = bytearray(wire)
     index = rng.randrange(1, len(data) - 1)

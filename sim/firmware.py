@@ -53,11 +53,11 @@ from firmware_bridge.messages import (
     decode_message,
     schema_hash,
 )
+from firmware_bridge.units import DEFAULT_WATCHDOG_MS, MAX_SCALED_WATCHDOG_MS
 from sim.model import DeviceModel, SensorFault
 
-DEFAULT_WATCHDOG_MS = 250
 MIN_WATCHDOG_MS = 100
-MAX_WATCHDOG_MS = 60_000  # generous so virtual-time runs can scale it; a real device may cap lower
+MAX_WATCHDOG_MS = MAX_SCALED_WATCHDOG_MS  # every watchdog a virtual-time host asks for; a real device may cap lower
 TXN_CACHE_SIZE = 32
 MAX_PENDING_EVENTS = 32
 EVENT_RESEND_MS = 100
@@ -66,6 +66,9 @@ TELEMETRY_IDLE_MS = 100  # 10 Hz otherwise
 NO_FLOW_DETECT_MS = 300  # valve sensed open, pressure not falling, for this long: nozzle blocked
 STUCK_DETECT_MS = 200  # valve position sensor disagrees with the command for this long
 CARTRIDGE_LOW_FRACTION = 0.15
+CAL_GAIN_LIMIT_PPM = 2_000_000  # CAL_WRITE: a gain must be in 1..1 999 999 ppm (§7.5)
+CAL_TIMER_LIMIT_PPM = 10_000  # CAL_WRITE: |timer_ppm| at most this
+TRIGGER_INPUTS = Capability.HAND_TRIGGER | Capability.FOOT_SWITCH  # what a trigger-started freeze needs
 SENSOR_FAULTS = {SensorFault.OPEN: Fault.SENSOR_OPEN, SensorFault.SHORT: Fault.SENSOR_SHORT}
 
 # Deliberately broken devices, to prove the conformance kit fails what it must (docs/conformance.md).
@@ -201,27 +204,40 @@ class Firmware:
             if frame.msg_type == Hello.MSG_TYPE:  # answer in our own version so the host can say why
                 return [self._encode(self._hello_ack(0, self.identity.proto_minor), frame.txn)]
             return []
-        if frame.msg_type & 0x80:
-            return []  # a device message type: not a host frame, does not feed the watchdog
-        known = REGISTRY.get(frame.msg_type)
-        if known is not None and known.SINCE_MINOR > self.identity.proto_minor:
-            known = None  # added after this firmware's version: unknown here
-        if known is Bye and "no-bye" in self.defects:
-            known = None  # defect: BYE unknown, as in 1.0
-        try:
-            msg = decode_message(frame.msg_type, frame.payload) if known is not None else None
-        except DecodeError:
-            if self.identity.proto_minor == 0 or len(frame.payload) != known.LAYOUT.size:  # type: ignore[union-attr]
-                return []  # a wrong length is treated like a corrupt frame (§2)
-            msg = None  # 1.1: the right length with an undefined value is a BAD_REQUEST, answered
-        if msg is None and self.identity.proto_minor == 0:
-            return []  # a 1.0 device ignores a type it does not know
+        decoded = self._decode(frame)
+        if decoded is None:
+            return []  # not a frame this firmware takes from a host: dropped, and it does not feed the watchdog
         self.host_frames += 1
         self.last_host_ms = device_ms
         if self.identity.proto_minor == 0 or "rearm-watchdog" in self.defects:  # defect: the 1.0 rule
             self.watchdog_tripped = False  # 1.0: any host frame re-armed a tripped watchdog (1.1: HELLO or CLEAR_FAULT)
-        if known is None:  # §4.4 step 5: an unknown type is refused before the txn cache is consulted, and not cached
+        known, msg = decoded
+        if not known:  # §4.4 step 5: an unknown type is refused before the txn cache is consulted, and not cached
             return [self._encode(Ack(frame.msg_type, Result.UNSUPPORTED, 0, 0), frame.txn)] if frame.txn else []
+        return self._request(frame, msg, device_ms, true_s)
+
+    def _decode(self, frame: Frame) -> tuple[bool, Message | None] | None:
+        """(known, message) for a host frame of this firmware's major version: known is False for a
+        type this firmware does not know, message is None for a known type with an undefined value.
+        None when the frame is dropped: a device type, a wrong length, or what a 1.0 device ignores."""
+        if frame.msg_type & 0x80:
+            return None  # a device message type: not a host frame
+        known = REGISTRY.get(frame.msg_type)
+        if known is not None and self.identity.proto_minor < known.SINCE_MINOR:
+            known = None  # added after this firmware's version: unknown here
+        if known is Bye and "no-bye" in self.defects:
+            known = None  # defect: BYE unknown, as in 1.0
+        if known is None:
+            return None if self.identity.proto_minor == 0 else (False, None)  # a 1.0 device ignores a type it does not know
+        try:
+            return True, decode_message(frame.msg_type, frame.payload)
+        except DecodeError:
+            if self.identity.proto_minor == 0 or len(frame.payload) != known.LAYOUT.size:
+                return None  # a wrong length is treated like a corrupt frame (§2)
+            return True, None  # 1.1: the right length with an undefined value is a BAD_REQUEST, answered
+
+    def _request(self, frame: Frame, msg: Message | None, device_ms: float, true_s: float) -> list[bytes]:
+        """A host frame of a known type: heartbeats and event acks, then requests, each acted on once per txn."""
         if isinstance(msg, Heartbeat):
             return []
         if isinstance(msg, EventAck):
@@ -236,18 +252,16 @@ class Firmware:
             cached = None  # defect: a retransmitted FREEZE runs again
         if cached is not None:  # a retransmission: answer again, never act again
             return [self._encode(cached, frame.txn, FLAG_DUPLICATE)]
-        reply = self._handle(msg, frame.txn, device_ms, true_s) if msg is not None else self._refuse_undecodable(frame.msg_type, known)
+        reply = self._handle(msg, frame.txn, device_ms, true_s) if msg is not None else self._refuse_undecodable(frame.msg_type)
         self.txn_cache[frame.txn] = reply
         while len(self.txn_cache) > TXN_CACHE_SIZE:
             self.txn_cache.popitem(last=False)
-        out = [self._encode(reply, frame.txn)]
-        out += self._flush_new_events(device_ms)
-        return out
+        return [self._encode(reply, frame.txn), *self._flush_new_events(device_ms)]
 
-    def _refuse_undecodable(self, msg_type: int, known: type[Message] | None) -> Ack:  # §4.4 step 9
+    def _refuse_undecodable(self, msg_type: int) -> Ack:  # §4.4 step 9
         """A known type with an undefined value gets the refusal the FREEZE table would give first
         (NO_SESSION, FAULT_LATCHED, BUSY), else BAD_REQUEST."""
-        assert known is not None  # unknown types were answered before (§4.4 step 5)
+        known = REGISTRY[msg_type]  # unknown types were answered before (§4.4 step 5)
         if known not in ACCEPTS[self.state]:
             return Ack(msg_type, REFUSAL[self.state], 0, 0)
         if known is Freeze and self.state is DeviceState.FAULT:
@@ -261,24 +275,26 @@ class Firmware:
             return self._ack(msg, REFUSAL[self.state])
         match msg:
             case Hello():
-                return self._on_hello(msg, device_ms, true_s)
+                reply = self._on_hello(msg, device_ms, true_s)
             case Bye():
-                return self._on_bye(msg, device_ms, true_s)
+                reply = self._on_bye(msg, device_ms, true_s)
             case Stop():
-                return self._on_stop(msg, device_ms, true_s)
+                reply = self._on_stop(msg, device_ms, true_s)
             case Freeze():
-                return self._on_freeze(msg, txn, device_ms, true_s)
+                reply = self._on_freeze(msg, txn, device_ms, true_s)
             case EndIn():
-                return self._on_end_in(msg, device_ms)
+                reply = self._on_end_in(msg, device_ms)
             case GetCounters():
-                return self._counters(device_ms)
+                reply = self._counters(device_ms)
             case CalRead():
-                return self.nvm.calibration
+                reply = self.nvm.calibration
             case CalWrite():
-                return self._on_cal_write(msg)
+                reply = self._on_cal_write(msg)
             case ClearFault():
-                return self._on_clear_fault(msg)
-        return self._ack(msg, Result.UNSUPPORTED)
+                reply = self._on_clear_fault(msg)
+            case _:
+                reply = self._ack(msg, Result.UNSUPPORTED)
+        return reply
 
     def _on_hello(self, msg: Hello, device_ms: float, true_s: float) -> Message:
         if self.freeze is not None:
@@ -328,23 +344,9 @@ class Firmware:
         return self._ack(msg, Result.OK, detail32=valve_open_ms)
 
     def _on_freeze(self, msg: Freeze, txn: int, device_ms: float, true_s: float) -> Message:
-        caps = self.identity.capabilities
-        if self.state is DeviceState.FAULT:
-            return self._ack(msg, Result.FAULT_LATCHED, detail16=int(self.faults))
-        if self.freeze is not None:
-            return self._ack(msg, Result.BUSY)
-        if msg.duration_ms <= 0:
-            return self._ack(msg, Result.BAD_REQUEST)
-        if msg.duration_ms > self.identity.max_freeze_ms:
-            return self._ack(msg, Result.OVER_CAP, detail32=self.identity.max_freeze_ms)
-        if msg.mode is FreezeMode.HALO and not caps & Capability.HALO_TIMING:
-            return self._ack(msg, Result.UNSUPPORTED)
-        if msg.trigger is not TriggerMode.HOST and not caps & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
-            return self._ack(msg, Result.UNSUPPORTED)
-        if msg.trigger is TriggerMode.DEAD_MAN and not caps & Capability.DEAD_MAN:
-            return self._ack(msg, Result.UNSUPPORTED)
-        if self.model.cartridge.remaining_g <= 0:
-            return self._ack(msg, Result.CARTRIDGE_EMPTY)
+        refusal = self._freeze_refusal(msg)
+        if refusal is not None:
+            return refusal
         self.freeze = _Freeze(txn, msg.mode, msg.trigger, msg.duration_ms, released_since_accept=not self.trigger_held)
         self.nvm.last_freeze = LastFreeze(txn, msg.duration_ms, 0, NOT_AVAILABLE_U32, EndReason.NONE, self.nvm.boot_count)
         if msg.trigger is TriggerMode.HOST:
@@ -353,6 +355,23 @@ class Firmware:
             self.state = DeviceState.WAIT_TRIGGER
             self._report_at_once(device_ms)
         return self._ack(msg, Result.OK, detail32=msg.duration_ms)
+
+    def _freeze_refusal(self, msg: Freeze) -> Ack | None:
+        """The first row of docs/protocol.md §6.1's table that applies (rows 2 to 7: row 1, no session,
+        is refused before by ACCEPTS), as its ACK; None to accept the freeze."""
+        caps = self.identity.capabilities
+        cap_ms = self.identity.max_freeze_ms
+        refusals = (
+            (self.state is DeviceState.FAULT, Result.FAULT_LATCHED, int(self.faults), 0),
+            (self.freeze is not None, Result.BUSY, 0, 0),
+            (msg.duration_ms <= 0, Result.BAD_REQUEST, 0, 0),
+            (msg.duration_ms > cap_ms, Result.OVER_CAP, 0, cap_ms),
+            (msg.mode is FreezeMode.HALO and not caps & Capability.HALO_TIMING, Result.UNSUPPORTED, 0, 0),
+            (msg.trigger is not TriggerMode.HOST and not caps & TRIGGER_INPUTS, Result.UNSUPPORTED, 0, 0),
+            (msg.trigger is TriggerMode.DEAD_MAN and not caps & Capability.DEAD_MAN, Result.UNSUPPORTED, 0, 0),
+            (self.model.cartridge.remaining_g <= 0, Result.CARTRIDGE_EMPTY, 0, 0),
+        )
+        return next((self._ack(msg, result, d16, d32) for applies, result, d16, d32 in refusals if applies), None)
 
     def _on_end_in(self, msg: EndIn, device_ms: float) -> Message:
         f = self.freeze
@@ -368,7 +387,8 @@ class Firmware:
         return self._ack(msg, Result.OK, detail32=int(f.deadline_ms - device_ms))
 
     def _on_cal_write(self, msg: CalWrite) -> Message:
-        if not (0 < msg.tip_gain_ppm < 2_000_000 and 0 < msg.tissue_gain_ppm < 2_000_000 and abs(msg.timer_ppm) <= 10_000):
+        gains_ok = all(0 < gain < CAL_GAIN_LIMIT_PPM for gain in (msg.tip_gain_ppm, msg.tissue_gain_ppm))
+        if not gains_ok or abs(msg.timer_ppm) > CAL_TIMER_LIMIT_PPM:
             return self._ack(msg, Result.BAD_REQUEST)
         self.nvm.calibration = CalData(*dataclasses.astuple(msg))
         return self._ack(msg, Result.OK)
@@ -461,34 +481,42 @@ class Firmware:
             self._end_freeze(EndReason.CARTRIDGE_EMPTY, device_ms, true_s)
 
     def _check_valve_and_supply(self, device_ms: float, true_s: float) -> None:
+        self._check_valve_position(device_ms, true_s)
+        self._check_flow(device_ms, true_s)
+        self._check_sensors(device_ms, true_s)
+        self._check_cartridge(device_ms)
+
+    def _check_valve_position(self, device_ms: float, true_s: float) -> None:
+        """The valve's position sensor disagreeing with its command for STUCK_DETECT_MS latches a stuck valve."""
         model = self.model
-        mismatch = model.valve_commanded != model.valve_open
-        if not mismatch:
+        if model.valve_commanded == model.valve_open:
             self._mismatch_since_ms = None
         elif self._mismatch_since_ms is None:
             self._mismatch_since_ms = device_ms
         elif device_ms - self._mismatch_since_ms >= STUCK_DETECT_MS:
             fault = Fault.VALVE_STUCK_OPEN if model.valve_open else Fault.VALVE_STUCK_CLOSED
             if not self.faults & fault:
-                self._latch(fault, device_ms)
-                if self.freeze is not None:
-                    self._end_freeze(EndReason.FAULT, device_ms, true_s)
+                self._latch_and_end_freeze(fault, device_ms, true_s)
+
+    def _check_flow(self, device_ms: float, true_s: float) -> None:
+        """An open valve with gas left and a blocked nozzle for NO_FLOW_DETECT_MS latches NO_FLOW."""
+        model = self.model
         no_flow = model.valve_open and model.nozzle_blocked and model.cartridge.remaining_g > 0
         if not no_flow:
             self._no_flow_since_ms = None
         elif self._no_flow_since_ms is None:
             self._no_flow_since_ms = device_ms
         elif device_ms - self._no_flow_since_ms >= NO_FLOW_DETECT_MS and not self.faults & Fault.NO_FLOW:
-            self._latch(Fault.NO_FLOW, device_ms)
-            if self.freeze is not None:
-                self._end_freeze(EndReason.FAULT, device_ms, true_s)
-        for sensor, present in ((model.tip, True), (model.tissue, model.has_tissue_sensor)):
+            self._latch_and_end_freeze(Fault.NO_FLOW, device_ms, true_s)
+
+    def _check_sensors(self, device_ms: float, true_s: float) -> None:
+        for sensor, present in ((self.model.tip, True), (self.model.tissue, self.model.has_tissue_sensor)):
             fault = SENSOR_FAULTS.get(sensor.fault)
             if present and fault is not None and not self.faults & fault:
-                self._latch(fault, device_ms)
-                if self.freeze is not None:
-                    self._end_freeze(EndReason.FAULT, device_ms, true_s)
-        fraction = model.cartridge.fraction_left
+                self._latch_and_end_freeze(fault, device_ms, true_s)
+
+    def _check_cartridge(self, device_ms: float) -> None:
+        fraction = self.model.cartridge.fraction_left
         if fraction <= 0 and not self.faults & Fault.CARTRIDGE_EMPTY:
             self.faults |= Fault.CARTRIDGE_EMPTY
             self._queue_event(EventCode.CARTRIDGE_EMPTY, device_ms)
@@ -499,6 +527,11 @@ class Firmware:
         elif fraction >= CARTRIDGE_LOW_FRACTION and self._low_reported:  # a new cartridge
             self._low_reported = False
             self.faults &= ~(Fault.CARTRIDGE_LOW | Fault.CARTRIDGE_EMPTY)
+
+    def _latch_and_end_freeze(self, fault: Fault, device_ms: float, true_s: float) -> None:
+        self._latch(fault, device_ms)
+        if self.freeze is not None:
+            self._end_freeze(EndReason.FAULT, device_ms, true_s)
 
     # ---- freeze mechanics ------------------------------------------------------------------------
 
@@ -610,7 +643,9 @@ class Firmware:
             elapsed_ms=elapsed,
             remaining_ms=remaining,
             pressure_kpa=min(0xFFFE, round(model.pressure_kpa)) if caps & Capability.PRESSURE_SENSOR else NOT_AVAILABLE_U16,
-            tip_cdeg=_cdeg(model.read_tip(), cal.tip_gain_ppm, cal.tip_offset_cdeg) if caps & Capability.TIP_THERMOCOUPLE else NOT_AVAILABLE_TEMP,
+            tip_cdeg=_cdeg(model.read_tip(), cal.tip_gain_ppm, cal.tip_offset_cdeg)
+            if caps & Capability.TIP_THERMOCOUPLE
+            else NOT_AVAILABLE_TEMP,
             tissue_cdeg=_cdeg(model.read_tissue(), cal.tissue_gain_ppm, cal.tissue_offset_cdeg)
             if caps & Capability.TISSUE_THERMOCOUPLE
             else NOT_AVAILABLE_TEMP,

@@ -6,11 +6,14 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from controller.cli.main import main
+from controller.records.store import RecordStore
 from firmware_bridge.link import Link
+from sim.device import SimulatedDevice
 
 GIVRE = [sys.executable, "-m", "controller.cli"]
 
@@ -52,12 +55,13 @@ def test_sim_tcp_prints_a_socket_url() -> None:
         (["sim", "--pty", "--fault-at", "soon:explode"], "expected SECONDS:ACTION"),
         (["sim", "--pty", "--drop-pct", "150"], "--drop-pct 150.0: must be between 0 and 100"),
         (["sim", "--tcp", "127.0.0.1:notaport"], "--tcp 127.0.0.1:notaport: cannot listen there"),
-        (["demo", "--headless", "--cycles", "5"], "--cycles 5: must be 1, 2 or 3"),
-        (["demo", "--headless", "--freeze-s", "90"], "--freeze-s 90.0: must be > 0 and <= 60 s"),
+        (["demo", "--headless", "--cycles", "5"], "--cycles 5: must be from 1 to 3. Leave it out"),
+        (["demo", "--headless", "--freeze-s", "90"], "givre demo: --freeze-s 90.0: must be > 0 and <= 60 s. Leave it out"),
+        (["demo", "--headless", "--scale", "0"], "givre demo: --scale 0.0: must be > 0. Use 1 for real time"),
     ],
 )
 def test_bad_arguments_get_one_clear_line_and_no_traceback(argv: list[str], message: str) -> None:
-    result = subprocess.run([*GIVRE, *argv], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([*GIVRE, *argv], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -92,14 +96,12 @@ def test_bench_json_prints_one_object_with_the_contract_keys(capsys: pytest.Capt
 
 
 def test_a_port_error_is_one_line_naming_the_port_and_what_to_do() -> None:
-    result = subprocess.run([*GIVRE, "info", "--port", "/dev/ttyGIVRE-NOPE"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([*GIVRE, "info", "--port", "/dev/ttyGIVRE-NOPE"], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "givre: /dev/ttyGIVRE-NOPE: no such port. Plug the device in, or pick a port from `givre ports`"
 
 
 def test_info_reads_identity_counters_and_calibration(capsys: pytest.CaptureFixture[str]) -> None:
-    from sim.device import SimulatedDevice
-
     with SimulatedDevice(serial="SIM-INFO") as device:
         assert main(["info", "--port", device.serve_pty(), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -107,11 +109,38 @@ def test_info_reads_identity_counters_and_calibration(capsys: pytest.CaptureFixt
     assert report["counters"]["last_end_reason"] == "NONE" and report["calibration"]["tip_gain_ppm"] == 1_000_000
 
 
-def test_the_ui_refuses_a_store_another_givre_is_writing_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from controller.records.store import RecordStore
-
+def test_the_ui_refuses_a_store_another_givre_is_writing_in_one_line(tmp_path: Path) -> None:
     db = tmp_path / "r.sqlite"
     with RecordStore(db):
-        result = subprocess.run([*GIVRE, "--db", str(db)], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([*GIVRE, "--db", str(db)], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "another Givre is writing this record store" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["profiles", "list"], ["records", "--help"]])
+def test_commands_but_the_ui_start_without_the_ui_toolkit(argv: list[str]) -> None:
+    """textual costs ~140 ms at every start: only the terminal UI loads it."""
+    probe = (
+        "import sys\n"
+        "from controller.cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'textual' not in sys.modules, sorted(m for m in sys.modules if m.startswith('textual'))[:5]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_command_group_says_what_it_does_in_the_help() -> None:
+    result = subprocess.run([*GIVRE, "--help"], capture_output=True, text=True, timeout=30, check=True)
+    for name in ("demo", "sim", "profiles", "run", "records", "report", "cartridge", "calibrate", "selftest", "conformance",
+                 "ports", "info", "bench"):
+        assert f"\n    {name} " in result.stdout, name
+
+
+def test_a_liquid_nitrogen_reference_point_is_a_value_not_an_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's `--point -196:-199.1` reaches the calibration (here refused: no device at that port)."""
+    code = main(["calibrate", "--port", "/dev/ttyGIVRE-NOPE", "--step", "thermocouple", "--point", "0:3.8", "--point", "-196:-199.1"])
+    assert code == 2 and "no such port" in capsys.readouterr().err

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controller.cli.main import main
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
+from sim.device import SimulatedDevice
 from tests.support.waiting import wait_until
 
 GIVRE = [sys.executable, "-m", "controller.cli"]
@@ -40,7 +42,7 @@ def start_sim() -> Iterator[Callable[..., str]]:
             sim.kill()
 
 
-def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, object]]:
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, dict[str, Any]]:
     capsys.readouterr()
     code = main([*argv, "--json"])
     return code, json.loads(capsys.readouterr().out)
@@ -93,8 +95,6 @@ def test_ten_runs_in_a_row(start_sim: Callable[..., str], tmp_path: Path, capsys
 def test_a_1_0_device_without_bye_still_runs_twice_in_a_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A 1.0 device trips its watchdog after every exit; the next command records that trip with the
     device's counters, clears it, and goes on."""
-    from sim.device import SimulatedDevice
-
     db = str(tmp_path / "r.sqlite")
     assert main(["cartridge", "load", "--size", "23g", "--db", db]) == 0
     with SimulatedDevice(proto_minor=0) as device:

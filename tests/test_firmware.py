@@ -89,6 +89,12 @@ class Bench:
     def result(self, txn: int) -> Message:
         return self.replies[txn].message
 
+    def ack(self, txn: int) -> Ack:
+        """The reply to a request the device answers with an ACK."""
+        reply = self.result(txn)
+        assert isinstance(reply, Ack), reply
+        return reply
+
     def done(self) -> list[DeviceEventReceived]:
         return [e for e in self.events if e.event.code is EventCode.FREEZE_DONE]
 
@@ -111,15 +117,15 @@ def test_device_times_the_freeze_and_reports_what_it_measured() -> None:
 
 def test_the_device_refuses_a_freeze_above_its_own_cap() -> None:
     bench = Bench()
-    ack = bench.result(bench.request(freeze(60_001)))
-    assert isinstance(ack, Ack) and ack.result is Result.OVER_CAP and ack.detail32 == 60_000
+    ack = bench.ack(bench.request(freeze(60_001)))
+    assert ack.result is Result.OVER_CAP and ack.detail32 == 60_000
     assert not bench.model.valve_commanded
 
 
 @pytest.mark.parametrize("bad", [0])
 def test_a_zero_freeze_is_a_bad_request(bad: int) -> None:
     bench = Bench()
-    assert bench.result(bench.request(freeze(bad))).result is Result.BAD_REQUEST  # type: ignore[attr-defined]
+    assert bench.ack(bench.request(freeze(bad))).result is Result.BAD_REQUEST
 
 
 def test_a_retransmitted_freeze_never_freezes_twice() -> None:
@@ -141,21 +147,21 @@ def test_host_silence_trips_the_watchdog_which_closes_the_valve_and_latches() ->
     assert bench.fw.state is DeviceState.FAULT and bench.fw.faults & Fault.WATCHDOG_TRIP
     assert bench.nvm.last_freeze.end_reason is EndReason.WATCHDOG
     assert 340 <= bench.nvm.last_freeze.valve_open_ms <= 352  # last host frame at 100 ms + 250 ms
-    refused = bench.result(bench.request(freeze(1000)))
-    assert refused.result is Result.FAULT_LATCHED  # type: ignore[attr-defined]
-    assert bench.result(bench.request(ClearFault())).result is Result.OK  # type: ignore[attr-defined]
-    assert bench.result(bench.request(freeze(1000))).result is Result.OK  # type: ignore[attr-defined]
+    refused = bench.ack(bench.request(freeze(1000)))
+    assert refused.result is Result.FAULT_LATCHED
+    assert bench.ack(bench.request(ClearFault())).result is Result.OK
+    assert bench.ack(bench.request(freeze(1000))).result is Result.OK
 
 
 def test_stop_closes_the_valve_before_answering_and_is_idempotent() -> None:
     bench = Bench()
     bench.request(freeze(5000))
     bench.run(200)
-    first = bench.result(bench.request(Stop(0)))
+    first = bench.ack(bench.request(Stop(0)))
     assert not bench.model.valve_commanded
-    assert first.result is Result.OK and 199 <= first.detail32 <= 201  # type: ignore[attr-defined]
-    second = bench.result(bench.request(Stop(0)))
-    assert second.result is Result.OK and second.detail32 == 0  # type: ignore[attr-defined]
+    assert first.result is Result.OK and 199 <= first.detail32 <= 201
+    second = bench.ack(bench.request(Stop(0)))
+    assert second.result is Result.OK and second.detail32 == 0
     assert [d.event.end_reason for d in bench.done()] == [EndReason.STOPPED]
 
 
@@ -182,8 +188,8 @@ def test_halo_end_in_never_extends_past_the_cap() -> None:
     bench = Bench()
     bench.request(freeze(5000, FreezeMode.HALO))
     bench.run(4000)
-    ack = bench.result(bench.request(EndIn(10_000)))
-    assert ack.detail32 == 1000  # type: ignore[attr-defined]
+    ack = bench.ack(bench.request(EndIn(10_000)))
+    assert ack.detail32 == 1000
     bench.run(1010)
     done = bench.done()[0].event
     assert done.valve_open_ms == 5000 and done.halo_to_off_ms == 1000 and done.end_reason is EndReason.CAP
@@ -210,7 +216,7 @@ def test_a_reset_mid_freeze_closes_the_valve_and_leaves_the_truth_in_the_counter
     bench.run(1234)
     bench.fw.power_on(bench.ms, bench.ms / 1000)
     assert not bench.model.valve_commanded and bench.fw.state is DeviceState.NO_SESSION
-    assert bench.result(bench.request(freeze(1000))).result is Result.NO_SESSION  # type: ignore[attr-defined]
+    assert bench.ack(bench.request(freeze(1000))).result is Result.NO_SESSION
     bench.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 2))
     counters = bench.result(bench.request(GetCounters()))
     assert isinstance(counters, Counters)
@@ -236,7 +242,7 @@ def test_the_cartridge_running_out_mid_freeze_ends_it() -> None:
     assert done.event.end_reason is EndReason.CARTRIDGE_EMPTY and 700 < done.event.valve_open_ms < 900
     codes = {e.event.code for e in bench.events}
     assert EventCode.CARTRIDGE_EMPTY in codes and EventCode.CARTRIDGE_LOW in codes
-    assert bench.result(bench.request(freeze(1000))).result is Result.CARTRIDGE_EMPTY  # type: ignore[attr-defined]
+    assert bench.ack(bench.request(freeze(1000))).result is Result.CARTRIDGE_EMPTY
 
 
 def test_a_stuck_open_valve_is_detected_and_cannot_be_cleared_while_stuck() -> None:
@@ -246,4 +252,4 @@ def test_a_stuck_open_valve_is_detected_and_cannot_be_cleared_while_stuck() -> N
     bench.model.valve_stuck_open = True
     bench.run(800)
     assert bench.model.valve_open and bench.fw.faults & Fault.VALVE_STUCK_OPEN
-    assert bench.result(bench.request(ClearFault())).result is Result.FAULT_LATCHED  # type: ignore[attr-defined]
+    assert bench.ack(bench.request(ClearFault())).result is Result.FAULT_LATCHED

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.pty
 GIVRE = [sys.executable, "-m", "controller.cli"]
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = main(["run", *argv, "--yes", "--json"])
     return code, json.loads(capsys.readouterr().out)
 
@@ -55,13 +57,13 @@ def test_exports_and_logs_hold_only_the_pseudonymous_id(tmp_path: Path, capsys: 
     code = main(["run", "--manual", "--profile", "solar-lentigo", "--site", "cheek", "--patient", "Jean Dupont",
                  "--db", str(tmp_path / "r.sqlite"), "--yes"])
     assert code == 2
-    assert "--patient 'Jean Dupont': must be a pseudonymous id" in capsys.readouterr().err
+    assert "--patient 'Jean Dupont': not a pseudonymous id. Use letters, digits" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--site", "elbowpit"], "--site 'elbowpit': not a body region; allowed: forehead, temple"),
+        (["--site", "elbowpit"], "--site 'elbowpit': not a body region. Allowed: forehead, temple"),
         (["--site", "hand", "--photo", "/nope/lesion.jpg"], "/nope/lesion.jpg: no such file"),
         (["--site", "hand", "--freeze-s", "2"], "below profile common-wart's minimum of 10 s"),
         (["--site", "hand", "--cycles", "3"], "--cycles 3: profile common-wart plans 1 cycle(s)"),
@@ -76,7 +78,7 @@ def test_bad_run_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_run_without_yes_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--manual", "--profile", "common-wart", "--site", "hand", "--db", str(tmp_path / "r.sqlite")]) == 2
-    assert "add --yes" in capsys.readouterr().err
+    assert "Add --yes to confirm" in capsys.readouterr().err
 
 
 HOST_RUN = ["run", "--profile", "seborrheic-keratosis-thick", "--site", "back", "--yes", "--json"]
@@ -144,8 +146,6 @@ def test_cartridge_bad_size_and_future_date(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_a_photo_is_copied_into_the_store_with_its_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import hashlib
-
     photo = tmp_path / "wart.JPG"
     photo.write_bytes(b"\xff\xd8\xff\xe0 a lesion photo")
     db = tmp_path / "r.sqlite"

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
+from controller.cli.options import add_db, add_json, add_port
 from controller.config import default_db
 from controller.device import calibration
 from controller.procedure.recovery import connect_and_recover
 from controller.records.store import RecordStore, write_private
 from firmware_bridge.link import Link
 
+HELP = "technician calibration, one step: timer, valve, flow or thermocouple"
+# A value that starts with a minus and a digit is a value, not an option: `--point -196:-199.1` (liquid
+# nitrogen). Python 3.13's argparse reads it so; 3.11's only takes plain numbers like -196 as values.
+NEGATIVE_VALUE = re.compile(r"-\.?\d")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", required=True, help="device path, pty path or socket://HOST:PORT")
+    parser._negative_number_matcher = NEGATIVE_VALUE
+    add_port(parser)
     parser.add_argument("--step", required=True, choices=["timer", "valve", "flow", "thermocouple"])
     parser.add_argument("--technician", default="technician", help="pseudonymous technician id")
     parser.add_argument("--window-s", type=float, default=10.0, help="timer: measuring window in seconds")
@@ -25,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sensor", choices=["tip", "tissue"], default="tip", help="thermocouple: which one")
     parser.add_argument("--point", action="append", default=[], metavar="REF:READING",
                         help="thermocouple: reference bath C and the reading shown in it, twice")
-    parser.add_argument("--db", type=Path, help=f"record store for the certificate (default: {default_db()})")
+    add_db(parser, ": the certificate is recorded there")
     parser.add_argument("--certificate", type=Path, metavar="FILE.html", help="also write the certificate as a web page")
-    parser.add_argument("--json", action="store_true")
+    add_json(parser, "print the certificate as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +66,9 @@ def _point(text: str) -> tuple[float, float]:
     try:
         return float(ref), float(reading)
     except ValueError:
-        raise calibration.CalibrationError(f"--point {text!r}: expected REF:READING in degrees C, e.g. 0:3.8") from None
+        raise calibration.CalibrationError(
+            f"--point {text!r}: not REF:READING", "Give the reference bath and the reading shown in it, in degrees C, e.g. --point 0:3.8"
+        ) from None
 
 
 def _step(args: argparse.Namespace, link: Link, points: list[tuple[float, float]]) -> calibration.StepResult:
@@ -68,6 +78,9 @@ def _step(args: argparse.Namespace, link: Link, points: list[tuple[float, float]
         return calibration.valve(link)
     if args.step == "flow":
         if args.mass_before is None or args.mass_after is None or args.valve_open_ms is None:
-            raise calibration.CalibrationError("flow needs --mass-before, --mass-after and --valve-open-ms")
+            raise calibration.CalibrationError(
+                "the flow step needs --mass-before, --mass-after and --valve-open-ms",
+                "Weigh the cartridge before and after a spray, and give the valve-open time the device measured",
+            )
         return calibration.flow(link, args.mass_before, args.mass_after, args.valve_open_ms)
     return calibration.thermocouple(link, args.sensor, points)

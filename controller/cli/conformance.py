@@ -11,17 +11,15 @@ import argparse
 import json
 import sys
 
-from firmware_bridge.conformance import (
-    SECTIONS,
-    Report,
-    UnknownSection,
-    run_conformance,
-)
+from controller.cli.options import add_json, add_port
+from firmware_bridge.conformance import SECTIONS, Report, UnknownSection, run_conformance
+
+HELP = "protocol conformance kit for device firmware: PASS / FAIL per rule"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", required=True, help="device path, pty path (givre sim --pty) or socket://HOST:PORT")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (the contract for scripts and CI)")
+    add_port(parser)
+    add_json(parser, "print one JSON object (the contract for scripts and CI)")
     parser.add_argument("--only", metavar="SECTION[,SECTION...]", help=f"run only these sections: {', '.join(SECTIONS)}")
 
 

@@ -14,50 +14,62 @@ from datetime import date
 from pathlib import Path
 
 from controller.cli import run as run_cli
+from controller.cli import ui
+from controller.cli.options import UsageError, add_db, add_json, add_scale, check_scale
 from controller.config import Config
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
+from profiles.schema import HARD_MAX_FREEZE_S, MAX_CYCLES
 from sim.device import SimulatedDevice
+
+HELP = "the terminal UI on the embedded simulator (--headless: a printed run)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["spray", "probe"], default="spray")
     parser.add_argument("--profile", help="headless: the lesion profile (default: common-wart for a spray, superficial-bcc for a probe)")
     parser.add_argument("--freeze-s", type=float, help="headless: freeze per cycle, within the profile's range (default: its own)")
-    parser.add_argument("--cycles", type=int, help="headless: fewer cycles than the profile plans (1..3)")
-    parser.add_argument("--scale", type=float, default=1.0, help="virtual time: run this many times faster than the wall")
+    parser.add_argument("--cycles", type=int, help=f"headless: fewer cycles than the profile plans (1..{MAX_CYCLES})")
+    add_scale(parser)
     parser.add_argument("--headless", action="store_true", help="no UI: run one lesion's protocol and print what happened")
-    parser.add_argument("--json", action="store_true", help="headless: print `givre run`'s JSON object")
-    parser.add_argument("--db", type=Path, help="record store (default: a fresh one in a temporary folder)")
+    add_json(parser, "headless: print `givre run`'s JSON object")
+    add_db(parser, default="a fresh one in a temporary folder")
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.headless:
         return run_tui(args)
+    try:
+        check_headless(args)
+    except UsageError as exc:
+        print(f"givre demo: {exc}", file=sys.stderr)
+        return 2
     return run_headless(args)
 
 
 def run_tui(args: argparse.Namespace) -> int:
     """The whole product on the embedded simulator: a spray on a pty, a fresh record store."""
-    from controller.cli import ui as launch
-
     with tempfile.TemporaryDirectory(prefix="givre-demo-") as scratch, SimulatedDevice(kind=args.kind, clock=Clock(args.scale)) as device:
         url = device.serve_pty()
         args.db = args.db or Path(scratch) / "demo.sqlite"
-        clinic = launch.build_clinic(args, device=device, url=url, clock=device.clock)
+        clinic = ui.build_clinic(args, device=device, url=url, clock=device.clock)
         if args.kind == "spray" and CartridgeLedger(clinic.store, clinic.config).status() is None:
             CartridgeLedger(clinic.store, clinic.config).load("23g", date.today())
-        return launch.run_app(clinic)
+        return ui.run_app(clinic)
+
+
+def check_headless(args: argparse.Namespace) -> None:
+    """The demo's own bounds, before a simulator starts (`givre run` then checks them against the profile)."""
+    if args.freeze_s is not None and not 0 < args.freeze_s <= HARD_MAX_FREEZE_S:
+        raise UsageError(f"--freeze-s {args.freeze_s}: must be > 0 and <= {HARD_MAX_FREEZE_S:g} s",
+                         "Leave it out for the profile's own duration (`givre profiles show ID`)")
+    if args.cycles is not None and not 1 <= args.cycles <= MAX_CYCLES:
+        raise UsageError(f"--cycles {args.cycles}: must be from 1 to {MAX_CYCLES}", "Leave it out for the profile's own plan")
+    check_scale(args.scale)
 
 
 def run_headless(args: argparse.Namespace) -> int:
-    if args.freeze_s is not None and not 0 < args.freeze_s <= 60:
-        raise SystemExit(f"givre demo: --freeze-s {args.freeze_s}: must be > 0 and <= 60 s")
-    if args.cycles is not None and not 1 <= args.cycles <= 3:
-        raise SystemExit(f"givre demo: --cycles {args.cycles}: must be 1, 2 or 3")
-    if args.scale <= 0:
-        raise SystemExit(f"givre demo: --scale {args.scale}: must be > 0")
     profile = args.profile or ("common-wart" if args.kind == "spray" else "superficial-bcc")
     with tempfile.TemporaryDirectory(prefix="givre-demo-") as scratch, SimulatedDevice(kind=args.kind, clock=Clock(args.scale)) as device:
         db = args.db or Path(scratch) / "demo.sqlite"

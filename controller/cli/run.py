@@ -6,40 +6,60 @@ import argparse
 import json
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from controller.cli.options import (
+    PSEUDONYMOUS_ID,
+    TRIGGERS,
+    UsageError,
+    add_config,
+    add_db,
+    add_json,
+    add_port,
+    add_profiles,
+    add_scale,
+    add_trigger,
+    check_scale,
+)
 from controller.config import Config, ConfigError, default_db, load_config
-from controller.errors import GivreError
 from controller.practice.billing import BillingError, CcamTable, acts_of, load_table, propose
 from controller.procedure.driver import Procedure, StartRefused
-from controller.procedure.recovery import connect, connect_and_recover, recover
+from controller.procedure.recovery import Recovered, connect, connect_and_recover, recover
 from controller.procedure.treatment import Treatment
 from controller.records.history import view_of
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordError, RecordStore
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
-from firmware_bridge.messages import TriggerMode
-from profiles.library import ProfileError, default_clinic_dir, load_library
+from profiles.library import LoadedProfile, ProfileError, default_clinic_dir, load_library
 
+HELP = "one lesion's whole protocol, headless (scripts, CI)"
 INPUT_FLAGS = {"region": "--site", "side": "--side", "detail": "--site-detail", "size_mm": "--size-mm", "photo": "--photo",
                "description": "--description", "patient": "--patient", "operator": "--operator"}
-TRIGGERS = {"host": TriggerMode.HOST, "trigger": TriggerMode.TRIGGER_START, "dead-man": TriggerMode.DEAD_MAN}
+REGIONS = ", ".join(r.value for r in Region)
 
 
-class UsageError(GivreError):
-    """Bad input for the run: one line saying what is allowed."""
+@dataclass(frozen=True)
+class Plan:
+    """The run the command line asks for, checked before anything connects or freezes."""
+
+    config: Config
+    table: CcamTable
+    profile: LoadedProfile
+    lesion: Lesion
+    info: SessionInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", help="device path, pty path or socket://HOST:PORT")
+    add_port(where, required=False)
     where.add_argument("--manual", action="store_true", help="no device: a cotton-tip applicator, Givre only times it")
     parser.add_argument("--profile", required=True, help="lesion profile id (givre profiles list)")
-    parser.add_argument("--site", required=True, help=f"body region: {', '.join(r.value for r in Region)}")
+    parser.add_argument("--site", required=True, help=f"body region: {REGIONS}")
     parser.add_argument("--side", choices=["left", "right", "midline"])
     parser.add_argument("--site-detail", default="", help="free text, e.g. 'second metatarsal head'")
     parser.add_argument("--description", default=None, help="short description (the record needs it or a photo)")
@@ -51,14 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an aesthetic act: not reimbursable, left out of the billing proposal")
     parser.add_argument("--cycles", type=int, help="fewer cycles than the profile plans")
     parser.add_argument("--freeze-s", type=float, help="freeze seconds per cycle, within the profile's range")
-    parser.add_argument("--trigger", choices=sorted(TRIGGERS), default="host", help="who opens the valve (default: host)")
+    add_trigger(parser)
     parser.add_argument("--mark-halo-after", type=float, metavar="S", help="halo profiles: mark the halo S seconds into each freeze")
-    parser.add_argument("--db", type=Path, help=f"record store (default: {default_db()})")
-    parser.add_argument("--profiles", type=Path, metavar="DIR", help="clinic profiles directory")
-    parser.add_argument("--config", type=Path, help="clinic config file (TOML)")
-    parser.add_argument("--scale", type=float, default=1.0, help="virtual time for tests: this many times faster than the wall")
+    add_db(parser)
+    add_profiles(parser)
+    add_config(parser)
+    add_scale(parser)
     parser.add_argument("--yes", action="store_true", help="confirm the patient is ready: required")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,53 +91,53 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if not args.yes:
-        raise UsageError("add --yes to confirm the patient and site are ready: a run freezes for real")
-    if args.scale <= 0:
-        raise UsageError(f"--scale {args.scale}: must be > 0")
-    config = load_config(args.config)
-    table = load_table(config.billing_table)  # a bad table is reported before anything freezes
-    library = load_library(args.profiles if args.profiles is not None else default_clinic_dir())
-    loaded = library.get(args.profile)
-    lesion, info = _inputs(args, loaded.profile.name_fr, loaded.profile.name_en)
+        raise UsageError("a run freezes for real, and --yes was not given", "Add --yes to confirm the patient and site are ready")
+    check_scale(args.scale)
+    plan = _plan(args)
     clock = Clock(args.scale)
-    db = args.db or default_db()
-    with RecordStore(db, clock=clock) as store:
+    with RecordStore(args.db or default_db(), clock=clock) as store:
         link, recovered = (None, recover(store, None)) if args.manual else connect_and_recover(args.port, store, clock)
         try:
-            return _treat(args, config, store, clock, link, info, lesion, loaded, recovered, db, table)
+            return _treat(args, plan, store, link, recovered)
         finally:
             if link is not None:
                 link.close()
 
 
-def _inputs(args: argparse.Namespace, name_fr: str, name_en: str) -> tuple[Lesion, SessionInfo]:
+def _plan(args: argparse.Namespace) -> Plan:
+    config = load_config(args.config)
+    table = load_table(config.billing_table)  # a bad table is reported before anything freezes
+    library = load_library(args.profiles if args.profiles is not None else default_clinic_dir())
+    loaded = library.get(args.profile)
     try:
         site = Site(region=args.site, side=args.side, detail=args.site_detail)
-        description = args.description if args.description is not None else f"{name_fr} ({name_en})"
+        description = args.description if args.description is not None else f"{loaded.profile.name_fr} ({loaded.profile.name_en})"
         lesion = Lesion(profile_id=args.profile, site=site, size_mm=args.size_mm, description=description, photo=args.photo,
                         reimbursable=not args.aesthetic)
         info = SessionInfo(operator=args.operator, patient=args.patient)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][-1]) if first["loc"] else ""
-        flag = INPUT_FLAGS.get(name, "--description/--photo")
-        if name == "region":
-            message = f"not a body region; allowed: {', '.join(r.value for r in Region)}"
-        elif name in ("patient", "operator"):
-            message = "must be a pseudonymous id (letters, digits, '.', '_', '-'; no spaces, never a name)"
-        else:
-            message = str(first["msg"]).removeprefix("Value error, ")
-        value = f" {first.get('input')!r}" if name else ""
-        raise UsageError(f"{flag}{value}: {message}") from None
-    return lesion, info
+        raise _input_error(exc) from None
+    return Plan(config, table, loaded, lesion, info)
 
 
-def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: Clock, link: Link | None,
-           info: SessionInfo, lesion: Lesion, loaded: Any, recovered: list[Any], db: Path, table: CcamTable) -> int:
-    treatment = Treatment(store, config, clock, info, link)
+def _input_error(exc: ValidationError) -> UsageError:
+    """The first bad input, named by its flag, with what is allowed."""
+    first = exc.errors()[0]
+    name = str(first["loc"][-1]) if first["loc"] else ""
+    flag = INPUT_FLAGS.get(name, "--description/--photo")
+    value = f" {first.get('input')!r}" if name else ""
+    if name == "region":
+        return UsageError(f"{flag}{value}: not a body region", f"Allowed: {REGIONS}")
+    if name in ("patient", "operator"):
+        return UsageError(f"{flag}{value}: not a pseudonymous id", PSEUDONYMOUS_ID)
+    return UsageError(f"{flag}{value}: {str(first['msg']).removeprefix('Value error, ')}", "See `givre run --help`")
+
+
+def _treat(args: argparse.Namespace, plan: Plan, store: RecordStore, link: Link | None, recovered: list[Recovered]) -> int:
+    treatment = Treatment(store, plan.config, store.clock, plan.info, link)
     treatment.start()
-    reconnect = (lambda: connect(args.port, clock)) if link is not None else None
-    procedure = treatment.lesion(lesion, loaded, requested_freeze_s=args.freeze_s, cycles=args.cycles,
+    reconnect = (lambda: connect(args.port, store.clock)) if link is not None else None
+    procedure = treatment.lesion(plan.lesion, plan.profile, requested_freeze_s=args.freeze_s, cycles=args.cycles,
                                  trigger=TRIGGERS[args.trigger], auto=True, reconnect=reconnect)
     previous = {sig: signal.signal(sig, lambda *_: procedure.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     refused: list[str] = []
@@ -134,8 +154,8 @@ def _treat(args: argparse.Namespace, config: Config, store: RecordStore, clock: 
     if procedure.link is not None and procedure.link is not link:
         procedure.link.close()  # a link the procedure opened to reconnect: ended with BYE like ours
     status = treatment.end()
-    result = _result(status, treatment, procedure, recovered, refused, store, db)
-    result["billing"] = propose(acts_of(view_of(store, treatment.session_id)), table).as_record()
+    result = {"status": status, **_result(treatment, procedure, recovered, refused)}
+    result["billing"] = propose(acts_of(view_of(store, treatment.session_id)), plan.table).as_record()
     if args.json:
         print(json.dumps(result, ensure_ascii=False, sort_keys=True))
     else:
@@ -152,12 +172,11 @@ def _maybe_mark_halo(procedure: Procedure, after_s: float | None) -> None:
         procedure.mark_halo()
 
 
-def _result(status: str, treatment: Treatment, procedure: Procedure, recovered: list[Any], refused: list[str],
-            store: RecordStore, db: Path) -> dict[str, Any]:
+def _result(treatment: Treatment, procedure: Procedure, recovered: list[Recovered], refused: list[str]) -> dict[str, Any]:
+    """The `--json` contract, but for its status and billing."""
     ident = treatment.link.identity if treatment.link is not None else None
-    count, head = store.head()
+    count, head = treatment.store.head()
     return {
-        "status": status,
         "session_id": treatment.session_id,
         "device": {"serial": ident.serial, "kind": ident.kind.name.lower(), "firmware": ident.firmware} if ident else None,
         "profile": procedure.profile.id,
@@ -167,7 +186,7 @@ def _result(status: str, treatment: Treatment, procedure: Procedure, recovered: 
         "refused": refused,
         "warnings": procedure.warnings,
         "recovered": [r.line() for r in recovered],
-        "record": {"db": str(db), "events": count, "head": head},
+        "record": {"db": str(treatment.store.path), "events": count, "head": head},
     }
 
 

@@ -4,32 +4,35 @@ config, the profiles, the device; the embedded simulator offered on the connect 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from controller.cli.options import TRIGGERS, add_config, add_db, add_port, add_profiles, add_trigger
 from controller.clinic import Clinic, Simulator
 from controller.config import default_db, load_config
 from controller.practice.billing import load_table
 from controller.procedure.recovery import connect
 from controller.records.store import RecordStore
-from controller.tui.app import GivreApp
 from firmware_bridge.clock import Clock
-from firmware_bridge.messages import TriggerMode
 from profiles.library import default_clinic_dir, load_library
 from sim.device import SimulatedDevice
 
-TRIGGERS = {"host": TriggerMode.HOST, "trigger": TriggerMode.TRIGGER_START, "dead-man": TriggerMode.DEAD_MAN}
+HELP = "the terminal UI"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", help="device path, pty path or socket://HOST:PORT (none: manual mode)")
-    parser.add_argument("--db", type=Path, help=f"record store (default: {default_db()})")
-    parser.add_argument("--profiles", type=Path, metavar="DIR", help="clinic profiles directory")
-    parser.add_argument("--config", type=Path, help="clinic config file (TOML)")
-    parser.add_argument("--trigger", choices=sorted(TRIGGERS), default="host", help="who opens the valve")
+    add_port(parser, required=False, note=" (none: manual mode)")
+    add_db(parser)
+    add_profiles(parser)
+    add_config(parser)
+    add_trigger(parser)
     parser.add_argument("--no-bell", action="store_true", help="no bell at freeze start and end")
 
 
-def build_clinic(args: argparse.Namespace, *, device: Simulator | None = None, url: str | None = None, clock: Clock | None = None) -> Clinic:
+def run(args: argparse.Namespace) -> int:
+    return run_app(build_clinic(args))
+
+
+def build_clinic(args: argparse.Namespace, *, device: Simulator | None = None, url: str | None = None,
+                 clock: Clock | None = None) -> Clinic:
     clock = clock or Clock()
     config = load_config(getattr(args, "config", None))
     table = load_table(config.billing_table)  # a bad clinic table is one line before the UI opens
@@ -53,6 +56,9 @@ def embedded_simulator(kind: str, clock: Clock) -> Simulator:
 
 
 def run_app(clinic: Clinic) -> int:
+    """The UI until it quits; then the control loop, the link and the store are closed, in that order."""
+    from controller.tui.app import GivreApp  # noqa: PLC0415 - textual costs ~140 ms: only the UI may pay it, not every command
+
     try:
         GivreApp(clinic).run()
     finally:

@@ -1,0 +1,55 @@
+"""`givre info`: a device's identity, counters and calibration."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+
+from controller.cli.options import add_db, add_json, add_port
+from controller.config import default_db
+from controller.procedure.recovery import connect, recover
+from controller.records.store import RecordStore, StoreUnavailable
+
+HELP = "connect to a device and show its identity, counters and calibration"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_port(parser)
+    add_db(parser, ": what an earlier host left open on this device is settled first")
+    add_json(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Identity, counters, calibration; first, what an earlier host left open on this device is
+    settled from it (a record store another Givre is writing is left alone, and said so)."""
+    with connect(args.port) as link:
+        try:
+            with RecordStore(args.db or default_db()) as store:
+                recovered = [r.line() for r in recover(store, link)]
+        except StoreUnavailable as exc:
+            recovered = [f"not settled here: {exc}"]
+        report = {
+            "identity": _plain(link.identity),
+            "counters": _plain(link.counters()),
+            "calibration": _plain(link.read_calibration()),
+        }
+    if args.json:
+        print(json.dumps({**report, "recovered": recovered}, sort_keys=True))
+    else:
+        for line in recovered:
+            print(line)
+        for section, values in report.items():
+            print(f"[{section}]")
+            for key, value in values.items():
+                print(f"  {key:24} {value}")
+    return 0
+
+
+def _plain(record: object) -> dict[str, object]:
+    """A dataclass as JSON-ready values, enums by name."""
+    if not dataclasses.is_dataclass(record):
+        raise TypeError(f"not a dataclass: {record!r}")
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return {k: v.name if isinstance(v, enum.Enum) else v for k, v in values.items()}

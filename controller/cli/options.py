@@ -1,0 +1,63 @@
+"""The options several commands share, declared once: the same flag has the same name, type,
+default and help wherever it appears (flags are a contract with scripts and the README)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+from controller.config import default_db
+from controller.errors import GivreError
+from firmware_bridge.messages import TriggerMode
+
+TRIGGERS = {"host": TriggerMode.HOST, "trigger": TriggerMode.TRIGGER_START, "dead-man": TriggerMode.DEAD_MAN}
+PSEUDONYMOUS_ID = "Use letters, digits, '.', '_' or '-' (no spaces), never a name"
+
+
+class UsageError(GivreError):
+    """A command-line value that cannot be used: what is wrong with it, and what is allowed."""
+
+
+def add_port(parser: argparse._ActionsContainer, *, required: bool = True, note: str = "") -> None:
+    """--port: where the device is (a parser, or a group when --port is one of several choices)."""
+    parser.add_argument("--port", required=required, help=f"device path, pty path or socket://HOST:PORT{note}")
+
+
+def add_db(parser: argparse.ArgumentParser, purpose: str = "", default: str = "") -> None:
+    """--db: the record store; `default` says what happens without it when that is not default_db()."""
+    parser.add_argument("--db", type=Path, help=f"record store{purpose} (default: {default or default_db()})")
+
+
+def add_config(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    parser.add_argument("--config", type=Path, help=f"clinic config file (TOML){purpose}")
+
+
+def add_profiles(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profiles", type=Path, metavar="DIR", help="clinic profiles directory")
+
+
+def add_trigger(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trigger", choices=sorted(TRIGGERS), default="host", help="who opens the valve (default: host)")
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "print one JSON object") -> None:
+    parser.add_argument("--json", action="store_true", help=what)
+
+
+def add_scale(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", type=float, default=1.0, help="virtual time: run this many times faster than the wall")
+
+
+def local_day(text: str) -> date:
+    """An argparse type: a local day as YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a date as YYYY-MM-DD") from None
+
+
+def check_scale(scale: float) -> None:
+    """--scale runs virtual time this many times faster than the wall: it must be positive."""
+    if scale <= 0:
+        raise UsageError(f"--scale {scale}: must be > 0", "Use 1 for real time, or e.g. 20 to run twenty times faster")
