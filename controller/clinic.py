@@ -88,6 +88,11 @@ class Clinic:
         owner = self._open_by_device_session.get(item.device_session or 0)
         file_device_event(self.store, item, self.link.identity if self.link else None, owner)
 
+    @property
+    def device_busy(self) -> bool:
+        """A self-test or calibration step has the device (see measuring)."""
+        return self.supervisor.paused.is_set()
+
     @contextmanager
     def measuring(self) -> Iterator[None]:
         """The device to a self-test or calibration step alone: the supervisor falls silent until the
@@ -103,7 +108,7 @@ class Clinic:
         selftest_lines say it is running, then hold each check and the verdict. Does nothing
         without a device, or while another measurement has it."""
         link = self.link
-        if link is None or self.supervisor.paused.is_set():
+        if link is None or self.device_busy:
             return
         with self.measuring():
             self.selftest_lines = [f"self-test running (a few seconds; the device sprays {selftest.VALVE_CLICK_MS} ms)..."]

@@ -48,7 +48,7 @@ class CalibrationScreen(GivreModalScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         clinic = self.app.clinic
         progress = self.query_one("#progress", Static)
-        if clinic.link is None or clinic.supervisor.paused.is_set():
+        if clinic.link is None or clinic.device_busy:
             progress.update("✗ no device, or a measurement is already running")
             return
         step = (event.button.id or "").removeprefix("step-")

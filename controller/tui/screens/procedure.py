@@ -78,14 +78,15 @@ class ProcedureScreen(GivreScreen):
         said = self.procedure.stop()
         self.query_one("#message", Static).update(f"■ STOP: {said}")
 
-    def _selftest_running(self) -> bool:
-        if self.app.clinic.supervisor.paused.is_set():
+    def _refused_while_measuring(self) -> bool:
+        """No arm or fire while a self-test or calibration step has the device (the message names only the self-test)."""
+        if self.app.clinic.device_busy:
             self.query_one("#message", Static).update("✗ the self-test is using the device: wait for it to finish")
             return True
         return False
 
     def action_arm(self) -> None:
-        if self._selftest_running():
+        if self._refused_while_measuring():
             return
         try:
             plan = self.procedure.arm()
@@ -103,7 +104,7 @@ class ProcedureScreen(GivreScreen):
         )
 
     def action_fire(self) -> None:
-        if not self._selftest_running():
+        if not self._refused_while_measuring():
             self.procedure.fire()
 
     def action_halo(self) -> None:
