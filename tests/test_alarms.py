@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from pytest_mock import MockerFixture
 
 from controller.procedure.alarms import AlarmManager, Mode, Priority
-from controller.procedure.driver import State
+from controller.procedure.driver import Procedure, State
+from controller.procedure.treatment import Treatment
 from controller.records.store import RecordNotSaved
 from sim.device import SimulatedDevice
 from tests.support.rig import Rig
@@ -19,8 +21,8 @@ def recorded_alarms(rig: Rig, session_id: str) -> list[str]:
     return [e.payload["code"] for e in rig.store.events(session_id) if e.kind == "alarm_raised"]
 
 
-def start_freezing(rig: Rig, profile: str = "common-wart", **options: object):  # type: ignore[no-untyped-def]
-    treatment, procedure = rig.procedure(profile, **options)
+def start_freezing(rig: Rig, profile: str = "common-wart") -> tuple[Treatment, Procedure]:
+    treatment, procedure = rig.procedure(profile)
     procedure.arm()
     while not rig.device.valve_open:
         procedure.tick()
@@ -71,7 +73,7 @@ def test_valve_stuck_open_tells_the_clinician_to_shut_the_cartridge(make_rig: Ca
 def test_cartridge_low_is_a_low_priority_alarm(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(scale=10)
     rig.device.model.cartridge.remaining_g = rig.device.model.cartridge.size_g * 0.16
-    treatment, procedure = start_freezing(rig)
+    _, procedure = start_freezing(rig)
     procedure.run()
     (alarm,) = [a for a in procedure.alarms.history if a.code == "cartridge_low"]
     assert alarm.priority is Priority.LOW and procedure.state is State.COMPLETED
@@ -95,9 +97,9 @@ def test_treatment_only_alarms_are_silent_in_maintenance() -> None:
     assert alarms.raise_("link_lost") is not None
 
 
-def test_record_not_saved_raises_a_high_alarm_and_stop_still_closes_the_valve(make_rig: Callable[..., Rig], mocker) -> None:  # type: ignore[no-untyped-def]
+def test_record_not_saved_raises_a_high_alarm_and_stop_still_closes_the_valve(make_rig: Callable[..., Rig], mocker: MockerFixture) -> None:
     rig = make_rig()
-    treatment, procedure = start_freezing(rig)
+    _, procedure = start_freezing(rig)
     mocker.patch.object(rig.store, "append", side_effect=RecordNotSaved("disk full"))
     procedure.stop()  # reaches the device from this thread, whatever the store does
     assert not rig.device.model.valve_commanded

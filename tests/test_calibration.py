@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from controller.cli.main import main
 from controller.device import calibration
 from controller.records.store import RecordStore
 from firmware_bridge.link import Link
@@ -101,10 +103,6 @@ def test_a_certificate_sets_the_due_date_and_is_recorded(tmp_path: Path) -> None
 
 
 def test_calibrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from controller.cli.main import main
-
     with SimulatedDevice(serial="SIM-CLI-CAL") as device:
         port = device.serve_pty()
         page = tmp_path / "cert.html"

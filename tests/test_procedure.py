@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
+from controller.config import Config
 from controller.procedure.driver import TRANSITIONS, StartRefused, State
+from controller.procedure.reconcile import Certainty
 from controller.procedure.recovery import unfinished_sessions
+from controller.procedure.treatment import Treatment
+from controller.records.ledger import CartridgeLedger
+from controller.records.lesion import Lesion, Region, SessionInfo, Site
+from controller.records.store import RecordStore
+from firmware_bridge.clock import Clock
+from firmware_bridge.link import Link
 from firmware_bridge.messages import Fault
+from profiles.library import load_builtins
 from tests.support.rig import Rig
 from tests.support.waiting import wait_until
 
@@ -30,10 +41,11 @@ def test_full_protocol_for_every_spray_profile(make_rig: Callable[..., Rig], pro
     profile = procedure.profile
     assert len(procedure.cycles) == profile.cycles
     for cycle in procedure.cycles:
-        assert cycle.measured_by == "device" and cycle.certainty == "device_reported"
+        assert cycle.measured_by == "device" and cycle.certainty is Certainty.DEVICE_REPORTED
         assert cycle.valve_open_ms is not None and abs(cycle.valve_open_ms - profile.freeze_s.default * 1000) <= 60
     if profile.cycles > 1:
-        assert procedure.cycles[0].thaw_ms is not None and procedure.cycles[0].thaw_ms >= profile.thaw.min_s * 1000  # type: ignore[union-attr]
+        thaw_ms = procedure.cycles[0].thaw_ms
+        assert profile.thaw is not None and thaw_ms is not None and thaw_ms >= profile.thaw.min_s * 1000
     assert treatment.end() == "completed"
     kinds = rig.kinds(treatment.session_id)
     assert kinds.count("freeze_result") == profile.cycles and kinds[-1] == "session_ended"
@@ -96,11 +108,28 @@ def test_stop_mid_freeze_closes_the_valve_and_records_aborted(make_rig: Callable
     assert treatment.end() == "aborted"
 
 
-def test_stop_works_from_every_state() -> None:
-    non_terminal = {s for s in State} - {State.COMPLETED, State.ABORTED, State.FAULTED}
+def test_stop_is_handled_before_the_table_of_transitions() -> None:
+    non_terminal = set(State) - {State.COMPLETED, State.ABORTED, State.FAULTED}
     assert non_terminal == {State.IDLE, State.ARMED, State.FREEZING, State.THAWING, State.UNCERTAIN}
     # STOP is handled before the table (Procedure._on_stop); the table never needs a 'stop' row.
     assert all(trigger != "stop" for _, trigger in TRANSITIONS)
+
+
+@pytest.mark.parametrize("stop_in", [State.IDLE, State.ARMED, State.FREEZING, State.THAWING])
+def test_stop_ends_a_manual_lesion_aborted_from_each_state_it_reaches(manual_treatment: Treatment, stop_in: State) -> None:
+    """UNCERTAIN needs a device; STOP there is not exercised here."""
+    lesion = Lesion(profile_id="plantar-wart", site=Site(region=Region.HAND), description="wart")
+    procedure = manual_treatment.lesion(lesion, load_builtins().get("plantar-wart"))  # two cycles with a thaw between
+    if stop_in is not State.IDLE:
+        procedure.arm()
+    if stop_in in (State.FREEZING, State.THAWING):
+        procedure.fire()
+    while procedure.state is not stop_in:
+        assert not procedure.finished, procedure.state
+        procedure.tick()
+    procedure.stop()
+    procedure.run()
+    assert procedure.state is State.ABORTED
 
 
 def test_cartridge_running_out_mid_freeze(make_rig: Callable[..., Rig]) -> None:
@@ -133,8 +162,6 @@ def test_blocked_nozzle_raises_no_flow(make_rig: Callable[..., Rig]) -> None:
 def test_link_lost_mid_freeze_is_uncertain_then_reconciled_from_the_device(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(tcp=True)
     url = rig.link.port
-    from firmware_bridge.link import Link
-
     treatment, procedure = rig.procedure(
         "common-wart", reconnect=lambda: Link.open(url, watchdog_ms=2000), reconnect_window_s=10)
     procedure.arm()
@@ -148,19 +175,21 @@ def test_link_lost_mid_freeze_is_uncertain_then_reconciled_from_the_device(make_
     assert State.UNCERTAIN in states and procedure.state is State.FAULTED
     cycle = procedure.cycles[0]
     # The reconnection's HELLO ends a freeze the old host lost (NEW_SESSION), unless the watchdog did first.
-    assert cycle.certainty == "reconciled" and cycle.end_reason in ("NEW_SESSION", "WATCHDOG")
+    assert cycle.certainty is Certainty.RECONCILED and cycle.end_reason in ("NEW_SESSION", "WATCHDOG")
     edge = rig.device.model.valve_log[-1]
     wait_until(lambda: edge.closed_at is not None, what="the valve physically closed")
-    assert edge.closed_at is not None and abs(cycle.valve_open_ms - (edge.closed_at - edge.opened_at) * 1000) <= 25  # type: ignore[operator]
+    assert edge.closed_at is not None and cycle.valve_open_ms is not None
+    assert abs(cycle.valve_open_ms - (edge.closed_at - edge.opened_at) * 1000) <= 25
     kinds = rig.kinds(treatment.session_id)
     assert kinds.index("outcome_uncertain") < kinds.index("reconnected") < kinds.index("freeze_result")
     assert treatment.end() == "interrupted"
-    procedure.link.close()  # type: ignore[union-attr]
+    assert procedure.link is not None  # the reconnection's link, which the rig does not own
+    procedure.link.close()
 
 
 def test_device_reboot_mid_protocol(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
-    treatment, procedure = rig.procedure("common-wart")
+    _, procedure = rig.procedure("common-wart")
     procedure.arm()
     while not rig.device.valve_open:
         procedure.tick()
@@ -168,7 +197,7 @@ def test_device_reboot_mid_protocol(make_rig: Callable[..., Rig]) -> None:
     procedure.run()
     assert procedure.state is State.FAULTED
     cycle = procedure.cycles[0]
-    assert cycle.certainty == "reconciled" and cycle.end_reason == "RESET"
+    assert cycle.certainty is Certainty.RECONCILED and cycle.end_reason == "RESET"
     edge = rig.device.model.valve_log[-1]
     wait_until(lambda: edge.closed_at is not None, what="the valve physically closed")
     assert edge.closed_at is not None and cycle.valve_open_ms is not None
@@ -177,34 +206,29 @@ def test_device_reboot_mid_protocol(make_rig: Callable[..., Rig]) -> None:
     assert len(rig.device.model.valve_log) == 1  # nothing was resent after the reboot
 
 
-def test_manual_mode_is_a_host_timer_flagged_as_such(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from controller.config import Config
-    from controller.procedure.treatment import Treatment
-    from controller.records.lesion import Lesion, SessionInfo, Site
-    from controller.records.store import RecordStore
-    from firmware_bridge.clock import Clock
-    from profiles.library import load_builtins
-
+@pytest.fixture
+def manual_treatment(tmp_path: Path) -> Iterator[Treatment]:
+    """A started session with no device (manual mode), on virtual time 20 times the wall's."""
     clock = Clock(20)
     with RecordStore(tmp_path / "m.sqlite", clock=clock) as store:
         treatment = Treatment(store, Config(), clock, SessionInfo(operator="dr-a", patient="P-9"), None)
         treatment.start()
-        lesion = Lesion(profile_id="solar-lentigo", site=Site(region="cheek"), description="lentigo")
-        procedure = treatment.lesion(lesion, load_builtins().get("solar-lentigo"), auto=True)
-        procedure.arm()
-        procedure.run()
-        assert procedure.state is State.COMPLETED
-        (cycle,) = procedure.cycles
-        assert cycle.measured_by == "host" and cycle.certainty == "host_measured"
-        assert cycle.valve_open_ms is not None and 5000 <= cycle.valve_open_ms <= 5600
-        assert treatment.end() == "completed"
+        yield treatment
+
+
+def test_manual_mode_is_a_host_timer_flagged_as_such(manual_treatment: Treatment) -> None:
+    lesion = Lesion(profile_id="solar-lentigo", site=Site(region=Region.CHEEK), description="lentigo")
+    procedure = manual_treatment.lesion(lesion, load_builtins().get("solar-lentigo"), auto=True)
+    procedure.arm()
+    procedure.run()
+    assert procedure.state is State.COMPLETED
+    (cycle,) = procedure.cycles
+    assert cycle.measured_by == "host" and cycle.certainty is Certainty.HOST_MEASURED
+    assert cycle.valve_open_ms is not None and 5000 <= cycle.valve_open_ms <= 5600
+    assert manual_treatment.end() == "completed"
 
 
 def test_gating_cartridge_cover_and_keeping_time(make_rig: Callable[..., Rig]) -> None:
-    from datetime import date, timedelta
-
-    from controller.records.ledger import CartridgeLedger
-
     rig = make_rig(cartridge=None)
     _, procedure = rig.procedure("common-wart")
     with pytest.raises(StartRefused, match="no cartridge is registered"):
@@ -214,20 +238,19 @@ def test_gating_cartridge_cover_and_keeping_time(make_rig: Callable[..., Rig]) -
     with pytest.raises(StartRefused, match="10 days old, past its keeping time of 7 days"):
         procedure.arm()
     CartridgeLedger(rig.store, rig.config).load("8g", date.today())
-    rig.store.append("cartridge_used", {"cartridge_id": CartridgeLedger(rig.store, rig.config).status().cartridge_id,  # type: ignore[union-attr]
-                                        "seconds": 115.0, "lesion_done": 1}, "S-old")
+    loaded = CartridgeLedger(rig.store, rig.config).status()
+    assert loaded is not None
+    rig.store.append("cartridge_used", {"cartridge_id": loaded.cartridge_id, "seconds": 115.0, "lesion_done": 1}, "S-old")
     _, procedure = rig.procedure("common-wart")
     with pytest.raises(StartRefused, match="needs 10 s of spray, 5 s are left"):
         procedure.arm()
 
 
 def test_calibration_overdue_can_block(make_rig: Callable[..., Rig]) -> None:
-    from controller.config import Config
-
     rig = make_rig()
     rig.config = Config(calibration_overdue="block")
     _, procedure = rig.procedure("common-wart")
-    with pytest.raises(StartRefused, match="never been calibrated .config: block."):
+    with pytest.raises(StartRefused, match=r"never been calibrated \(config: block\)"):
         procedure.arm()
 
 

@@ -1,8 +1,10 @@
 """Technician calibration: timer, valve latency, flow rate, thermocouples.
 
 Each step measures against the host (or the technician's scale and reference baths), decides
-PASS/FAIL against a tolerance, writes the corrected values to the device's calibration store and
-a certificate to the record. Bad technician input is refused before anything is written.
+PASS/FAIL against its tolerance (flow has none: the weighed rate is recorded as measured) and
+writes the corrected values to the device's calibration store only if it passed; `certify` then sets
+the next due date and writes the certificate to the record. Bad technician input is refused before
+anything is written.
 """
 
 from __future__ import annotations
@@ -16,19 +18,23 @@ from typing import Any
 from controller.errors import GivreError
 from controller.records.store import RecordStore
 from firmware_bridge.link import Link
-from firmware_bridge.messages import NOT_AVAILABLE_TEMP, CalData, CalWrite, EventCode
+from firmware_bridge.messages import CalData, CalWrite, EventCode
 from firmware_bridge.session import DeviceEventReceived
+from firmware_bridge.units import celsius, day_number
 
 TIMER_TOLERANCE_PPM = 5000  # +-0.5 %
 FREEZE_TOLERANCE_MS = 20
 VALVE_LATENCY_LIMIT_MS = 100
 REFERENCE_RANGE_C = (-200.0, 50.0)
+REFERENCE_POINTS = 2  # a two-point fit: offset and gain
+MIN_REFERENCE_SPREAD_C = 20.0  # closer baths leave the gain to the readings' noise
+PLAUSIBLE_GAIN = (0.5, 1.5)  # a fitted gain outside this fails the step and is not written
+MIN_DRIFT_SAMPLES = 10  # fewer telemetry frames than this cannot give a drift
 DUE_AFTER_DAYS = 365  # 12 months
-EPOCH = date(1970, 1, 1)
 
 
 class CalibrationError(GivreError):
-    """Bad technician input: nothing is written."""
+    """A step that cannot go on (bad technician input, or too little from the device to measure): nothing is written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +67,7 @@ def measure_drift_ppm(link: Link, window_s: float) -> tuple[float, int]:
         link.heartbeat_for(window_s)
     finally:
         link.on_telemetry = previous
-    if len(samples) < 10:
+    if len(samples) < MIN_DRIFT_SAMPLES:
         raise CalibrationError(f"{link.port}: only {len(samples)} telemetry frames in {window_s:g} s; check the link")
     span = samples[-1][0] - samples[0][0]
     slopes = sorted(
@@ -169,14 +175,14 @@ def thermocouple(link: Link, sensor: str, points: list[tuple[float, float]]) -> 
     """Two-point offset and gain from (reference C, reading C) pairs taken in reference baths."""
     if sensor not in ("tip", "tissue"):
         raise CalibrationError(f"sensor {sensor!r}: allowed values are 'tip' and 'tissue'")
-    if len(points) != 2:
+    if len(points) != REFERENCE_POINTS:
         raise CalibrationError("give exactly two reference points (e.g. ice water 0 C and liquid nitrogen -196 C)")
     for ref, _ in points:
         if not REFERENCE_RANGE_C[0] <= ref <= REFERENCE_RANGE_C[1]:
             raise CalibrationError(f"reference {ref} C is outside {REFERENCE_RANGE_C[0]:g}..{REFERENCE_RANGE_C[1]:g} C")
     (r1, m1), (r2, m2) = points
-    if abs(r1 - r2) < 20:
-        raise CalibrationError(f"the two references ({r1} C, {r2} C) must be at least 20 C apart")
+    if abs(r1 - r2) < MIN_REFERENCE_SPREAD_C:
+        raise CalibrationError(f"the two references ({r1} C, {r2} C) must be at least {MIN_REFERENCE_SPREAD_C:g} C apart")
     current = link.read_calibration()
     gain_now = getattr(current, f"{sensor}_gain_ppm") / 1e6
     offset_now = getattr(current, f"{sensor}_offset_cdeg") / 100
@@ -185,21 +191,23 @@ def thermocouple(link: Link, sensor: str, points: list[tuple[float, float]]) -> 
     offset = r1 - gain * raw1
     error_before = max(abs(m1 - r1), abs(m2 - r2))
     written = {f"{sensor}_gain_ppm": round(gain * 1e6), f"{sensor}_offset_cdeg": round(offset * 100)}
-    passed = 0.5 <= gain <= 1.5
+    passed = PLAUSIBLE_GAIN[0] <= gain <= PLAUSIBLE_GAIN[1]
     if passed:
         _write(link, **written)
-    return StepResult("thermocouple", passed, {"sensor": sensor, "points": points, "error_before_c": round(error_before, 2),
-                                               "gain": round(gain, 5), "offset_c": round(offset, 2)}, "gain within 0.5..1.5", written if passed else {})
+    measured = {"sensor": sensor, "points": points, "error_before_c": round(error_before, 2), "gain": round(gain, 5),
+                "offset_c": round(offset, 2)}
+    tolerance = f"gain within {PLAUSIBLE_GAIN[0]:g}..{PLAUSIBLE_GAIN[1]:g}"
+    return StepResult("thermocouple", passed, measured, tolerance, written if passed else {})
 
 
 def read_sensor(link: Link, sensor: str, settle_s: float = 2.0) -> float:
     """The calibrated reading now (the probe sits in a bath)."""
     link.heartbeat_for(settle_s)
     latest = link.wait_for_telemetry()
-    value = getattr(latest.telemetry, f"{sensor}_cdeg") if latest else NOT_AVAILABLE_TEMP
-    if value == NOT_AVAILABLE_TEMP:
+    reading = celsius(getattr(latest.telemetry, f"{sensor}_cdeg")) if latest else None
+    if reading is None:
         raise CalibrationError(f"{link.port}: the {sensor} thermocouple gives no reading")
-    return value / 100
+    return reading
 
 
 def certify(link: Link, store: RecordStore, technician: str, results: list[StepResult], today: date | None = None) -> dict[str, Any]:
@@ -208,7 +216,7 @@ def certify(link: Link, store: RecordStore, technician: str, results: list[StepR
     passed = all(r.passed for r in results)
     due = today + timedelta(days=DUE_AFTER_DAYS)
     if passed:
-        _write(link, calibrated_on_day=(today - EPOCH).days, due_on_day=(due - EPOCH).days)
+        _write(link, calibrated_on_day=day_number(today), due_on_day=day_number(due))
     ident = link.identity
     assert ident is not None
     certificate = {"device": ident.serial, "firmware": ident.firmware, "technician": technician, "date": today.isoformat(),

@@ -4,6 +4,7 @@ fix to try. The UI runs it on connect; `givre selftest --port URL [--json]` runs
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 from datetime import date
@@ -15,16 +16,10 @@ from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordStore
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Link
-from firmware_bridge.messages import (
-    NOT_AVAILABLE_TEMP,
-    NOT_AVAILABLE_U16,
-    Capability,
-    DeviceKind,
-    EventCode,
-    Fault,
-)
+from firmware_bridge.messages import Capability, DeviceKind, EventCode, Fault
 from firmware_bridge.session import DeviceEventReceived
 from firmware_bridge.transport import list_ports
+from firmware_bridge.units import available_u16, celsius
 
 CLOCK_WINDOW_S = 1.5  # 10 Hz idle telemetry: about 15 frames
 CLOCK_TOLERANCE_PPM = 5000  # 0.5 %, the calibration tolerance's default
@@ -54,18 +49,20 @@ class Check:
 
 
 def run_selftest(link: Link, store: RecordStore | None = None, config: Config | None = None, today: date | None = None) -> list[Check]:
+    """Every check in order; with a store, the result is recorded and the test spray charged to the loaded cartridge."""
     config = config or Config()
     ident = link.identity
     assert ident is not None
+    spray = ident.kind is DeviceKind.SPRAY
     checks = [_port_identity(link), Check("protocol and firmware", Verdict.PASS, f"protocol {ident.protocol}, firmware {ident.firmware}")]
     checks.append(_device_clock(link))
     checks.append(_watchdog(link))
-    if ident.kind is DeviceKind.SPRAY and ident.capabilities & Capability.PRESSURE_SENSOR:
+    if spray and ident.capabilities & Capability.PRESSURE_SENSOR:
         checks.append(_valve_click(link, store))
     if ident.capabilities & (Capability.TIP_THERMOCOUPLE | Capability.TISSUE_THERMOCOUPLE):
         checks.append(_thermocouples(link))
     checks.append(_calibration(link, today))
-    if ident.kind is DeviceKind.SPRAY and store is not None:
+    if spray and store is not None:
         checks.append(_cartridge(store, config, today))
     if store is not None:
         store.append("selftest", {"device": ident.serial, "checks": [c.as_dict() for c in checks]})
@@ -99,7 +96,8 @@ def _device_clock(link: Link) -> Check:
         return Check("device clock", Verdict.FAIL, str(exc), "Check the link, then retry")
     detail = f"{ppm:+.0f} ppm against the host clock ({samples} telemetry frames over {CLOCK_WINDOW_S:g} s; a coarse check)"
     if abs(ppm) > CLOCK_TOLERANCE_PPM:
-        return Check("device clock", Verdict.FAIL, detail, "Calibrate the timer (givre calibrate --step timer) or send the device for service")
+        return Check("device clock", Verdict.FAIL, detail,
+                     "Calibrate the timer (givre calibrate --step timer) or send the device for service")
     return Check("device clock", Verdict.PASS, detail)
 
 
@@ -114,7 +112,8 @@ def _watchdog(link: Link) -> Check:
     latest = link.wait_for_telemetry()
     tripped = tripped or bool(latest and latest.telemetry.fault_flags & Fault.WATCHDOG_TRIP)
     if not tripped:
-        return Check("watchdog", Verdict.FAIL, f"host silent {silence_s:.1f} s and the device did not trip its {ident.watchdog_ms} ms watchdog",
+        return Check("watchdog", Verdict.FAIL,
+                     f"host silent {silence_s:.1f} s and the device did not trip its {ident.watchdog_ms} ms watchdog",
                      "Do not treat with this device: it would not close its valve if the host hung; send it for service")
     try:
         link.clear_fault()
@@ -126,9 +125,9 @@ def _watchdog(link: Link) -> Check:
 def _valve_click(link: Link, store: RecordStore | None) -> Check:
     """A short device-timed spray: the pressure behind the valve must fall while it is open."""
     rest = link.wait_for_telemetry()
-    if rest is None or rest.telemetry.pressure_kpa == NOT_AVAILABLE_U16:
+    rest_kpa = available_u16(rest.telemetry.pressure_kpa) if rest is not None else None
+    if rest_kpa is None:
         return Check("valve and pressure", Verdict.WARN, "no pressure reading at rest", "Check the pressure sensor")
-    rest_kpa = rest.telemetry.pressure_kpa
     lowest = rest_kpa
     try:
         link.freeze(VALVE_CLICK_MS)
@@ -139,19 +138,19 @@ def _valve_click(link: Link, store: RecordStore | None) -> Check:
         link.heartbeat(0)
         link.next_event(0.01)
         latest = link.latest_telemetry()
-        if latest is not None and latest.telemetry.pressure_kpa != NOT_AVAILABLE_U16:
-            lowest = min(lowest, latest.telemetry.pressure_kpa)
+        kpa = available_u16(latest.telemetry.pressure_kpa) if latest is not None else None
+        if kpa is not None:
+            lowest = min(lowest, kpa)
     counters = link.counters()
     if store is not None and counters.last_valve_open_ms:
         status = CartridgeLedger(store, Config()).status()
         if status is not None:
             CartridgeLedger(store, Config()).commit("selftest", status.cartridge_id, counters.last_valve_open_ms / 1000, False)
     if counters.fault_flags & Fault.NO_FLOW or lowest > rest_kpa * PRESSURE_DROP_FRACTION:
-        try:
+        with contextlib.suppress(BridgeError):  # the FAIL below says what to do either way
             link.clear_fault()
-        except BridgeError:
-            pass
-        return Check("valve and pressure", Verdict.FAIL, f"valve opened {counters.last_valve_open_ms} ms, pressure stayed at {lowest / 100:.1f} bar",
+        return Check("valve and pressure", Verdict.FAIL,
+                     f"valve opened {counters.last_valve_open_ms} ms, pressure stayed at {lowest / 100:.1f} bar",
                      "Nozzle blocked or cartridge empty: clear the nozzle, check the cartridge, retry")
     return Check("valve and pressure", Verdict.PASS,
                  f"{counters.last_valve_open_ms} ms spray, pressure {rest_kpa / 100:.1f} -> {lowest / 100:.1f} bar")
@@ -162,18 +161,20 @@ def _thermocouples(link: Link) -> Check:
     if latest is None:
         return Check("thermocouples", Verdict.FAIL, "no telemetry", "Check the link")
     t = latest.telemetry
-    readings = {name: value / 100 for name, value in (("tip", t.tip_cdeg), ("tissue", t.tissue_cdeg)) if value != NOT_AVAILABLE_TEMP}
+    by_sensor = {"tip": celsius(t.tip_cdeg), "tissue": celsius(t.tissue_cdeg)}
+    readings = {name: c for name, c in by_sensor.items() if c is not None}
     if t.fault_flags & (Fault.SENSOR_OPEN | Fault.SENSOR_SHORT) or not readings:
         return Check("thermocouples", Verdict.FAIL, "sensor fault reported", "Check the thermocouple plugs and cables")
     odd = {k: v for k, v in readings.items() if not ROOM_RANGE_C[0] <= v <= ROOM_RANGE_C[1]}
     shown = ", ".join(f"{k} {v:.1f} C" for k, v in readings.items())
     if odd:
-        return Check("thermocouples", Verdict.FAIL, f"{shown}: implausible at rest", "Calibrate the thermocouples (givre calibrate --step thermocouple)")
+        return Check("thermocouples", Verdict.FAIL, f"{shown}: implausible at rest",
+                     "Calibrate the thermocouples (givre calibrate --step thermocouple)")
     return Check("thermocouples", Verdict.PASS, f"{shown} at rest")
 
 
 def _calibration(link: Link, today: date | None) -> Check:
-    cal = calibration_record(link.read_calibration())
+    cal = calibration_record(link.read_calibration(), today)
     if cal["status"] == "valid":
         return Check("calibration", Verdict.PASS, f"valid until {cal['due_on']}")
     return Check("calibration", Verdict.WARN, f"{cal['status']}" + (f" (due {cal['due_on']})" if cal["due_on"] else ""),

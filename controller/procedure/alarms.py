@@ -64,7 +64,7 @@ class Alarm:
 
 @dataclass
 class AlarmManager:
-    record: Callable[[str, dict[str, object]], None]
+    record: Callable[[str, dict[str, object]], object]  # writes one step (kind, payload); what it returns is not used
     mode: Mode = Mode.TREATMENT
     latched: dict[str, Alarm] = field(default_factory=dict)
     history: list[Alarm] = field(default_factory=list)

@@ -31,7 +31,7 @@ class DoseDecision:
             "requested_ms": self.requested_ms,
             "effective_ms": self.effective_ms,
             "limited_by": self.limited_by,
-            "chain": [{"limit": l.name, "ms": l.ms, "reason": l.reason} for l in self.chain],
+            "chain": [{"limit": limit.name, "ms": limit.ms, "reason": limit.reason} for limit in self.chain],
         }
 
 

@@ -8,6 +8,7 @@ the caller's thread, the fastest path there is, and the loop records what the de
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import queue
 import threading
@@ -18,22 +19,22 @@ from typing import Any
 
 from controller.config import Config
 from controller.errors import GivreError
-from controller.procedure.alarms import AlarmManager
+from controller.procedure.alarms import AlarmManager, Priority
 from controller.procedure.dose import DoseDecision, DoseRefused, decide
-from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
+from controller.procedure.reconcile import Certainty, Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.procedure.recovery import device_event_record, file_device_event
 from controller.records.ledger import CartridgeLedger, CartridgeStatus, LedgerError
 from controller.records.lesion import Lesion
 from controller.records.store import RecordNotSaved, RecordStore
 from firmware_bridge.clock import Clock
 from firmware_bridge.errors import BridgeError, CommandRejected, CommandTimeout
-from firmware_bridge.link import Link, LinkDown
+from firmware_bridge.link import DeviceIdentity, Link, LinkDown
 from firmware_bridge.messages import (
     LATCHING_FAULTS,
-    NOT_AVAILABLE_TEMP,
     CalData,
     Capability,
     Counters,
+    DeviceKind,
     EndReason,
     EventCode,
     Fault,
@@ -41,9 +42,9 @@ from firmware_bridge.messages import (
     TriggerMode,
 )
 from firmware_bridge.session import DeviceEventReceived, RebootDetected
-from firmware_bridge.units import available_u32
+from firmware_bridge.units import available_u32, celsius, date_of_day, day_number, fault_names
 from profiles.library import LoadedProfile
-from profiles.schema import TimingStart
+from profiles.schema import DeviceKindName, TimingStart
 
 STALE_AFTER_S = 1.0
 MANUAL_TICK_S = 0.05
@@ -130,7 +131,7 @@ class CycleRecord:
     valve_open_ms: int | None = None
     halo_to_off_ms: int | None = None
     end_reason: str | None = None
-    certainty: str = "device_reported"
+    certainty: Certainty = Certainty.DEVICE_REPORTED
     measured_by: str = "device"
     thaw_ms: int | None = None
     min_tip_c: float | None = None
@@ -163,51 +164,61 @@ class Plan:
     spray_cap_ms: int  # what one spray may last on the device (halo / target modes: the whole spray)
 
 
+def kind_name(kind: DeviceKind | None) -> DeviceKindName:
+    """A device's kind as profiles and the record name it ("spray", "probe"); no device (None) is "manual".
+    procedure/ and device/ decide on the wire's DeviceKind and name it only through this."""
+    return DeviceKindName.MANUAL if kind is None else DeviceKindName(kind.name.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """Where the procedure records each step: the store, under its session and lesion."""
+
+    store: RecordStore
+    session_id: str
+    lesion_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAccess:
+    """The device as the procedure reaches it; no link is a manual treatment (the host only times it)."""
+
+    link: Link | None
+    calibration: CalData | None
+    reconnect: Callable[[], Link] | None  # a new link, tried while a freeze's outcome is unknown and the link is lost
+    reconnect_window_s: float  # how long an unknown outcome is retried before the cycle is left open
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicalChoice:
+    """What the clinician chose for this lesion."""
+
+    lesion: Lesion
+    profile: LoadedProfile
+    requested_freeze_s: float | None = None  # None: the profile's default
+    cycles: int | None = None  # None: the profile's number of cycles
+    trigger: TriggerMode = TriggerMode.HOST
+    auto: bool = False  # headless: fire each cycle and confirm each thaw by itself
+
+
 class Procedure:
-    def __init__(
-        self,
-        *,
-        store: RecordStore,
-        config: Config,
-        clock: Clock,
-        session_id: str,
-        lesion_id: str,
-        lesion: Lesion,
-        profile: LoadedProfile,
-        link: Link | None,
-        calibration: CalData | None = None,
-        requested_freeze_s: float | None = None,
-        cycles: int | None = None,
-        trigger: TriggerMode = TriggerMode.HOST,
-        auto: bool = False,
-        today: date | None = None,
-        on_change: Callable[[Procedure], None] | None = None,
-        reconnect: Callable[[], Link] | None = None,
-        reconnect_window_s: float = 10.0,
-    ) -> None:
-        self.store = store
+    """One lesion's procedure, built by Treatment.lesion; the record, the device and the clinician's choice come grouped."""
+
+    def __init__(self, recording: Recording, device: DeviceAccess, choice: ClinicalChoice, *, config: Config, clock: Clock) -> None:
+        self.store, self.session_id, self.lesion_id = recording.store, recording.session_id, recording.lesion_id
+        self.link, self.calibration = device.link, device.calibration  # link: replaced by a reconnection
+        self.reconnect, self.reconnect_window_s = device.reconnect, device.reconnect_window_s
+        self.lesion, self.loaded, self.profile = choice.lesion, choice.profile, choice.profile.profile
+        self.requested_freeze_s, self.requested_cycles = choice.requested_freeze_s, choice.cycles
+        self.trigger, self.auto = choice.trigger, choice.auto
         self.config = config
         self.clock = clock
-        self.session_id = session_id
-        self.lesion_id = lesion_id
-        self.lesion = lesion
-        self.loaded = profile
-        self.profile = profile.profile
-        self.link = link
-        self.calibration = calibration
-        self.requested_freeze_s = requested_freeze_s
-        self.requested_cycles = cycles
-        self.trigger = trigger
-        self.auto = auto  # headless: fire each cycle and confirm each thaw by itself
-        self.today = today or date.today()
-        self.on_change = on_change
-        self.reconnect = reconnect
-        self.reconnect_window_s = reconnect_window_s
+        self.today = date.today()
         self._armed_waiting_since: float | None = None
         self._last_reconcile_try = 0.0
         self.state = State.IDLE
         self.alarms = AlarmManager(self._record_alarm)
-        self.ledger = CartridgeLedger(store, config)
+        self.ledger = CartridgeLedger(self.store, config)
         self.cartridge: CartridgeStatus | None = None
         self.plan: Plan | None = None
         self.cycles: list[CycleRecord] = []
@@ -285,8 +296,6 @@ class Procedure:
         finally:
             if target in TERMINAL:
                 self._finish()  # even when the store failed: the lesion is over and must read as finished
-        if self.on_change is not None:
-            self.on_change(self)
 
     def _record(self, kind: str, payload: dict[str, Any]) -> None:
         """Every step is committed before it is reported. A failed write raises the 'record not
@@ -300,73 +309,90 @@ class Procedure:
             raise
 
     def _record_alarm(self, kind: str, payload: dict[str, object]) -> None:
-        try:
+        with contextlib.suppress(RecordNotSaved):  # the alarm is still shown; the store's failure is itself the 'record not saved' alarm
             self.store.append(kind, {"lesion_id": self.lesion_id, **payload}, self.session_id)
-        except RecordNotSaved:
-            pass  # the alarm is still shown; the store's failure is itself the 'record not saved' alarm
 
     # ---- arming: the start gate ------------------------------------------------------------------
 
     def arm(self) -> Plan:
         """Check everything that must hold before a first freeze; refuse with every reason at once."""
-        reasons: list[str] = []
-        p = self.profile
-        kind = "manual" if self.link is None else self.link.identity.kind.name.lower()  # type: ignore[union-attr]
-        if not p.runs_on(kind):
-            reasons.append(f"profile {p.id} runs on {', '.join(k.value for k in p.device_kinds)}, not on a {kind} device")
-        cycles = self.requested_cycles or p.cycles
-        if not 1 <= cycles <= p.cycles:
-            reasons.append(f"--cycles {cycles}: profile {p.id} plans {p.cycles} cycle(s); ask for 1 to {p.cycles}")
-        device_cap = None
-        if self.link is not None and self.link.identity is not None:
-            ident = self.link.identity
-            device_cap = ident.max_freeze_ms
-            if p.cryogen != "any" and ident.cryogen.name.lower() != p.cryogen:
-                reasons.append(f"profile {p.id} needs {p.cryogen.upper()}, the device uses {ident.cryogen.name}")
-            if p.requires_tissue_thermocouple and not ident.capabilities & Capability.TISSUE_THERMOCOUPLE:
-                reasons.append(f"profile {p.id} needs a tissue thermocouple; this device has none")
-            if p.timing_start is not TimingStart.SPRAY_START and not ident.capabilities & Capability.HALO_TIMING:
-                reasons.append(f"profile {p.id} counts from the {p.timing_start.value.replace('_', ' ')}; this device cannot time that")
-            if self.trigger is not TriggerMode.HOST and not ident.capabilities & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
-                reasons.append("this device has no hand trigger or foot switch")
-            reasons += self._device_readiness()
+        identity = self._identity()
+        cycles = self.requested_cycles or self.profile.cycles
+        reasons = self._profile_gate(cycles, identity)
+        device_cap = identity.max_freeze_ms if identity is not None else None
         try:
-            dose = decide(p, self.requested_freeze_s, self.config.clinic_max_freeze_s, device_cap)
+            dose = decide(self.profile, self.requested_freeze_s, self.config.clinic_max_freeze_s, device_cap)
         except DoseRefused as exc:
             reasons.append(str(exc))
             dose = None
         reasons += self._calibration_gate()
-        if any(a.priority.name == "HIGH" and not a.acknowledged for a in self.alarms.latched.values()):
+        if any(a.priority is Priority.HIGH and not a.acknowledged for a in self.alarms.latched.values()):
             reasons.append("a HIGH alarm is not acknowledged")
         if reasons or dose is None:
             self._record("start_refused", {"reasons": reasons})
             raise StartRefused(reasons)
-        mode, spray_cap = FreezeMode.TIMED, dose.effective_ms
-        if p.timing_start is not TimingStart.SPRAY_START:
-            mode = FreezeMode.HALO
-            spray_cap = min(round(self.config.halo_spray_cap_s * 1000), device_cap or 10**9)
-            if spray_cap < dose.effective_ms:
-                raise StartRefused([f"the whole-spray cap ({spray_cap} ms) is shorter than the dose ({dose.effective_ms} ms)"])
-        plan = Plan(cycles, dose, mode, self.trigger, spray_cap)
-        if kind == "spray":
-            flow = self.calibration.flow_mg_per_s if self.calibration else 0
-            try:
-                status = self.ledger.status(flow, self.today)
-                if status is not None and status.past_keeping_time:
-                    raise LedgerError(
-                        f"the opened cartridge is {status.age_days} days old, past its keeping time of "
-                        f"{status.keeping_days} days; load a new one"
-                    )
-                self.cartridge = self.ledger.reserve(self.session_id, cycles * spray_cap / 1000, flow)
-            except LedgerError as exc:
-                self._record("start_refused", {"reasons": [str(exc)]})
-                raise StartRefused([str(exc)]) from None
+        plan = self._plan(cycles, dose, device_cap)
+        if identity is not None and identity.kind is DeviceKind.SPRAY:
+            self._reserve_cartridge(plan)
         self.plan = plan
-        self._record("armed", {"cycles": cycles, "dose": dose.as_record(), "mode": mode.name, "trigger": self.trigger.name,
-                               "spray_cap_ms": spray_cap, "warnings": self.warnings,
+        self._record("armed", {"cycles": cycles, "dose": dose.as_record(), "mode": plan.mode.name, "trigger": self.trigger.name,
+                               "spray_cap_ms": plan.spray_cap_ms, "warnings": self.warnings,
                                "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None})
         self._go("arm")
         return plan
+
+    def _identity(self) -> DeviceIdentity | None:
+        """The connected device's identity; None in manual mode (Link.open handshakes, so a link has one)."""
+        if self.link is None:
+            return None
+        assert self.link.identity is not None
+        return self.link.identity
+
+    def _profile_gate(self, cycles: int, identity: DeviceIdentity | None) -> list[str]:
+        """Why this profile cannot run on this device now, if anything: its kind, cryogen, sensors, timing, trigger, readiness."""
+        p = self.profile
+        kind = kind_name(identity.kind if identity is not None else None)
+        reasons: list[str] = []
+        if not p.runs_on(kind):
+            reasons.append(f"profile {p.id} runs on {', '.join(k.value for k in p.device_kinds)}, not on a {kind} device")
+        if not 1 <= cycles <= p.cycles:
+            reasons.append(f"--cycles {cycles}: profile {p.id} plans {p.cycles} cycle(s); ask for 1 to {p.cycles}")
+        if identity is None:
+            return reasons
+        if p.cryogen != "any" and identity.cryogen.name.lower() != p.cryogen:
+            reasons.append(f"profile {p.id} needs {p.cryogen.upper()}, the device uses {identity.cryogen.name}")
+        if p.requires_tissue_thermocouple and not identity.capabilities & Capability.TISSUE_THERMOCOUPLE:
+            reasons.append(f"profile {p.id} needs a tissue thermocouple; this device has none")
+        if p.timing_start is not TimingStart.SPRAY_START and not identity.capabilities & Capability.HALO_TIMING:
+            reasons.append(f"profile {p.id} counts from the {p.timing_start.value.replace('_', ' ')}; this device cannot time that")
+        if self.trigger is not TriggerMode.HOST and not identity.capabilities & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
+            reasons.append("this device has no hand trigger or foot switch")
+        return reasons + self._device_readiness()
+
+    def _plan(self, cycles: int, dose: DoseDecision, device_cap: int | None) -> Plan:
+        """A freeze counted from the spray's start is the dose itself; one counted from the halo or the
+        tissue target is a spray capped by the whole-spray limit, which must leave room for the dose."""
+        if self.profile.timing_start is TimingStart.SPRAY_START:
+            return Plan(cycles, dose, FreezeMode.TIMED, self.trigger, dose.effective_ms)
+        spray_cap = min(round(self.config.halo_spray_cap_s * 1000), device_cap or 10**9)
+        if spray_cap < dose.effective_ms:
+            raise StartRefused([f"the whole-spray cap ({spray_cap} ms) is shorter than the dose ({dose.effective_ms} ms)"])
+        return Plan(cycles, dose, FreezeMode.HALO, self.trigger, spray_cap)
+
+    def _reserve_cartridge(self, plan: Plan) -> None:
+        """A spray needs a registered cartridge within its keeping time with gas for every planned spray: reserve it."""
+        flow = self.calibration.flow_mg_per_s if self.calibration else 0
+        try:
+            status = self.ledger.status(flow, self.today)
+            if status is not None and status.past_keeping_time:
+                raise LedgerError(
+                    f"the opened cartridge is {status.age_days} days old, past its keeping time of "
+                    f"{status.keeping_days} days; load a new one"
+                )
+            self.cartridge = self.ledger.reserve(self.session_id, plan.cycles * plan.spray_cap_ms / 1000, flow)
+        except LedgerError as exc:
+            self._record("start_refused", {"reasons": [str(exc)]})
+            raise StartRefused([str(exc)]) from None
 
     def _device_readiness(self) -> list[str]:
         assert self.link is not None
@@ -376,8 +402,7 @@ class Procedure:
         faults = Fault(latest.telemetry.fault_flags) & LATCHING_FAULTS
         if faults:
             self._alarm_for_faults(faults & ~Fault.WATCHDOG_TRIP)  # a hazard present now is alarmed now, whoever's event reported it
-            names = ", ".join(f.name for f in Fault if f & faults and f.name)
-            return [f"the device holds a latched fault ({names}): fix its cause and clear it"]
+            return [f"the device holds a latched fault ({fault_names(faults)}): fix its cause and clear it"]
         if Fault(latest.telemetry.fault_flags) & Fault.CARTRIDGE_EMPTY:
             return ["the device reports its cartridge empty: load a new one"]
         return []
@@ -387,10 +412,9 @@ class Procedure:
             return []
         cal = self.calibration
         due = cal.due_on_day if cal else 0
-        today = (self.today - date(1970, 1, 1)).days
-        if due and due >= today:
+        if due and due >= day_number(self.today):
             return []
-        what = "has never been calibrated" if not due else f"was due for calibration on {date.fromordinal(date(1970, 1, 1).toordinal() + due)}"
+        what = "has never been calibrated" if not due else f"was due for calibration on {date_of_day(due)}"
         message = f"the device {what}"
         self.alarms.raise_("calibration_overdue", message)
         if self.config.calibration_overdue == "block":
@@ -408,10 +432,8 @@ class Procedure:
     def tick(self) -> None:
         """One loop iteration: heartbeat, intents, device events, telemetry, timers."""
         if self.link is not None:
-            try:
+            with contextlib.suppress(BridgeError):  # the link's loss arrives as an event
                 self.link.heartbeat(list(State).index(self.state))
-            except BridgeError:
-                pass  # the link's loss arrives as an event
         self._drain_intents()
         if self.link is not None:
             item = self.link.next_event(self.link.heartbeat_period_s)
@@ -451,7 +473,7 @@ class Procedure:
             return
         if self.state in (State.FREEZING, State.UNCERTAIN):
             if self.link is None:  # manual: the clinician stops; the host timer is all there is
-                self._finish_cycle(valve_open_ms=None, halo_ms=None, reason=EndReason.STOPPED, certainty="host_measured")
+                self._finish_cycle(valve_open_ms=None, halo_ms=None, reason=EndReason.STOPPED, certainty=Certainty.HOST_MEASURED)
             return  # the device's FREEZE_DONE (STOPPED) carries the measured time
         self._record("stopped", {"state": self.state.value})
         self._enter(State.ABORTED, "stop")
@@ -473,7 +495,7 @@ class Procedure:
         self._halo_marked = False
         self._freeze_started_at = self.clock.monotonic()
         if self.link is None:
-            cycle.measured_by, cycle.certainty = "host", "host_measured"
+            cycle.measured_by, cycle.certainty = "host", Certainty.HOST_MEASURED
             self._record("freeze_requested", {"cycle": cycle.cycle, **self.plan.dose.as_record(), "measured_by": "host"})
             self._manual_deadline = self._freeze_started_at + self.plan.dose.effective_ms / 1000
             self._go("fire")
@@ -534,7 +556,8 @@ class Procedure:
             else:
                 self.alarms.raise_("link_lost", item.error.problem)
             if self.state is State.FREEZING:
-                self._become_uncertain(f"{'the device rebooted' if isinstance(item, RebootDetected) else 'the link was lost'} during the freeze")
+                lost = "the device rebooted" if isinstance(item, RebootDetected) else "the link was lost"
+                self._become_uncertain(f"{lost} during the freeze")
             elif (self.state, "faulted") in TRANSITIONS:
                 self._go("faulted")
 
@@ -553,7 +576,7 @@ class Procedure:
         elif event.code is EventCode.FREEZE_DONE and current is not None and current.txn == event.freeze_txn \
                 and current.end_reason is None:
             halo = available_u32(event.halo_to_off_ms)
-            self._finish_cycle(event.valve_open_ms, halo, event.end_reason, "device_reported")
+            self._finish_cycle(event.valve_open_ms, halo, event.end_reason, Certainty.DEVICE_REPORTED)
 
     def _alarm_for_faults(self, flags: int) -> None:
         for fault, code in FAULT_ALARMS.items():
@@ -575,22 +598,22 @@ class Procedure:
         t = latest.telemetry
         if self.state is State.FREEZING and self.cycles:
             cycle = self.cycles[-1]
-            self._check_temperature_plausible(t.tip_cdeg, t.elapsed_ms)
-            if t.tip_cdeg != NOT_AVAILABLE_TEMP:
-                cycle.min_tip_c = min(cycle.min_tip_c if cycle.min_tip_c is not None else 99.0, t.tip_cdeg / 100)
-            if t.tissue_cdeg != NOT_AVAILABLE_TEMP:
-                cycle.min_tissue_c = min(cycle.min_tissue_c if cycle.min_tissue_c is not None else 99.0, t.tissue_cdeg / 100)
+            tip_c, tissue_c = celsius(t.tip_cdeg), celsius(t.tissue_cdeg)
+            self._check_temperature_plausible(tip_c, t.elapsed_ms)
+            if tip_c is not None:
+                cycle.min_tip_c = min(cycle.min_tip_c if cycle.min_tip_c is not None else 99.0, tip_c)
+            if tissue_c is not None:
+                cycle.min_tissue_c = min(cycle.min_tissue_c if cycle.min_tissue_c is not None else 99.0, tissue_c)
             target = self.profile.target
-            if target is not None and not self._halo_marked and t.tissue_cdeg != NOT_AVAILABLE_TEMP and t.tissue_cdeg / 100 <= target.tissue_c:
-                self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": t.tissue_cdeg / 100, "target_c": target.tissue_c})
+            if target is not None and not self._halo_marked and tissue_c is not None and tissue_c <= target.tissue_c:
+                self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": tissue_c, "target_c": target.tissue_c})
                 self._mark_halo()
 
-    def _check_temperature_plausible(self, tip_cdeg: int, elapsed_ms: int) -> None:
+    def _check_temperature_plausible(self, tip_c: float | None, elapsed_ms: int) -> None:
         """A tip thermocouple that reads outside physics, or has not cooled after a few seconds of
         cryogen, is lying: say so (the device's own sensor-fault detection may not see it)."""
-        if tip_cdeg == NOT_AVAILABLE_TEMP:
+        if tip_c is None:
             return
-        tip_c = tip_cdeg / 100
         if not PLAUSIBLE_C[0] <= tip_c <= PLAUSIBLE_C[1]:
             self.alarms.raise_("temperature_implausible", f"tip reads {tip_c:g} C")
         elif elapsed_ms >= COOLING_EXPECTED_MS and tip_c > COOLING_EXPECTED_C:
@@ -619,13 +642,12 @@ class Procedure:
         if not outcome.settled:
             return  # stay UNCERTAIN and retry; past the window the cycle stays open for the next connection
         if self.link is not None and self.link.identity is not None:
-            try:
+            with contextlib.suppress(BridgeError):  # best effort: a latched fault also blocks the next arming
                 self._alarm_for_faults(self.link.counters().fault_flags)
-            except BridgeError:
-                pass
         if outcome.finding is Finding.RECONCILED:
             assert outcome.end_reason is not None
-            self._finish_cycle(outcome.valve_open_ms, outcome.halo_to_off_ms, EndReason[outcome.end_reason], "reconciled", outcome.why)
+            self._finish_cycle(outcome.valve_open_ms, outcome.halo_to_off_ms, EndReason[outcome.end_reason], Certainty.RECONCILED,
+                               outcome.why)
             return
         self._record("freeze_reconciled", {"cycle": cycle.cycle, "found": outcome.finding.value, "why": outcome.why})
         self._close_cycle_without_device_figures(cycle, outcome)
@@ -638,14 +660,16 @@ class Procedure:
                                        "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000})
         self._go("reconciled")
 
-    def _finish_cycle(self, valve_open_ms: int | None, halo_ms: int | None, reason: EndReason, certainty: str, why: str = "") -> None:
+    def _finish_cycle(self, valve_open_ms: int | None, halo_ms: int | None, reason: EndReason, certainty: Certainty,
+                      why: str = "") -> None:
         cycle = self.cycles[-1]
-        if certainty == "host_measured":
+        if certainty is Certainty.HOST_MEASURED:
             assert self._freeze_started_at is not None
             valve_open_ms = round((self.clock.monotonic() - self._freeze_started_at) * 1000)
         cycle.valve_open_ms, cycle.halo_to_off_ms, cycle.end_reason, cycle.certainty = valve_open_ms, halo_ms, reason.name, certainty
         if reason is EndReason.CAP and halo_ms is not None and halo_ms < cycle.dose.effective_ms:
-            self.warnings.append(f"cycle {cycle.cycle}: the whole-spray cap cut the timed freeze to {halo_ms} ms of {cycle.dose.effective_ms} ms")
+            self.warnings.append(
+                f"cycle {cycle.cycle}: the whole-spray cap cut the timed freeze to {halo_ms} ms of {cycle.dose.effective_ms} ms")
         seconds = (valve_open_ms or 0) / 1000
         self._record("freeze_result", {
             **cycle.summary(), "txn": cycle.txn, **({"why": why} if why else {}),
@@ -655,8 +679,9 @@ class Procedure:
         last = cycle.cycle >= (self.plan.cycles if self.plan else 1)
         if self.cartridge is not None:
             self.cartridge_seconds_used += seconds
-            self.ledger.commit(self.session_id, self.cartridge.cartridge_id, seconds, lesion_done=last and reason in (EndReason.COMPLETED, EndReason.CAP))
-        if self.state is State.UNCERTAIN and certainty == "reconciled":
+            lesion_done = last and reason in (EndReason.COMPLETED, EndReason.CAP)
+            self.ledger.commit(self.session_id, self.cartridge.cartridge_id, seconds, lesion_done=lesion_done)
+        if self.state is State.UNCERTAIN and certainty is Certainty.RECONCILED:
             self._go("reconciled")
             return
         outcome = END_TRIGGERS[reason]
@@ -673,7 +698,7 @@ class Procedure:
     def _advance(self) -> None:
         now = self.clock.monotonic()
         if self.state is State.FREEZING and self.link is None and self._manual_deadline is not None and now >= self._manual_deadline:
-            self._finish_cycle(None, None, EndReason.COMPLETED, "host_measured")
+            self._finish_cycle(None, None, EndReason.COMPLETED, Certainty.HOST_MEASURED)
         elif self.state is State.THAWING:
             self._advance_thaw(now)
         elif self.state is State.ARMED and self.auto:
@@ -702,10 +727,11 @@ class Procedure:
         assert self._uncertain_since is not None
         if now - self._uncertain_since > self.reconnect_window_s:
             cycle = self.cycles[-1]
-            cycle.certainty = "unresolved"
-            self._record("freeze_unresolved", {"cycle": cycle.cycle, "txn": cycle.txn, "serial": self._serial_at_fire,
-                                               "why": self.status_text,
-                                               "note": f"the cycle stays open: read at the next connection to device {self._serial_at_fire}"})
+            cycle.certainty = Certainty.UNRESOLVED
+            self._record("freeze_unresolved", {
+                "cycle": cycle.cycle, "txn": cycle.txn, "serial": self._serial_at_fire, "why": self.status_text,
+                "note": f"the cycle stays open: read at the next connection to device {self._serial_at_fire}",
+            })
             self._go("give_up")
             return
         if now - self._last_reconcile_try < RECONCILE_RETRY_S:
@@ -735,9 +761,7 @@ class Procedure:
 
     def _tissue_c(self) -> float | None:
         latest = self.link.latest_telemetry() if self.link else None
-        if latest is None or latest.telemetry.tissue_cdeg == NOT_AVAILABLE_TEMP:
-            return None
-        return latest.telemetry.tissue_cdeg / 100
+        return celsius(latest.telemetry.tissue_cdeg) if latest is not None else None
 
     def _advance_thaw(self, now: float) -> None:
         left, waiting = self.thaw_remaining()
@@ -768,10 +792,8 @@ class Procedure:
         try:
             self._confirm_valve_closed()
             if self.cartridge is not None:
-                try:
+                with contextlib.suppress(RecordNotSaved):  # lesion_ended below still tries; a store that fails it raises the alarm
                     self.ledger.release(self.session_id, self.cartridge.cartridge_id)
-                except RecordNotSaved:
-                    pass
             self._record("lesion_ended", {"status": self.state.value, "cycles": [c.summary() for c in self.cycles],
                                           "cartridge_seconds_used": round(self.cartridge_seconds_used, 3)})
         finally:

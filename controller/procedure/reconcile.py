@@ -29,6 +29,16 @@ from firmware_bridge.messages import Counters, EndReason
 from firmware_bridge.units import available_u32
 
 
+class Certainty(enum.StrEnum):
+    """Where a cycle's recorded figures come from: the record's "certainty" field, word for word."""
+
+    DEVICE_REPORTED = "device_reported"  # the device's own FREEZE_DONE for this freeze
+    RECONCILED = "reconciled"  # read back from the device's last-freeze record, or proven never started (0 ms)
+    HOST_MEASURED = "host_measured"  # manual mode: the host's timer is all there is
+    UNKNOWN = "unknown"  # the device was read and cannot say: no figure
+    UNRESOLVED = "unresolved"  # the device could not be read: the cycle stays open until it can
+
+
 class Finding(enum.Enum):
     REPORTED = "reported"  # the device's own FREEZE_DONE for it, kept and delivered at a later connection
     RECONCILED = "reconciled"  # the device's last-freeze record is this freeze: its figures are the device's
@@ -70,10 +80,11 @@ class Outcome:
     end_reason: str | None = None  # an EndReason name, or NOT_STARTED
 
     @property
-    def certainty(self) -> str:
-        """How the record names the source of the figures."""
-        named = {Finding.REPORTED: "device_reported", Finding.RECONCILED: "reconciled", Finding.NOT_STARTED: "reconciled"}
-        return named.get(self.finding, "unknown")
+    def certainty(self) -> Certainty:
+        """Where a settled outcome's figures come from (asked only once settled)."""
+        named = {Finding.REPORTED: Certainty.DEVICE_REPORTED, Finding.RECONCILED: Certainty.RECONCILED,
+                 Finding.NOT_STARTED: Certainty.RECONCILED}
+        return named.get(self.finding, Certainty.UNKNOWN)
 
     @property
     def settled(self) -> bool:
@@ -91,6 +102,11 @@ def reconcile(facts: FreezeFacts, serial: str | None, counters: Counters | None,
         return Outcome(Finding.UNRESOLVED, f"device {facts.serial} cannot be read now{': ' + why_unreadable if why_unreadable else ''}")
     if serial != facts.serial:
         return Outcome(Finding.UNRESOLVED, f"the device at the port is {serial}, not {facts.serial} that ran the freeze")
+    return _from_counters(facts, counters)
+
+
+def _from_counters(facts: FreezeFacts, counters: Counters) -> Outcome:
+    """The rule's evidence 2 to 4, with the COUNTERS of the device that ran the freeze."""
     c = counters
     never_ran = facts.last_txn_before == facts.txn and c.freezes_started == facts.freezes_started_before  # an older freeze, same txn
     if facts.txn is not None and c.last_txn == facts.txn and c.last_boot_count == facts.boot_count and not never_ran:

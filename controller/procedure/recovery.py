@@ -9,11 +9,12 @@ trips after every exit) is recorded with the device's counters and cleared.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from controller.config import Config
-from controller.procedure.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
+from controller.procedure.reconcile import Certainty, DeviceReport, FreezeFacts, Outcome, read_and_reconcile
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordNotSaved, RecordStore, StoredEvent
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
@@ -21,7 +22,7 @@ from firmware_bridge.errors import BridgeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link
 from firmware_bridge.messages import LATCHING_FAULTS, Fault
 from firmware_bridge.session import DeviceEventReceived
-from firmware_bridge.units import available_u32
+from firmware_bridge.units import available_u32, fault_names, scaled_watchdog_ms
 
 EARLY_EVENTS_S = 0.25  # events a device kept from an earlier session come within 100 ms of HELLO_ACK (§5.5)
 
@@ -43,7 +44,7 @@ class Recovered:
 def connect(url: str, clock: Clock = SYSTEM_CLOCK) -> Link:
     """Open the device and handshake (the watchdog scaled with virtual time, so it stays 250 ms of
     wall time), then wait for its first telemetry so nothing is judged on no data."""
-    watchdog_ms = min(60_000, round(250 * max(1.0, clock.scale)))
+    watchdog_ms = scaled_watchdog_ms(clock.scale)
     link = Link.open(url, clock=clock, watchdog_ms=watchdog_ms)
     try:
         link.wait_for_telemetry()
@@ -143,10 +144,8 @@ def device_event_record(item: DeviceEventReceived, identity: DeviceIdentity | No
 def file_device_event(store: RecordStore, item: DeviceEventReceived, identity: DeviceIdentity | None, session_id: str | None) -> None:
     """Record an event outside the current session: under the session it was raised in when the
     record knows it, else on its own. Best effort: a store that fails raises its own alarm elsewhere."""
-    try:
+    with contextlib.suppress(RecordNotSaved):
         store.append("device_event", device_event_record(item, identity), session_id)
-    except RecordNotSaved:
-        pass
 
 
 def _settle(store: RecordStore, link: Link | None, session_id: str, events: list[StoredEvent]) -> Recovered:
@@ -161,7 +160,8 @@ def _settle(store: RecordStore, link: Link | None, session_id: str, events: list
     for pending in open_freezes:
         where = f"{pending['lesion_id']} cycle {pending['cycle']}"
         if device is None:
-            figures: dict[str, Any] = {"freeze_ms_device": None, "end_reason": None, "certainty": "unknown", "measured_by": "host"}
+            figures: dict[str, Any] = {"freeze_ms_device": None, "end_reason": None, "certainty": Certainty.UNKNOWN,
+                                       "measured_by": "host"}
             finding = f"{where}: the freeze was host-timed (manual); its duration is unknown"
         else:
             outcome = read_and_reconcile(link, _facts(device, pending))
@@ -274,7 +274,7 @@ def _account_for_trip(store: RecordStore, link: Link, owner: str | None) -> list
     summary = (f"device {link.identity.serial}: a watchdog trip no open session owns ({why}; boot {counters.boot_count}, "
                f"last freeze ended {counters.last_end_reason.name}) was recorded")
     if others:
-        return [Recovered(None, summary + f"; not cleared: {', '.join(f.name for f in Fault if f & others and f.name)} also latched")]
+        return [Recovered(None, summary + f"; not cleared: {fault_names(others)} also latched")]
     try:
         link.clear_fault()
         link.wait_for_telemetry()

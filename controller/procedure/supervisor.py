@@ -1,7 +1,8 @@
 """The controller's own loop for an interactive session: one thread that always heartbeats the
 device, runs the active procedure's ticks, and keeps device events between procedures.
 
-The UI never times anything: it reads snapshots and sends intents to the procedure.
+The UI never times anything: from its own thread it reads the live procedure and alarm objects
+this loop updates (no copies, no lock) and sends intents to the procedure.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from controller.procedure.alarms import AlarmManager
 from controller.procedure.driver import Procedure
 from firmware_bridge.link import Link, LinkDown
+from firmware_bridge.messages import EventCode
 from firmware_bridge.session import DeviceEventReceived, RebootDetected
 
 
@@ -23,7 +25,7 @@ class Supervisor:
         self.file_earlier = file_earlier  # records an earlier session's event that comes between procedures
         self.procedure: Procedure | None = None
         self._stopping = threading.Event()
-        self.paused = threading.Event()  # set while the self-test owns the device (it must fall silent)
+        self.paused = threading.Event()  # set while a self-test or calibration step owns the device (the loop falls silent)
         self._thread = threading.Thread(target=self._loop, name="givre-controller", daemon=True)
         self.error: BaseException | None = None
 
@@ -54,7 +56,7 @@ class Supervisor:
                     self._idle_tick(self.link)
                 else:
                     self._stopping.wait(0.05)
-            except Exception as exc:  # noqa: BLE001 - kept for the UI to show; the device watchdog is the backstop
+            except Exception as exc:  # kept for the UI to show; the device watchdog is the backstop
                 self.error = exc
                 self._stopping.wait(0.2)
 
@@ -68,5 +70,5 @@ class Supervisor:
         elif isinstance(item, DeviceEventReceived) and item.earlier_session:
             if self.file_earlier is not None:
                 self.file_earlier(item)
-        elif isinstance(item, DeviceEventReceived) and item.event.code.name == "WATCHDOG_TRIP":
+        elif isinstance(item, DeviceEventReceived) and item.event.code is EventCode.WATCHDOG_TRIP:
             self.alarms.raise_("watchdog_trip")

@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from controller.config import Config
-from controller.procedure.driver import Procedure, State
+from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording, State, kind_name
+from controller.procedure.reconcile import Certainty
 from controller.records.lesion import Lesion, SessionInfo
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
-from firmware_bridge.messages import CalData
+from firmware_bridge.messages import CalData, TriggerMode
+from firmware_bridge.units import date_of_day
 from profiles.library import LoadedProfile
+
+RECONNECT_WINDOW_S = 10.0  # how long a lesion retries a freeze's unknown outcome before leaving its cycle open
 
 
 def new_session_id() -> str:
     return f"S{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def calibration_record(cal: CalData | None) -> dict[str, Any]:
+def calibration_record(cal: CalData | None, today: date | None = None) -> dict[str, Any]:
+    """The device's calibration as the record and the screens say it: valid, overdue or never calibrated (on `today`)."""
     if cal is None:
         return {"status": "not applicable (manual)"}
-    epoch = date(1970, 1, 1).toordinal()
-    due = date.fromordinal(epoch + cal.due_on_day).isoformat() if cal.due_on_day else None
-    done = date.fromordinal(epoch + cal.calibrated_on_day).isoformat() if cal.calibrated_on_day else None
-    status = "never calibrated" if not due else ("valid" if date.fromisoformat(due) >= date.today() else "overdue")
-    return {"status": status, "calibrated_on": done, "due_on": due, "flow_mg_per_s": cal.flow_mg_per_s, "timer_ppm": cal.timer_ppm}
+    due, done = date_of_day(cal.due_on_day), date_of_day(cal.calibrated_on_day)
+    status = "never calibrated" if due is None else ("valid" if due >= (today or date.today()) else "overdue")
+    return {"status": status, "calibrated_on": done.isoformat() if done else None, "due_on": due.isoformat() if due else None,
+            "flow_mg_per_s": cal.flow_mg_per_s, "timer_ppm": cal.timer_ppm}
+
+
+class ChoiceOptions(TypedDict, total=False):
+    """The clinician's choices for a lesion beside its profile (ClinicalChoice's fields; each has its default there)."""
+
+    requested_freeze_s: float | None
+    cycles: int | None
+    trigger: TriggerMode
+    auto: bool
 
 
 class Treatment:
@@ -45,7 +59,7 @@ class Treatment:
         device: dict[str, Any] | None = None
         if self.link is not None and self.link.identity is not None:
             ident = self.link.identity
-            device = {"serial": ident.serial, "kind": ident.kind.name.lower(), "firmware": ident.firmware, "protocol": ident.protocol,
+            device = {"serial": ident.serial, "kind": kind_name(ident.kind), "firmware": ident.firmware, "protocol": ident.protocol,
                       "cryogen": ident.cryogen.name, "boot_count": ident.boot_count, "max_freeze_ms": ident.max_freeze_ms,
                       "watchdog_ms": ident.watchdog_ms, "port": ident.port, "device_session": ident.device_session}
         self.store.append(
@@ -55,7 +69,9 @@ class Treatment:
             self.session_id,
         )
 
-    def lesion(self, lesion: Lesion, profile: LoadedProfile, **options: Any) -> Procedure:
+    def lesion(self, lesion: Lesion, profile: LoadedProfile, *, reconnect: Callable[[], Link] | None = None,
+               reconnect_window_s: float = RECONNECT_WINDOW_S, **choice: Unpack[ChoiceOptions]) -> Procedure:
+        """Record the lesion, then return its procedure (not yet armed)."""
         lesion_id = f"L{len(self.procedures) + 1}"
         photo = None
         if lesion.photo is not None:
@@ -71,8 +87,9 @@ class Treatment:
              "description": lesion.description, "photo": photo, "reimbursable": lesion.reimbursable},
             self.session_id,
         )
-        procedure = Procedure(store=self.store, config=self.config, clock=self.clock, session_id=self.session_id, lesion_id=lesion_id,
-                              lesion=lesion, profile=profile, link=self.link, calibration=self.calibration, **options)
+        procedure = Procedure(Recording(self.store, self.session_id, lesion_id),
+                              DeviceAccess(self.link, self.calibration, reconnect, reconnect_window_s),
+                              ClinicalChoice(lesion, profile, **choice), config=self.config, clock=self.clock)
         self.procedures.append(procedure)
         return procedure
 
@@ -89,9 +106,10 @@ class Treatment:
 
 
 def session_status(procedures: list[Procedure]) -> str:
-    if any(any(c.certainty == "unresolved" for c in p.cycles) for p in procedures):
+    """How the session ends in the record: a cycle the device could not be read for keeps it open (unresolved)."""
+    if any(any(c.certainty is Certainty.UNRESOLVED for c in p.cycles) for p in procedures):
         return "unresolved"
-    if any(any(c.certainty in ("reconciled", "unknown") for c in p.cycles) for p in procedures):
+    if any(any(c.certainty in (Certainty.RECONCILED, Certainty.UNKNOWN) for c in p.cycles) for p in procedures):
         return "interrupted"
     states = {p.state for p in procedures}
     if State.FAULTED in states:
