@@ -90,7 +90,7 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.ARMED, "faulted"): State.FAULTED,
 }
 
-# How a device-reported ending moves the protocol.
+# How a freeze's end reason (the device's, or the host timer's in manual mode) moves the protocol.
 END_TRIGGERS: dict[EndReason, str] = {
     EndReason.COMPLETED: "done",
     EndReason.CAP: "done",

@@ -1,5 +1,6 @@
 """The controller's own loop for an interactive session: one thread that always heartbeats the
-device, runs the active procedure's ticks, and keeps device events between procedures.
+device and runs the active procedure's ticks; between procedures it raises the alarms the link's
+events call for (link lost, reboot, watchdog trip) and files an earlier session's events.
 
 The UI never times anything: from its own thread it reads the live procedure and alarm objects
 this loop updates (no copies, no lock) and sends intents to the procedure.
@@ -21,7 +22,7 @@ class Supervisor:
     def __init__(self, link: Link | None, alarms: AlarmManager,
                  file_earlier: Callable[[DeviceEventReceived], None] | None = None) -> None:
         self.link = link
-        self.alarms = alarms  # alarms raised between procedures (link lost, reboot, faults)
+        self.alarms = alarms  # alarms raised between procedures (link lost, reboot, watchdog trip)
         self.file_earlier = file_earlier  # records an earlier session's event that comes between procedures
         self.procedure: Procedure | None = None
         self._stopping = threading.Event()
