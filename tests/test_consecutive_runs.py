@@ -16,6 +16,7 @@ import pytest
 from controller.cli.main import main
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
+from firmware_bridge.units import scaled_watchdog_ms
 from sim.device import SimulatedDevice
 from tests.support.waiting import wait_until
 
@@ -87,7 +88,7 @@ def test_ten_runs_in_a_row(start_sim: Callable[..., str], tmp_path: Path, capsys
     assert main(["cartridge", "load", "--size", "23g", "--db", db]) == 0
     for _ in range(10):
         treat(capsys, port, db, "--scale", "10")
-    with Link.open(port, clock=Clock(10), watchdog_ms=2500) as link:
+    with Link.open(port, clock=Clock(10), watchdog_ms=scaled_watchdog_ms(10)) as link:
         counters = link.counters()
     assert (counters.fault_flags, counters.watchdog_trips, counters.freezes_started) == (0, 0, 10)
 

@@ -29,6 +29,7 @@ from firmware_bridge.messages import (
     TriggerMode,
 )
 from firmware_bridge.session import DeviceEventReceived, HostSession, Reply
+from firmware_bridge.units import DEFAULT_WATCHDOG_MS
 from sim.firmware import Firmware, Identity, NonVolatile
 from sim.model import DeviceModel
 
@@ -36,7 +37,7 @@ from sim.model import DeviceModel
 class Bench:
     """A host session and the device firmware joined by a perfect (or lossy) wire, on manual time."""
 
-    def __init__(self, watchdog_ms: int = 250) -> None:
+    def __init__(self, watchdog_ms: int = DEFAULT_WATCHDOG_MS) -> None:
         self.model = DeviceModel()
         self.nvm = NonVolatile()
         self.fw = Firmware(Identity(), self.model, self.nvm)
@@ -217,7 +218,7 @@ def test_a_reset_mid_freeze_closes_the_valve_and_leaves_the_truth_in_the_counter
     bench.fw.power_on(bench.ms, bench.ms / 1000)
     assert not bench.model.valve_commanded and bench.fw.state is DeviceState.NO_SESSION
     assert bench.ack(bench.request(freeze(1000))).result is Result.NO_SESSION
-    bench.request(Hello(PROTO_MAJOR, PROTO_MINOR, 250, 2))
+    bench.request(Hello(PROTO_MAJOR, PROTO_MINOR, DEFAULT_WATCHDOG_MS, 2))
     counters = bench.result(bench.request(GetCounters()))
     assert isinstance(counters, Counters)
     assert (counters.last_txn, counters.last_end_reason, counters.boot_count) == (txn, EndReason.RESET, 2)

@@ -26,12 +26,9 @@ HELP = "sessions in the record store: list, show, verify, export, bill"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="sessions, newest last")
-    add_json(listing, "print a JSON list")
     show = actions.add_parser("show", help="one session's events")
     show.add_argument("session_id")
-    add_json(show)
     verify = actions.add_parser("verify", help="walk the hash chain; exit 1 and name the first bad event if tampered")
-    add_json(verify)
     export = actions.add_parser("export", help="sessions as FHIR R4, CSV (one row per cycle) or JSON; refused if the chain is broken")
     export.add_argument("--format", required=True, choices=FORMATS)
     export.add_argument("--session", metavar="ID", help="one session (default: all)")
@@ -48,9 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--no-billing", action="store_true", help="record that nothing is billed for this session")
     bill.add_argument("--by", default="operator", help="pseudonymous id of the clinician confirming")
     add_config(bill)
-    add_json(bill)
     for sub in (listing, show, verify, export, bill):
         add_db(sub)
+    add_json(listing, "print a JSON list")
+    for sub in (show, verify, bill):
+        add_json(sub)
 
 
 def run(args: argparse.Namespace) -> int:
