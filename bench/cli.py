@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from controller.cli.options import add_json
+
 HELP = "measure speed and latencies against the simulator"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object (the contract for scripts and CI)")
+    add_json(parser, "print one JSON object (the contract for scripts and CI)")
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
 
 

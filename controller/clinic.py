@@ -13,8 +13,8 @@ from controller.config import Config
 from controller.device import selftest
 from controller.practice.billing import CcamTable, load_table
 from controller.procedure.alarms import AlarmManager, Mode
-from controller.procedure.driver import Procedure
-from controller.procedure.recovery import file_device_event, recover, unfinished_sessions
+from controller.procedure.driver import Procedure, kind_name
+from controller.procedure.recovery import connect, file_device_event, recover, unfinished_sessions
 from controller.procedure.supervisor import Supervisor
 from controller.procedure.treatment import Treatment, calibration_record
 from controller.records.store import RecordStore
@@ -22,7 +22,9 @@ from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.link import Link
 from firmware_bridge.messages import TriggerMode
 from firmware_bridge.session import DeviceEventReceived
+from firmware_bridge.transport import PortInfo, list_ports
 from profiles.library import Library
+from profiles.schema import DeviceKindName
 
 
 class Simulator(Protocol):
@@ -126,5 +128,13 @@ class Clinic:
         return self.device.serve_pty()
 
     @property
-    def device_kind(self) -> str:
-        return self.link.identity.kind.name.lower() if self.link and self.link.identity else "manual"
+    def device_kind(self) -> DeviceKindName:
+        return kind_name(self.link.identity.kind if self.link and self.link.identity else None)
+
+    def serial_ports(self) -> list[PortInfo]:
+        """The machine's serial ports, for the connect screen."""
+        return list_ports()
+
+    def open_port(self, port: str) -> Link:
+        """Open and handshake a device on this port (what an earlier host left open is settled by connect())."""
+        return connect(port, self.clock)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check":
         return _check(args.files)
     try:
-        library = load_library(args.profiles if args.profiles is not None else default_clinic_dir())
+        library = load_library(args.profiles)
     except InvalidProfiles as exc:
         print("givre profiles: the clinic profiles are not valid; fix these, or check them with `givre profiles check`:")
         print(exc)

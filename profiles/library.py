@@ -101,10 +101,11 @@ def default_clinic_dir() -> Path:
     return Path(platformdirs.user_config_dir("givre")) / "profiles"
 
 
-def load_library(clinic_dir: Path | None) -> Library:
-    """Built-ins, then every *.toml in the clinic directory (if it exists)."""
+def load_library(clinic_dir: Path | None = None) -> Library:
+    """Built-ins, then every *.toml in the clinic directory (default: default_clinic_dir()), if it exists."""
     library = load_builtins()
-    if clinic_dir is None or not clinic_dir.is_dir():
+    clinic_dir = default_clinic_dir() if clinic_dir is None else clinic_dir
+    if not clinic_dir.is_dir():
         return library
     files = sorted(clinic_dir.glob("*.toml"))
     issues = add_files(library, files)

@@ -6,11 +6,13 @@ import json
 import signal
 import subprocess
 import sys
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
-from controller.cli.main import main
+from controller.cli.main import build_parser, main
 from controller.records.store import RecordStore
 from firmware_bridge.link import Link
 from sim.device import SimulatedDevice
@@ -144,3 +146,17 @@ def test_a_liquid_nitrogen_reference_point_is_a_value_not_an_option(capsys: pyte
     """The README's `--point -196:-199.1` reaches the calibration (here refused: no device at that port)."""
     code = main(["calibrate", "--port", "/dev/ttyGIVRE-NOPE", "--step", "thermocouple", "--point", "0:3.8", "--point", "-196:-199.1"])
     assert code == 2 and "no such port" in capsys.readouterr().err
+
+
+def test_bench_is_a_plugin_command_and_a_plugin_can_neither_replace_a_builtin_nor_break_the_rest(
+        mocker: MockerFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "bench" in build_parser().format_help()  # registered by the givre.commands entry point
+    mocker.patch("controller.cli.main.entry_points", return_value=[
+        EntryPoint("run", "somebody.else", "givre.commands"),
+        EntryPoint("broken", "givre_no_such_module", "givre.commands"),
+    ])
+    parser = build_parser()
+    err = capsys.readouterr().err
+    assert "ignoring the plugin command 'run' (somebody.else): a built-in command has that name" in err
+    assert "the command 'broken' could not be loaded" in err and "Reinstall givre" in err
+    assert parser.parse_args(["ports"]).command == "ports"  # the built-ins still work

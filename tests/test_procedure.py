@@ -10,9 +10,9 @@ import pytest
 
 from controller.config import Config
 from controller.procedure.driver import TRANSITIONS, StartRefused, State
-from controller.procedure.reconcile import Certainty
 from controller.procedure.recovery import unfinished_sessions
 from controller.procedure.treatment import Treatment
+from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from controller.procedure.reconcile import Certainty, Finding, FreezeFacts, reconcile
+from controller.procedure.reconcile import Finding, FreezeFacts, reconcile
+from controller.records.certainty import Certainty
 from firmware_bridge.messages import NOT_AVAILABLE_U32, Counters, EndReason
 
 FACTS = FreezeFacts(serial="SIM-1", boot_count=4, txn=777, accepted=True, started_seen=True,

@@ -56,13 +56,29 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def plugin_commands() -> dict[str, Command]:
+    """Command groups registered by the `givre.commands` entry point (bench/). A plugin never
+    replaces a built-in command, and one that cannot load costs only itself, said in one line."""
+    loaded: dict[str, Command] = {}
+    for plugin in entry_points(group="givre.commands"):
+        if plugin.name in COMMANDS:
+            print(f"givre: ignoring the plugin command {plugin.name!r} ({plugin.value}): a built-in command has that name. "
+                  "Uninstall the package that registers it", file=sys.stderr)
+            continue
+        try:
+            loaded[plugin.name] = plugin.load()
+        except Exception as exc:  # a broken plugin must not take the clinical commands down with it
+            print(f"givre: the command {plugin.name!r} could not be loaded ({exc}). Reinstall givre: pip install -e .",
+                  file=sys.stderr)
+    return loaded
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="givre", description=f"Controller for GP cryotherapy devices. With no command: {ui.HELP}.")
     ui.add_arguments(parser)
     parser.set_defaults(handler=ui.run)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    plugins: dict[str, Command] = {plugin.name: plugin.load() for plugin in entry_points(group="givre.commands")}
-    for name, module in {**COMMANDS, **plugins}.items():
+    for name, module in {**COMMANDS, **plugin_commands()}.items():
         sub = commands.add_parser(name, help=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)

@@ -10,6 +10,7 @@ from pathlib import Path
 from controller.config import default_db
 from controller.errors import GivreError
 from firmware_bridge.messages import TriggerMode
+from profiles.library import default_clinic_dir
 
 TRIGGERS = {"host": TriggerMode.HOST, "trigger": TriggerMode.TRIGGER_START, "dead-man": TriggerMode.DEAD_MAN}
 PSEUDONYMOUS_ID = "Use letters, digits, '.', '_' or '-' (no spaces), never a name"
@@ -34,7 +35,7 @@ def add_config(parser: argparse.ArgumentParser, purpose: str = "") -> None:
 
 
 def add_profiles(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profiles", type=Path, metavar="DIR", help="clinic profiles directory")
+    parser.add_argument("--profiles", type=Path, metavar="DIR", help=f"clinic profiles directory (default: {default_clinic_dir()})")
 
 
 def add_trigger(parser: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordError, RecordStore
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
-from profiles.library import LoadedProfile, ProfileError, default_clinic_dir, load_library
+from profiles.library import LoadedProfile, ProfileError, load_library
 
 HELP = "one lesion's whole protocol, headless (scripts, CI)"
 INPUT_FLAGS = {"region": "--site", "side": "--side", "detail": "--site-detail", "size_mm": "--size-mm", "photo": "--photo",
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> Plan:
     config = load_config(args.config)
     table = load_table(config.billing_table)  # a bad table is reported before anything freezes
-    library = load_library(args.profiles if args.profiles is not None else default_clinic_dir())
+    library = load_library(args.profiles)
     loaded = library.get(args.profile)
     try:
         site = Site(region=args.site, side=args.side, detail=args.site_detail)

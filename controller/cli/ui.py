@@ -12,7 +12,7 @@ from controller.practice.billing import load_table
 from controller.procedure.recovery import connect
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
-from profiles.library import default_clinic_dir, load_library
+from profiles.library import load_library
 from sim.device import SimulatedDevice
 
 HELP = "the terminal UI"
@@ -36,7 +36,7 @@ def build_clinic(args: argparse.Namespace, *, device: Simulator | None = None, u
     clock = clock or Clock()
     config = load_config(getattr(args, "config", None))
     table = load_table(config.billing_table)  # a bad clinic table is one line before the UI opens
-    library = load_library(args.profiles if getattr(args, "profiles", None) is not None else default_clinic_dir())
+    library = load_library(getattr(args, "profiles", None))
     store = RecordStore(getattr(args, "db", None) or default_db(), clock=clock)
     port = url or getattr(args, "port", None)
     link = None

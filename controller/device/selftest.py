@@ -58,7 +58,7 @@ def run_selftest(link: Link, store: RecordStore | None = None, config: Config | 
     checks.append(_device_clock(link))
     checks.append(_watchdog(link))
     if spray and ident.capabilities & Capability.PRESSURE_SENSOR:
-        checks.append(_valve_click(link, store))
+        checks.append(_valve_click(link, store, config))
     if ident.capabilities & (Capability.TIP_THERMOCOUPLE | Capability.TISSUE_THERMOCOUPLE):
         checks.append(_thermocouples(link))
     checks.append(_calibration(link, today))
@@ -122,7 +122,7 @@ def _watchdog(link: Link) -> Check:
     return Check("watchdog", Verdict.PASS, f"tripped after host silence (timeout {ident.watchdog_ms} ms) and cleared")
 
 
-def _valve_click(link: Link, store: RecordStore | None) -> Check:
+def _valve_click(link: Link, store: RecordStore | None, config: Config) -> Check:
     """A short device-timed spray: the pressure behind the valve must fall while it is open."""
     rest = link.wait_for_telemetry()
     rest_kpa = available_u16(rest.telemetry.pressure_kpa) if rest is not None else None
@@ -143,9 +143,10 @@ def _valve_click(link: Link, store: RecordStore | None) -> Check:
             lowest = min(lowest, kpa)
     counters = link.counters()
     if store is not None and counters.last_valve_open_ms:
-        status = CartridgeLedger(store, Config()).status()
+        ledger = CartridgeLedger(store, config)  # the clinic's cartridge sizes, not the sheet's defaults
+        status = ledger.status()
         if status is not None:
-            CartridgeLedger(store, Config()).commit("selftest", status.cartridge_id, counters.last_valve_open_ms / 1000, False)
+            ledger.commit("selftest", status.cartridge_id, counters.last_valve_open_ms / 1000, False)
     if counters.fault_flags & Fault.NO_FLOW or lowest > rest_kpa * PRESSURE_DROP_FRACTION:
         with contextlib.suppress(BridgeError):  # the FAIL below says what to do either way
             link.clear_fault()

@@ -21,8 +21,9 @@ from controller.config import Config
 from controller.errors import GivreError
 from controller.procedure.alarms import AlarmManager, Priority
 from controller.procedure.dose import DoseDecision, DoseRefused, decide
-from controller.procedure.reconcile import Certainty, Finding, FreezeFacts, Outcome, read_and_reconcile
+from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.procedure.recovery import device_event_record, file_device_event
+from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger, CartridgeStatus, LedgerError
 from controller.records.lesion import Lesion
 from controller.records.store import RecordNotSaved, RecordStore

@@ -23,20 +23,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from controller.records.certainty import Certainty
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Link
 from firmware_bridge.messages import Counters, EndReason
 from firmware_bridge.units import available_u32
-
-
-class Certainty(enum.StrEnum):
-    """Where a cycle's recorded figures come from: the record's "certainty" field, word for word."""
-
-    DEVICE_REPORTED = "device_reported"  # the device's own FREEZE_DONE for this freeze
-    RECONCILED = "reconciled"  # read back from the device's last-freeze record, or proven never started (0 ms)
-    HOST_MEASURED = "host_measured"  # manual mode: the host's timer is all there is
-    UNKNOWN = "unknown"  # the device was read and cannot say: no figure
-    UNRESOLVED = "unresolved"  # the device could not be read: the cycle stays open until it can
 
 
 class Finding(enum.Enum):

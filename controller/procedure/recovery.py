@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.config import Config
-from controller.procedure.reconcile import Certainty, DeviceReport, FreezeFacts, Outcome, read_and_reconcile
+from controller.procedure.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
+from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordNotSaved, RecordStore, StoredEvent
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock

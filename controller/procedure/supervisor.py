@@ -1,5 +1,6 @@
-"""The controller's own loop for an interactive session: one thread that always heartbeats the
-device and runs the active procedure's ticks; between procedures it raises the alarms the link's
+"""The controller's own loop for an interactive session: one thread that heartbeats the device and
+runs the active procedure's ticks (except while a self-test or calibration step holds the device:
+that step's own commands keep the device's watchdog fed, and this loop stands aside); between procedures it raises the alarms the link's
 events call for (link lost, reboot, watchdog trip) and files an earlier session's events.
 
 The UI never times anything: from its own thread it reads the live procedure and alarm objects

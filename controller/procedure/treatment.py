@@ -9,7 +9,7 @@ from typing import Any, TypedDict, Unpack
 
 from controller.config import Config
 from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording, State, kind_name
-from controller.procedure.reconcile import Certainty
+from controller.records.certainty import Certainty
 from controller.records.lesion import Lesion, SessionInfo
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock

@@ -25,6 +25,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.records.certainty import Certainty
 from controller.records.store import RecordError, RecordStore, StoredEvent
 
 
@@ -35,9 +36,8 @@ class CycleView:
     freeze_ms_effective: int | None
     freeze_ms_device: int | None  # the device's valve-open time; None when it could not be known
     measured_by: str  # "device" or "host" (manual mode)
-    # "device_reported" (the device's FREEZE_DONE), "reconciled" (settled from the device's counters),
-    # "host_measured" (manual), "unknown" (no figure could be had); None where the record has none
-    certainty: str | None
+    certainty: Certainty | None  # None where the record has none
+
     end_reason: str | None
     limited_by: str | None
     halo_to_off_ms: int | None
@@ -185,8 +185,8 @@ def _apply_to_lesion(lesion: LesionView, event: StoredEvent) -> None:
     elif event.kind == "freeze_result":
         cycle = CycleView(
             p["cycle"], p.get("freeze_ms_requested"), p.get("freeze_ms_effective"), p.get("freeze_ms_device"),
-            p.get("measured_by", "device"), p.get("certainty"), p.get("end_reason"), p.get("limited_by"), p.get("halo_to_off_ms"),
-            p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
+            p.get("measured_by", "device"), _certainty(p.get("certainty")), p.get("end_reason"), p.get("limited_by"),
+            p.get("halo_to_off_ms"), p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
             recovered=bool(p.get("recovered")))
         lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
     elif event.kind == "thaw_done":
@@ -228,3 +228,7 @@ def view_of(store: RecordStore, session_id: str) -> SessionView:
     """One session's view; the session must exist (callers hold its id from the record)."""
     (view,) = load_sessions(store, session_id)
     return view
+
+
+def _certainty(recorded: str | None) -> Certainty | None:
+    return None if recorded is None else Certainty(recorded)

@@ -9,12 +9,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from controller.procedure.recovery import connect
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.session import SessionScreen
 from controller.tui.widgets.title_bar import TitleBar
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.transport import list_ports
 
 
 class ConnectScreen(GivreScreen):
@@ -26,7 +24,8 @@ class ConnectScreen(GivreScreen):
     def compose(self) -> ComposeResult:
         yield TitleBar()
         yield Label("Device")
-        options = [Option(f"{p.device} · {p.description} · serial {p.serial_number or '-'}", id=p.device) for p in list_ports()]
+        ports = self.app.clinic.serial_ports()
+        options = [Option(f"{p.device} · {p.description} · serial {p.serial_number or '-'}", id=p.device) for p in ports]
         if self.app.clinic.simulator_factory is not None:
             options += [Option("Embedded simulator (spray)", id="sim:spray"), Option("Embedded simulator (probe)", id="sim:probe")]
         options.append(Option("Manual mode: no device, Givre times only", id="manual"))
@@ -44,7 +43,7 @@ class ConnectScreen(GivreScreen):
             if choice.startswith("sim:"):
                 choice = clinic.open_simulator(choice.removeprefix("sim:"))
             if choice != "manual":
-                self.app.connect(connect(choice, clinic.clock))
+                self.app.connect(clinic.open_port(choice))
         except BridgeError as exc:
             self.query_one("#error", Static).update(f"✗ {exc}")
             return

@@ -18,7 +18,8 @@ from controller.tui.widgets.alarm_bar import AlarmBar
 from controller.tui.widgets.title_bar import TitleBar
 from firmware_bridge.messages import TriggerMode
 from firmware_bridge.session import TelemetryReceived
-from firmware_bridge.units import available_u16, celsius
+from firmware_bridge.units import available_u16, celsius, date_of_day
+from profiles.schema import DeviceKindName
 
 REFRESH_S = 0.1
 SPARK_SAMPLES = 60  # 6 s of readings at the refresh rate
@@ -177,7 +178,7 @@ class ProcedureScreen(GivreScreen):
             self.query_one("#spark", Sparkline).data = self._samples
         valve = "valve OPEN" if t.valve & VALVE_SENSED_OPEN else "valve closed"
         self.query_one("#reading", Static).update(" · ".join([*parts, valve]))
-        status = self.procedure.ledger.status() if self.app.clinic.device_kind == "spray" else None
+        status = self.procedure.ledger.status() if self.app.clinic.device_kind is DeviceKindName.SPRAY else None
         self.query_one("#gas", Static).update(
             f"cartridge: {status.remaining_s:.0f} s left (~{status.estimated_lesions_left} lesions)" if status else "")
 
@@ -197,10 +198,10 @@ def checklist(clinic: Clinic) -> str:
     assert p is not None and clinic.treatment is not None
     lines = [f"✓ patient {clinic.treatment.info.patient}, site {p.lesion.site.describe()} ({p.lesion.site.zone.value})",
              f"✓ profile {p.profile.id}"]
-    if clinic.device_kind == "spray":
+    if clinic.device_kind is DeviceKindName.SPRAY:
         status = p.ledger.status()
         lines.append(f"{'✓' if status else '✗'} cartridge: " + (f"{status.remaining_s:.0f} s left" if status else "none registered (c)"))
     cal = p.calibration
-    lines.append("! calibration: " + ("none recorded" if cal is None or not cal.due_on_day else f"due day {cal.due_on_day}"))
+    lines.append("! calibration: " + ("none recorded" if cal is None or not cal.due_on_day else f"due {date_of_day(cal.due_on_day)}"))
     lines.append("a: ARM, then f: FIRE" + (" (or the device trigger)" if clinic.trigger is not TriggerMode.HOST else ""))
     return "\n".join(lines)
