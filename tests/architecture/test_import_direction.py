@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 PRODUCT = ("firmware_bridge", "sim", "profiles", "controller")
 
 # Each room, and the rooms it may import (besides itself). Longest prefix wins.

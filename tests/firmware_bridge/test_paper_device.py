@@ -1,6 +1,6 @@
 """The host and the protocol document checked against the "paper device".
 
-tests/paper_device.py is a Givre device written from docs/protocol.md alone (not from the
+tests/support/paper_device.py is a Givre device written from docs/protocol.md alone (not from the
 simulator). These tests check that the document's own examples and constants hold for it, that the
 conformance kit passes it, and that the Givre host drives it end to end, including after a host
 that vanished without BYE.
@@ -24,7 +24,7 @@ if sys.platform == "win32":  # pragma: no cover - the paper device serves a POSI
 from controller.cli.main import main
 from firmware_bridge.link import Link
 from firmware_bridge.messages import TriggerMode
-from tests.paper_device import (
+from tests.support.paper_device import (
     END_RESET,
     END_TRIGGER_RELEASED,
     END_WATCHDOG,
@@ -40,10 +40,11 @@ from tests.paper_device import (
     crc32,
     encode_frame,
 )
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.pty
 
-PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+PROTOCOL_MD = REPO_ROOT / "docs" / "protocol.md"
 
 # Conformance checks the paper device is expected to fail because the document is wrong or
 # ambiguous there, or because the kit checks more than the document says: {check id: why}.

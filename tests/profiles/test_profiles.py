@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from controller.cli.main import main
 from profiles.library import InvalidProfiles, ProfileIssue, add_files, load_builtins, load_library
 from profiles.schema import HARD_MAX_FREEZE_S, MAX_CYCLES, Profile
+from tests.support.paths import REPO_ROOT
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles" / "builtin"
+BUILTIN_DIR = REPO_ROOT / "profiles" / "builtin"
 
 # The practice sheet, "Réalisation de l'acte", quoted line by line: (quote, profile id, min s, max s, cycles).
 PRACTICE_SHEET = [

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from firmware_bridge.codec import FLAG_DUPLICATE, FLAG_RETRANSMIT, FrameDecoder
 from firmware_bridge.messages import REGISTRY, decode_message, schema_hash, schema_text
+from tests.support.paths import REPO_ROOT
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+DOC = (REPO_ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
 EXAMPLES = re.findall(r"```frame\n# (.+)\n([0-9A-F ]+)\n```", DOC)
 WIRE_NAMES = {
     "Hello": "HELLO", "Heartbeat": "HEARTBEAT", "Freeze": "FREEZE", "EndIn": "END_IN", "Stop": "STOP",

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import serial
@@ -17,6 +16,7 @@ from pytest_mock import MockerFixture
 from firmware_bridge.errors import PortBusy, PortError, PortNotFound, PortPermissionDenied
 from firmware_bridge.transport import SerialTransport, _open_error
 from sim.device import SimulatedDevice
+from tests.support.paths import REPO_ROOT
 
 UDEV_RULES = "docs/udev/99-givre.rules"
 NOBODY = 65534
@@ -66,7 +66,7 @@ def test_busy_names_the_culprits_and_the_udev_rules_file() -> None:
 
 
 def test_the_udev_files_exist() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     rules = (root / UDEV_RULES).read_text(encoding="utf-8")
     assert 'ENV{ID_MM_DEVICE_IGNORE}="1"' in rules and 'GROUP="dialout"' in rules
     assert (root / "docs" / "udev" / "README.md").is_file()
