@@ -202,6 +202,8 @@ class SimulatedDevice:
         self._running = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_host_byte_at: float | None = None  # true seconds
+        # Ground truth for the bench: called on the device thread with (true s, message type) of each host frame received.
+        self.on_host_frame: Callable[[float, int], None] | None = None
         with self._lock:
             self.firmware.power_on(*self._now())
 
@@ -298,6 +300,8 @@ class SimulatedDevice:
                 for frame in self._decoder.feed(data):
                     if self._lose_frame():
                         continue
+                    if self.on_host_frame is not None:
+                        self.on_host_frame(true_s, frame.msg_type)
                     out += self.firmware.on_frame(frame, device_ms, true_s)
         out += self.firmware.tick(device_ms, true_s)
         self._transmit(out, true_s)
