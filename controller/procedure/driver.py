@@ -20,7 +20,7 @@ from typing import Any
 from controller.config import Config
 from controller.errors import GivreError
 from controller.procedure.alarms import AlarmManager, Priority
-from controller.procedure.dose import DoseDecision, DoseRefused, decide
+from controller.procedure.dose import BelowMinimumOverride, DoseDecision, DoseRefused, decide
 from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.procedure.recovery import device_event_record, file_device_event
 from controller.records.certainty import Certainty
@@ -200,6 +200,7 @@ class ClinicalChoice:
     cycles: int | None = None  # None: the profile's number of cycles
     trigger: TriggerMode = TriggerMode.HOST
     auto: bool = False  # headless: fire each cycle and confirm each thaw by itself
+    below_minimum: BelowMinimumOverride | None = None  # the clinician accepts a dose below the profile's minimum
 
 
 class Procedure:
@@ -211,7 +212,7 @@ class Procedure:
         self.reconnect, self.reconnect_window_s = device.reconnect, device.reconnect_window_s
         self.lesion, self.loaded, self.profile = choice.lesion, choice.profile, choice.profile.profile
         self.requested_freeze_s, self.requested_cycles = choice.requested_freeze_s, choice.cycles
-        self.trigger, self.auto = choice.trigger, choice.auto
+        self.trigger, self.auto, self.below_minimum = choice.trigger, choice.auto, choice.below_minimum
         self.config = config
         self.clock = clock
         self.today = date.today()
@@ -322,10 +323,13 @@ class Procedure:
         reasons = self._profile_gate(cycles, identity)
         device_cap = identity.max_freeze_ms if identity is not None else None
         try:
-            dose = decide(self.profile, self.requested_freeze_s, self.config.clinic_max_freeze_s, device_cap)
+            dose = decide(self.profile, self.requested_freeze_s, self.config.clinic_max_freeze_s, device_cap, self.below_minimum)
         except DoseRefused as exc:
             reasons.append(str(exc))
             dose = None
+        if dose is not None and dose.override is not None:  # decide() lets a dose below the minimum through only with one
+            self.warnings.append(f"{dose.effective_ms / 1000:g} s per cycle is below the profile's minimum of "
+                                 f"{dose.minimum_ms / 1000:g} s: overridden by {dose.override.by} ({dose.override.why})")
         reasons += self._calibration_gate()
         if any(a.priority is Priority.HIGH and not a.acknowledged for a in self.alarms.latched.values()):
             reasons.append("a HIGH alarm is not acknowledged")

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 from typing import Any, TypedDict, Unpack
 
 from controller.config import Config
+from controller.procedure.dose import BelowMinimumOverride
 from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording, State, kind_name
 from controller.records.certainty import Certainty
 from controller.records.lesion import Lesion, SessionInfo
@@ -42,6 +43,7 @@ class ChoiceOptions(TypedDict, total=False):
     cycles: int | None
     trigger: TriggerMode
     auto: bool
+    below_minimum: BelowMinimumOverride | None
 
 
 class Treatment:

@@ -13,7 +13,7 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, OptionList, 
 from textual.widgets.option_list import Option
 
 from controller.clinic import Clinic
-from controller.procedure.dose import decide
+from controller.procedure.dose import limit_chain
 from controller.records.lesion import FACE_REGIONS, Lesion, Region, Site
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.procedure import ProcedureScreen
@@ -128,7 +128,7 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
     lp = clinic.library.get(profile_id)
     p = lp.profile
     cap = clinic.link.identity.max_freeze_ms if clinic.link and clinic.link.identity else None
-    dose = decide(p, None, clinic.config.clinic_max_freeze_s, cap)
+    dose = limit_chain(p, None, clinic.config.clinic_max_freeze_s, cap)
     chain = " → ".join(f"{limit.name} {limit.ms / 1000:g} s" for limit in dose.chain)
     thaw = "none (one cycle)"
     if p.thaw is not None:
@@ -136,4 +136,5 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
     origin = lp.origin + (" (overrides built-in)" if lp.overrides_builtin else "")
     return (f"{p.name_en}: {freeze_range(lp)} s {TIMES} {p.cycles}, default {p.freeze_s.default:g} s, from {p.timing_start.value}\n"
             f"thaw: {thaw}\nsource: {clinic.library.cite(p.freeze_s.source)}\nlimits: {chain} ⇒ {dose.effective_ms / 1000:g} s "
-            f"({dose.limited_by})\norigin: {origin}" + "".join(f"\n? {u}" for u in p.uncertain))
+            f"({dose.limited_by})" + (f" ✗ below the minimum {dose.minimum_ms / 1000:g} s: arming is refused" if dose.below_minimum else "")
+            + f"\norigin: {origin}" + "".join(f"\n? {u}" for u in p.uncertain))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import Config
+from controller.procedure.dose import BelowMinimumOverride
 from controller.procedure.driver import TRANSITIONS, StartRefused, State
 from controller.procedure.recovery import unfinished_sessions
 from controller.procedure.treatment import Treatment
@@ -82,15 +83,30 @@ def test_a_cryosurgery_profile_is_refused_on_a_spray(make_rig: Callable[..., Rig
     assert not rig.device.model.valve_log
 
 
-def test_dose_chain_device_cap_wins_and_the_record_says_so(make_rig: Callable[..., Rig]) -> None:
+def test_a_device_cap_below_the_profile_minimum_refuses_to_start_and_nothing_sprays(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig(scale=10, max_freeze_ms=8000)
     treatment, procedure = rig.procedure("seborrheic-keratosis-thick", requested_freeze_s=25)
+    with pytest.raises(StartRefused) as info:
+        procedure.arm()
+    assert "the limits leave 8 s per cycle (the device's own cap (handshake)), below profile seborrheic-keratosis-thick's minimum " \
+           "of 20 s" in str(info.value) and "override it explicitly with who and why" in str(info.value)
+    refused = next(e for e in rig.store.events(treatment.session_id) if e.kind == "start_refused")
+    assert any("below profile" in reason for reason in refused.payload["reasons"])
+    assert not rig.device.model.valve_log
+
+
+def test_dose_chain_device_cap_wins_by_override_and_the_record_says_who_and_why(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(scale=10, max_freeze_ms=8000)
+    override = BelowMinimumOverride(by="dr-a", why="only device available; lesion re-treated in 3 weeks")
+    treatment, procedure = rig.procedure("seborrheic-keratosis-thick", requested_freeze_s=25, below_minimum=override)
     plan = procedure.arm()
     assert (plan.dose.requested_ms, plan.dose.effective_ms, plan.dose.limited_by) == (25_000, 8000, "device")
+    assert any("below the profile's minimum of 20 s: overridden by dr-a" in w for w in procedure.warnings)
     procedure.run()
     assert procedure.cycles[0].valve_open_ms is not None and abs(procedure.cycles[0].valve_open_ms - 8000) <= 30
     armed = next(e for e in rig.store.events(treatment.session_id) if e.kind == "armed")
     assert [link["limit"] for link in armed.payload["dose"]["chain"]] == ["requested", "profile", "hard", "device"]
+    assert armed.payload["dose"]["below_minimum"] == {"minimum_ms": 20_000, "by": "dr-a", "why": override.why}
 
 
 def test_stop_mid_freeze_closes_the_valve_and_records_aborted(make_rig: Callable[..., Rig]) -> None:
