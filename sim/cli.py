@@ -10,7 +10,7 @@ import threading
 
 from firmware_bridge.clock import Clock
 from sim.device import FAULT_ACTIONS, SimulatedDevice
-from sim.firmware import DEFECTS
+from sim.firmware import DEFECTS, LIES
 from sim.model import CARTRIDGE_SECONDS
 
 HELP = "serve a simulated device on a pty or TCP"
@@ -47,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"a deliberately broken device, to see the conformance kit fail it (repeatable): {', '.join(sorted(DEFECTS))}",
     )
+    parser.add_argument(
+        "--lie",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a device that lies in its figures on a valid wire, from the start (repeatable; --fault-at SECONDS:lie-NAME "
+        f"starts one later, SECONDS:stop-lying ends them): {', '.join(sorted(LIES))}",
+    )
 
 
 def _parse_fault(text: str) -> tuple[float, str]:
@@ -63,8 +71,8 @@ def _parse_fault(text: str) -> tuple[float, str]:
     return seconds, action
 
 
-def run(args: argparse.Namespace) -> int:
-    faults = [_parse_fault(item) for item in args.fault_at]
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, with the allowed values, what argparse's choices cannot check."""
     for name in ("drop_pct", "corrupt_pct", "delay_pct"):
         if not 0 <= getattr(args, name) <= ALL_PCT:
             raise SystemExit(f"givre sim: --{name.replace('_', '-')} {getattr(args, name)}: must be between 0 and 100")
@@ -73,9 +81,18 @@ def run(args: argparse.Namespace) -> int:
     for name in args.defect:
         if name not in DEFECTS:
             raise SystemExit(f"givre sim: --defect {name!r}: allowed defects are {', '.join(sorted(DEFECTS))}")
+    for name in args.lie:
+        if name not in LIES:
+            raise SystemExit(f"givre sim: --lie {name!r}: allowed lies are {', '.join(sorted(LIES))}")
+
+
+def run(args: argparse.Namespace) -> int:
+    faults = [_parse_fault(item) for item in args.fault_at]
+    _check_arguments(args)
     device = SimulatedDevice(
         kind=args.kind, cryogen=args.cryogen, serial=args.serial, max_freeze_ms=args.max_freeze_ms,
         clock=Clock(args.scale), drift_ppm=args.drift_ppm, cartridge_g=args.cartridge, seed=args.seed, defects=args.defect,
+        lies=args.lie,
     )
     device.faults.drop_pct, device.faults.corrupt_pct = args.drop_pct, args.corrupt_pct
     device.faults.delay_pct, device.faults.delay_ms = args.delay_pct, args.delay_ms
@@ -94,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     broken = f", defects: {', '.join(sorted(set(args.defect)))}" if args.defect else ""
+    broken += f", lies: {', '.join(sorted(set(args.lie)))}" if args.lie else ""
     print(f"simulated {args.kind} ({device.model.cryogen}) serial {args.serial}{broken}; Ctrl-C to stop", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
         pass

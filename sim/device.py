@@ -25,7 +25,7 @@ from firmware_bridge import messages
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.codec import FrameDecoder
 from firmware_bridge.messages import Capability, Cryogen, DeviceKind
-from sim.firmware import DEFECTS, Firmware, Identity, NonVolatile
+from sim.firmware import DEFECTS, LIES, Firmware, Identity, NonVolatile
 from sim.model import DeviceModel, SensorFault
 
 SPRAY_CAPABILITIES = Capability.PRESSURE_SENSOR | Capability.HAND_TRIGGER | Capability.HALO_TIMING | Capability.DEAD_MAN
@@ -158,12 +158,16 @@ class SimulatedDevice:
         proto_minor: int | None = None,
         schema_hash: int | None = None,
         defects: Iterable[str] = (),
+        lies: Iterable[str] = (),
     ) -> None:
         if kind not in ("spray", "probe"):
             raise ValueError(f"device kind {kind!r}: allowed values are 'spray' and 'probe'")
         defects = frozenset(defects)
         if not defects <= DEFECTS.keys():
             raise ValueError(f"defect {', '.join(sorted(defects - DEFECTS.keys()))}: allowed values are {', '.join(sorted(DEFECTS))}")
+        lies = frozenset(lies)
+        if not lies <= LIES.keys():
+            raise ValueError(f"lie {', '.join(sorted(lies - LIES.keys()))}: allowed values are {', '.join(sorted(LIES))}")
         cryogen = cryogen or ("n2o" if kind == "spray" else "ln2")
         self.clock = clock
         self.drift_ppm = drift_ppm
@@ -188,6 +192,8 @@ class SimulatedDevice:
         self.nvm = NonVolatile()
         self.firmware = Firmware(identity, self.model, self.nvm)
         self.firmware.defects = defects  # deliberately broken behaviours, for the conformance kit's own tests
+        for lie in sorted(lies):  # false figures on a valid wire, for the host's plausibility checks
+            self.firmware.start_lying(lie)
         # In virtual time, at most 50 telemetry frames per second of wall time (the protocol's rate in real time).
         self.firmware.min_telemetry_period_ms = 20.0 * clock.scale if clock.scale > 1 else 0.0
         self._origin = clock.monotonic()
@@ -392,6 +398,16 @@ class SimulatedDevice:
         with self._lock:
             self.firmware.defects |= {"no-watchdog"}
 
+    def lie(self, lie: str) -> None:
+        """Start one of sim.firmware.LIES (false figures, valid wire) until stop_lying()."""
+        with self._lock:
+            self.firmware.start_lying(lie)
+
+    def stop_lying(self) -> None:
+        """End every lie: the figures are true again from now on."""
+        with self._lock:
+            self.firmware.stop_lying()
+
     def set_silent(self, silent: bool = True) -> None:
         with self._lock:
             self.firmware.silent = silent
@@ -447,6 +463,10 @@ def _flip_bit(wire: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
+def _start_lie(lie: str) -> Callable[[SimulatedDevice], None]:
+    return lambda device: device.lie(lie)
+
+
 FAULT_ACTIONS: dict[str, Callable[[SimulatedDevice], None]] = {
     "disconnect": SimulatedDevice.disconnect,
     "reboot": SimulatedDevice.reboot,
@@ -462,4 +482,7 @@ FAULT_ACTIONS: dict[str, Callable[[SimulatedDevice], None]] = {
     "stall": lambda d: d.stall(2.0),
     "press-trigger": SimulatedDevice.press_trigger,
     "release-trigger": SimulatedDevice.release_trigger,
+    # Lying devices (sim.firmware.LIES): "lie-<name>" starts one, "stop-lying" ends them all.
+    **{f"lie-{name}": _start_lie(name) for name in LIES},
+    "stop-lying": SimulatedDevice.stop_lying,
 }

@@ -54,7 +54,7 @@ from firmware_bridge.messages import (
     schema_hash,
 )
 from firmware_bridge.units import DEFAULT_WATCHDOG_MS, MAX_SCALED_WATCHDOG_MS
-from sim.model import DeviceModel, SensorFault
+from sim.model import CRYOGEN_TIP_C, TISSUE_FRACTION_OF_TIP, DeviceModel, SensorFault
 
 MIN_WATCHDOG_MS = 100
 MAX_WATCHDOG_MS = MAX_SCALED_WATCHDOG_MS  # every watchdog a virtual-time host asks for; a real device may cap lower
@@ -83,6 +83,22 @@ DEFECTS: dict[str, str] = {
     "events-not-repeated": "an event is sent once, never repeated until acknowledged",
 }
 DEFECT_STOP_LAG_MS = 50  # stop-before-close: how long after its answer the valve is commanded closed
+
+# Lying devices: the wire stays valid (framing, CRC, layouts, every protocol rule), only the figures
+# are false, so the host's plausibility checks (controller/procedure/plausibility.py) must catch them.
+# Each is one small hook below, marked "lie"; each lasts until cleared (Firmware.stop_lying).
+LIES: dict[str, str] = {
+    "tissue-cold": "from the moment a freeze starts, the tissue thermocouple reads -327.67 C (raw -32767 cdeg)",
+    "freeze-ms-huge": "every freeze that ends reports valve_open_ms 4 294 967 294 (FREEZE_DONE, COUNTERS, STOP's answer)",
+    "freeze-ms-zero": "every freeze that ends reports valve_open_ms 0 with end_reason COMPLETED, however long and however it ended",
+    "event-flood": "the last event raised is raised again and again with new event ids, thousands per second",
+    "temperature-jump": "while the valve is commanded open, tip and tissue read their frozen values at once (no cooling curve)",
+}
+LIE_TISSUE_CDEG = -32_767  # the most negative reading an i16 carries that is not "not available" (0x7FFF)
+LIE_FREEZE_MS = 0xFFFF_FFFE  # one below the u32 "not available" sentinel: a figure, and an absurd one
+FLOOD_EVENTS_PER_S = 5000  # event-flood: new events per second of device time, as fast as a pty takes them
+FLOOD_MAX_PER_TICK = 100  # event-flood: at most this many per tick, so a late tick does not raise a burst of thousands
+FLOOD_TICK_MS = 1.0  # event-flood: the device thread wakes this often while flooding
 
 # Requests each state accepts; the rest are refused with the code given.
 ACCEPTS: dict[DeviceState, frozenset[type[Message]]] = {
@@ -161,6 +177,10 @@ class Firmware:
         self.trigger_held = False  # the hand trigger / foot switch, pressed by the simulator's API
         self.min_telemetry_period_ms = 0.0  # virtual time: keep the wall-time frame rate sane
         self.defects: frozenset[str] = frozenset()  # names from DEFECTS
+        self.lies: frozenset[str] = frozenset()  # names from LIES (start_lying, stop_lying)
+        self._tissue_cold = False  # lie tissue-cold: a freeze started since the lie began
+        self._flood_from_ms: float | None = None  # lie event-flood: device time the next flood events are counted from
+        self._last_event: BoundEvent | None = None  # the last event raised this boot (what event-flood repeats)
         self.host_frames = 0
         self.session_id = 0  # host_nonce of the open session; 0 when none
         self.session_minor = 0  # the minor version both ends speak in this session
@@ -194,6 +214,22 @@ class Firmware:
         self._mismatch_since_ms: float | None = None
         self._no_flow_since_ms: float | None = None
         self._low_reported = False
+        self._last_event = None
+        self._flood_from_ms = None
+
+    # ---- lies ------------------------------------------------------------------------------------
+
+    def start_lying(self, lie: str) -> None:
+        """Begin one of LIES; it lasts until stop_lying()."""
+        if lie not in LIES:
+            raise ValueError(f"lie {lie!r}: allowed values are {', '.join(sorted(LIES))}")
+        self.lies |= {lie}
+
+    def stop_lying(self) -> None:
+        """Every lie ends: the figures are true again from now on."""
+        self.lies = frozenset()
+        self._tissue_cold = False
+        self._flood_from_ms = None
 
     # ---- incoming --------------------------------------------------------------------------------
 
@@ -431,6 +467,7 @@ class Firmware:
         self._check_freeze(device_ms, true_s)
         if self.silent:
             return []
+        self._flood(device_ms)
         out = self._resend_events(device_ms)
         if device_ms >= self.next_telemetry_ms:  # also without a session: a reboot shows at once
             out.append(self._encode(self._telemetry(device_ms), 0))
@@ -445,6 +482,8 @@ class Firmware:
             candidates.append(self.freeze.deadline_ms)
         if self.state is not DeviceState.NO_SESSION and not self.watchdog_tripped:
             candidates.append(self.last_host_ms + self.watchdog_ms)
+        if "event-flood" in self.lies and self.state is not DeviceState.NO_SESSION:
+            candidates.append(device_ms + FLOOD_TICK_MS)  # lie: wake often to keep flooding
         return min(candidates)
 
     def _check_watchdog(self, device_ms: float, true_s: float) -> None:
@@ -543,6 +582,7 @@ class Firmware:
         self.state = DeviceState.FREEZING
         self.freezes_started += 1
         self.model.command_valve(True, true_s)
+        self._tissue_cold = self._tissue_cold or "tissue-cold" in self.lies  # lie: the cold reading starts with the freeze
         self._report_at_once(device_ms)
         self._queue_event(EventCode.FREEZE_STARTED, device_ms)
 
@@ -557,6 +597,7 @@ class Firmware:
             device_ms = min(device_ms, f.deadline_ms)
         valve_open_ms = 0 if f.started_ms is None else round(device_ms - f.started_ms)
         halo_to_off = NOT_AVAILABLE_U32 if f.halo_marked_ms is None else round(device_ms - f.halo_marked_ms)
+        valve_open_ms, reason = self._lie_about_freeze(valve_open_ms, reason)
         self.total_valve_open_ms += valve_open_ms
         self.nvm.last_freeze = LastFreeze(f.txn, f.requested_ms, valve_open_ms, halo_to_off, reason, self.nvm.boot_count)
         self._queue_event(EventCode.FREEZE_DONE, device_ms, reason=reason)
@@ -564,6 +605,16 @@ class Firmware:
         self.state = DeviceState.FAULT if self.faults & LATCHING_FAULTS else DeviceState.READY
         self._report_at_once(device_ms)
         return valve_open_ms
+
+    def _lie_about_freeze(self, valve_open_ms: int, reason: EndReason) -> tuple[int, EndReason]:
+        """Lies freeze-ms-huge and freeze-ms-zero: the figures every report of this freeze will carry
+        (the last-freeze record, so FREEZE_DONE, COUNTERS and STOP's or BYE's answer agree). The valve
+        really moved as the model says (valve_log); only the report is false."""
+        if "freeze-ms-zero" in self.lies:
+            return 0, EndReason.COMPLETED
+        if "freeze-ms-huge" in self.lies:
+            return LIE_FREEZE_MS, reason
+        return valve_open_ms, reason
 
     def _report_at_once(self, device_ms: float) -> None:
         """A state change is reported at once (§6.5), without waiting for the next period slot."""
@@ -594,10 +645,36 @@ class Firmware:
             last.requested_ms, last.valve_open_ms, last.halo_to_off_ms, int(device_ms - self.boot_ms) & 0xFFFFFFFF,
             self.nvm.boot_count, self.session_id,
         )
+        self._raise_event(event)
+
+    def _raise_event(self, event: BoundEvent) -> None:
         self.next_event_id = self.next_event_id % 0xFFFF + 1
+        self._last_event = event
         self.pending_events[event.event_id] = _PendingEvent(event, -1.0)
         while len(self.pending_events) > MAX_PENDING_EVENTS:
             self.pending_events.popitem(last=False)
+
+    def _flood(self, device_ms: float) -> None:
+        """Lie event-flood: the last event raised (a FAULT_CLEARED of nothing if none was) is raised
+        again with a new id, FLOOD_EVENTS_PER_S per second of device time. Each is a valid event:
+        sent at once, repeated until acknowledged, at most MAX_PENDING_EVENTS kept (the oldest dropped)."""
+        if "event-flood" not in self.lies or self.state is DeviceState.NO_SESSION:
+            self._flood_from_ms = None
+            return
+        if self._flood_from_ms is None:
+            self._flood_from_ms = device_ms
+            if self._last_event is None:
+                self._queue_event(EventCode.FAULT_CLEARED, device_ms, faults=Fault(0))
+            return
+        due = int((device_ms - self._flood_from_ms) * FLOOD_EVENTS_PER_S / 1000)
+        if due <= 0:
+            return
+        self._flood_from_ms = device_ms  # a late tick does not owe what it missed beyond FLOOD_MAX_PER_TICK
+        template = self._last_event
+        assert template is not None
+        uptime = int(device_ms - self.boot_ms) & 0xFFFFFFFF
+        for _ in range(min(due, FLOOD_MAX_PER_TICK)):
+            self._raise_event(dataclasses.replace(template, event_id=self.next_event_id, uptime_ms=uptime))
 
     def _flush_new_events(self, device_ms: float) -> list[bytes]:
         if self.state is DeviceState.NO_SESSION:
@@ -633,6 +710,14 @@ class Firmware:
             elapsed = round(device_ms - f.started_ms)
             remaining = max(0, round(f.deadline_ms - device_ms))
         cal = self.nvm.calibration
+        tip_c = model.read_tip() if caps & Capability.TIP_THERMOCOUPLE else None
+        tissue_c = model.read_tissue() if caps & Capability.TISSUE_THERMOCOUPLE else None
+        if "temperature-jump" in self.lies and model.valve_commanded:  # lie: frozen at once, no cooling curve
+            tip_c = CRYOGEN_TIP_C[model.cryogen] if tip_c is not None else None
+            tissue_c = TISSUE_FRACTION_OF_TIP * CRYOGEN_TIP_C[model.cryogen] if tissue_c is not None else None
+        tissue_cdeg = _cdeg(tissue_c, cal.tissue_gain_ppm, cal.tissue_offset_cdeg)
+        if self._tissue_cold and tissue_c is not None:  # lie tissue-cold (an open thermocouple still reads nothing)
+            tissue_cdeg = LIE_TISSUE_CDEG
         return Telemetry(
             uptime_ms=int(device_ms - self.boot_ms) & 0xFFFFFFFF,
             boot_count=self.nvm.boot_count,
@@ -643,12 +728,8 @@ class Firmware:
             elapsed_ms=elapsed,
             remaining_ms=remaining,
             pressure_kpa=min(0xFFFE, round(model.pressure_kpa)) if caps & Capability.PRESSURE_SENSOR else NOT_AVAILABLE_U16,
-            tip_cdeg=_cdeg(model.read_tip(), cal.tip_gain_ppm, cal.tip_offset_cdeg)
-            if caps & Capability.TIP_THERMOCOUPLE
-            else NOT_AVAILABLE_TEMP,
-            tissue_cdeg=_cdeg(model.read_tissue(), cal.tissue_gain_ppm, cal.tissue_offset_cdeg)
-            if caps & Capability.TISSUE_THERMOCOUPLE
-            else NOT_AVAILABLE_TEMP,
+            tip_cdeg=_cdeg(tip_c, cal.tip_gain_ppm, cal.tip_offset_cdeg),
+            tissue_cdeg=tissue_cdeg,
             fault_flags=int(self.faults),
         )
 
