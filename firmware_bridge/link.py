@@ -7,6 +7,7 @@ calls ``heartbeat()``, so a hung controller lets the device's watchdog close the
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import secrets
@@ -130,6 +131,44 @@ class LinkStats:
     bytes_received: int
     decoder: DecoderStats
     session: SessionStats
+    events_dropped: int = 0  # device events past MAX_PENDING_EVENTS, dropped so a flooding device cannot exhaust memory
+
+
+MAX_PENDING_EVENTS = 512  # a device raises a handful per freeze; more than this unread is a flood
+
+
+class _EventBox:
+    """The link's events for their reader, bounded: a flooding device's events beyond MAX_PENDING_EVENTS
+    are dropped (and counted); a reboot or a lost link is never dropped (the oldest device event makes room)."""
+
+    def __init__(self, capacity: int = MAX_PENDING_EVENTS) -> None:
+        self._items: collections.deque[LinkEvent] = collections.deque()
+        self._ready = threading.Condition()
+        self._capacity = capacity
+        self.dropped = 0
+
+    def put(self, item: LinkEvent) -> None:
+        with self._ready:
+            if len(self._items) >= self._capacity:
+                if isinstance(item, DeviceEventReceived):
+                    self.dropped += 1
+                    return
+                self._drop_oldest_device_event()
+            self._items.append(item)
+            self._ready.notify()
+
+    def _drop_oldest_device_event(self) -> None:
+        for index, queued in enumerate(self._items):
+            if isinstance(queued, DeviceEventReceived):
+                del self._items[index]
+                self.dropped += 1
+                return
+
+    def get(self, timeout_s: float) -> LinkEvent | None:
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout_s)
+            return self._items.popleft() if self._items else None
 
 
 class _Waiter:
@@ -174,7 +213,7 @@ class Link:
         self._decoder = FrameDecoder()
         self._outbox: queue.SimpleQueue[tuple[Message, _Waiter | None]] = queue.SimpleQueue()
         self._waiters: dict[int, _Waiter] = {}
-        self._events: queue.SimpleQueue[LinkEvent] = queue.SimpleQueue()
+        self._events = _EventBox()
         self._foreign: ForeignVersion | None = None
         self._bytes_received = 0
         self._telemetry_lock = threading.Lock()
@@ -344,13 +383,11 @@ class Link:
 
     def next_event(self, timeout_s: float) -> LinkEvent | None:
         """The next device event, reboot or link loss; None if nothing came within the timeout."""
-        try:
-            return self._events.get(timeout=self._clock.real_seconds(timeout_s))
-        except queue.Empty:
-            return None
+        return self._events.get(self._clock.real_seconds(timeout_s))
 
     def stats(self) -> LinkStats:
-        return LinkStats(self._bytes_received, dataclasses.replace(self._decoder.stats), dataclasses.replace(self._session.stats))
+        return LinkStats(self._bytes_received, dataclasses.replace(self._decoder.stats), dataclasses.replace(self._session.stats),
+                         self._events.dropped)
 
     @property
     def lost(self) -> bool:

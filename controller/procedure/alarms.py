@@ -45,6 +45,8 @@ ALARMS: dict[str, AlarmSpec] = {
     "temperature_implausible": AlarmSpec(Priority.MEDIUM, "Temperature implausible or not moving during a freeze", True),
     "calibration_overdue": AlarmSpec(Priority.LOW, "Device calibration overdue or missing"),
     "outcome_uncertain": AlarmSpec(Priority.HIGH, "A freeze's outcome is unknown: reading the device's counters"),
+    "device_flooding": AlarmSpec(Priority.HIGH, "The device floods the link with events: STOP, then have it serviced"),
+    "figure_implausible": AlarmSpec(Priority.HIGH, "A device figure is implausible: recorded as such, not completed, not billed"),
 }
 
 

@@ -36,6 +36,7 @@ from firmware_bridge.messages import (
     Capability,
     Counters,
     DeviceKind,
+    DeviceState,
     EndReason,
     EventCode,
     Fault,
@@ -55,6 +56,9 @@ PLAUSIBLE_C = (-200.0, 60.0)  # colder than liquid nitrogen or hotter than a fev
 COOLING_EXPECTED_MS = 5000  # a tip in the cryogen's flow is well below 0 C by then (illustrative bound)
 COOLING_EXPECTED_C = 0.0
 RECONCILE_RETRY_S = 0.5
+EVENTS_PER_TICK = 32  # device events handled per loop turn: the heartbeat and STOP never wait behind a flood
+FLOOD_EVENTS_PER_S = 20  # a device raises a handful of events per freeze; more than this in one second is a flood
+DONE_OVERDUE_S = 1.0  # the device says it stopped freezing this long ago and its FREEZE_DONE has not come: ask it
 
 
 class State(enum.Enum):
@@ -203,6 +207,33 @@ class ClinicalChoice:
     below_minimum: BelowMinimumOverride | None = None  # the clinician accepts a dose below the profile's minimum
 
 
+class _FloodWindow:
+    """Device events counted per one-second window. Past FLOOD_EVENTS_PER_S in a window the device is
+    flooding: its events are counted, not each recorded, and the counts are recorded once the window closes."""
+
+    def __init__(self) -> None:
+        self._started = -1.0
+        self._counts: dict[str, int] = {}
+        self._unrecorded: dict[str, int] = {}
+
+    def count(self, code: str, now: float) -> tuple[bool, dict[str, int] | None]:
+        """(flooding now, the counts of a closed window's unrecorded events to record, if any)."""
+        closed = None
+        if now - self._started >= 1.0:
+            closed, self._unrecorded = (self._unrecorded or None), {}
+            self._started, self._counts = now, {}
+        self._counts[code] = self._counts.get(code, 0) + 1
+        return sum(self._counts.values()) > FLOOD_EVENTS_PER_S, closed
+
+    def not_recorded(self, code: str) -> None:
+        self._unrecorded[code] = self._unrecorded.get(code, 0) + 1
+
+    def flush(self) -> dict[str, int] | None:
+        """The counts not yet recorded (at the lesion's end)."""
+        unrecorded, self._unrecorded = self._unrecorded, {}
+        return unrecorded or None
+
+
 class Procedure:
     """One lesion's procedure, built by Treatment.lesion; the record, the device and the clinician's choice come grouped."""
 
@@ -238,6 +269,9 @@ class Procedure:
         self._counters_before: Counters | None = None
         self._lesion_recorded = threading.Event()
         self._serial_at_fire = ""
+        self._flood = _FloodWindow()
+        self._accepted_at = 0.0  # host time the device accepted the current FREEZE
+        self._not_freezing_since: float | None = None  # since when the device says it is not freezing, FREEZE_DONE not yet in
 
     # ---- intents (any thread) ------------------------------------------------------------------
 
@@ -442,9 +476,11 @@ class Procedure:
         self._drain_intents()
         if self.link is not None:
             item = self.link.next_event(self.link.heartbeat_period_s)
+            handled = 0
             while item is not None:
                 self._on_link_event(item)
-                item = self.link.next_event(0)
+                handled += 1
+                item = self.link.next_event(0) if handled < EVENTS_PER_TICK else None
             self._watch_telemetry()
         else:
             self.clock.sleep(MANUAL_TICK_S)
@@ -535,6 +571,8 @@ class Procedure:
             self._become_uncertain(str(exc))
             return
         cycle.accepted = True
+        self._accepted_at = self.clock.monotonic()
+        self._not_freezing_since = None
         self._record("freeze_accepted", {"cycle": cycle.cycle, "txn": cycle.txn, "device_ms": device_ms})
 
     def _mark_halo(self) -> None:
@@ -568,8 +606,17 @@ class Procedure:
 
     def _on_device_event(self, item: DeviceEventReceived) -> None:
         event = item.event
-        self._record("device_event", device_event_record(item, self.link.identity if self.link else None))
         current = self.cycles[-1] if self.cycles else None
+        ours = current is not None and current.txn == event.freeze_txn and event.code in (EventCode.FREEZE_STARTED, EventCode.FREEZE_DONE)
+        flooding, coalesced = self._flood.count(event.code.name, self.clock.monotonic())
+        if coalesced:
+            self._record("device_events_coalesced", {"per_code": coalesced, "window_s": 1.0})
+        if flooding and not ours:
+            self._flood.not_recorded(event.code.name)
+            if "device_flooding" not in self.alarms.latched:
+                self.alarms.raise_("device_flooding", f"more than {FLOOD_EVENTS_PER_S} events in one second: counted, not each recorded")
+        else:
+            self._record("device_event", device_event_record(item, self.link.identity if self.link else None))
         if event.code is EventCode.FREEZE_STARTED and current is not None and current.txn == event.freeze_txn:
             current.started_seen = True
         if event.code is EventCode.FAULT_RAISED or event.code is EventCode.WATCHDOG_TRIP:
@@ -601,6 +648,7 @@ class Procedure:
         self.alarms.condition_gone("telemetry_stale")
         assert latest is not None
         t = latest.telemetry
+        self._watch_for_a_lost_done(latest.received_at, DeviceState(t.state), now)
         if self.state is State.FREEZING and self.cycles:
             cycle = self.cycles[-1]
             tip_c, tissue_c = celsius(t.tip_cdeg), celsius(t.tissue_cdeg)
@@ -613,6 +661,21 @@ class Procedure:
             if target is not None and not self._halo_marked and tissue_c is not None and tissue_c <= target.tissue_c:
                 self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": tissue_c, "target_c": target.tissue_c})
                 self._mark_halo()
+
+    def _watch_for_a_lost_done(self, received_at: float, device_state: DeviceState, now: float) -> None:
+        """The device says it is no longer freezing but its FREEZE_DONE has not come (lost, or dropped in a
+        flood): after DONE_OVERDUE_S the outcome is unknown, and the one reconcile rule reads the device."""
+        cycle = self.cycles[-1] if self.cycles else None
+        if self.state is not State.FREEZING or cycle is None or not cycle.accepted or cycle.end_reason is not None:
+            self._not_freezing_since = None
+            return
+        if received_at <= self._accepted_at or device_state in (DeviceState.WAIT_TRIGGER, DeviceState.FREEZING):
+            self._not_freezing_since = None
+            return
+        if self._not_freezing_since is None:
+            self._not_freezing_since = received_at
+        elif now - self._not_freezing_since > self.clock.wall(DONE_OVERDUE_S):
+            self._become_uncertain(f"the device stopped freezing ({device_state.name}) but its FREEZE_DONE never came")
 
     def _check_temperature_plausible(self, tip_c: float | None, elapsed_ms: int) -> None:
         """A tip thermocouple that reads outside physics, or has not cooled after a few seconds of
@@ -796,6 +859,10 @@ class Procedure:
     def _finish(self) -> None:
         try:
             self._confirm_valve_closed()
+            coalesced = self._flood.flush()
+            if coalesced:
+                with contextlib.suppress(RecordNotSaved):
+                    self._record("device_events_coalesced", {"per_code": coalesced, "window_s": 1.0})
             if self.cartridge is not None:
                 with contextlib.suppress(RecordNotSaved):  # lesion_ended below still tries; a store that fails it raises the alarm
                     self.ledger.release(self.session_id, self.cartridge.cartridge_id)
