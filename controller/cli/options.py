@@ -9,6 +9,7 @@ from pathlib import Path
 
 from controller.config import default_db
 from controller.errors import GivreError
+from controller.procedure.recovery import MIN_VIRTUAL_SCALE
 from firmware_bridge.messages import TriggerMode
 from profiles.library import default_clinic_dir
 
@@ -47,7 +48,9 @@ def add_json(parser: argparse.ArgumentParser, what: str = "print one JSON object
 
 
 def add_scale(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scale", type=float, default=1.0, help="virtual time: run this many times faster than the wall")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help=f"virtual time, this many times faster than the wall: 1, or >= {MIN_VIRTUAL_SCALE:g} with a simulator "
+                             "running at that same scale (measured at connect); refused with a real-time device and --manual")
 
 
 def local_day(text: str) -> date:
@@ -59,6 +62,11 @@ def local_day(text: str) -> date:
 
 
 def check_scale(scale: float) -> None:
-    """--scale runs virtual time this many times faster than the wall: it must be positive."""
+    """--scale runs virtual time this many times faster than the wall: 1 (real time), or at least
+    MIN_VIRTUAL_SCALE, so that connect() can always tell a real-time device from a simulator at that
+    scale (controller/procedure/recovery.py); a device is then measured at connect."""
     if scale <= 0:
         raise UsageError(f"--scale {scale}: must be > 0", "Use 1 for real time, or e.g. 20 to run twenty times faster")
+    if scale != 1 and scale < MIN_VIRTUAL_SCALE:
+        raise UsageError(f"--scale {scale:g}: must be 1 (real time) or at least {MIN_VIRTUAL_SCALE:g} (virtual time, a simulator only)",
+                         "Leave it out for a device, or use e.g. 20 with a simulator running at that same scale")

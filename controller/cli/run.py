@@ -1,4 +1,11 @@
-"""`givre run`: one lesion's whole protocol, headless, for scripts and CI. Prints one JSON object."""
+"""`givre run`: one lesion's whole protocol, headless, for scripts and CI. Prints one JSON object.
+
+Virtual time (`--scale N`) only where the device runs on that same time: manual mode (a cotton tip,
+timed by the host on real time) refuses it outright, and with --port connect() measures the
+device's clock and refuses a device that does not run N times faster than the wall
+(controller/procedure/recovery.py says why that can never pass a real-time device). Either refusal
+is one line, before anything is recorded; a scaled session says its time_scale in the record.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from controller.cli.options import (
 from controller.config import Config, ConfigError, default_db, load_config
 from controller.practice.billing import BillingError, CcamTable, acts_of, load_table, propose
 from controller.procedure.driver import Procedure, StartRefused
-from controller.procedure.recovery import Recovered, connect, connect_and_recover, recover
+from controller.procedure.recovery import Recovered, TimeScaleMismatch, connect, connect_and_recover, recover
 from controller.procedure.treatment import Treatment
 from controller.records.history import view_of
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
@@ -84,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (UsageError, ConfigError, ProfileError, RecordError, BillingError) as exc:
+    except (UsageError, ConfigError, ProfileError, RecordError, BillingError, TimeScaleMismatch) as exc:
         print(f"givre run: {exc}", file=sys.stderr)
         return 2
 
@@ -93,6 +100,9 @@ def _run(args: argparse.Namespace) -> int:
     if not args.yes:
         raise UsageError("a run freezes for real, and --yes was not given", "Add --yes to confirm the patient and site are ready")
     check_scale(args.scale)
+    if args.manual and args.scale != 1:
+        raise UsageError(f"--scale {args.scale:g} with --manual: a cotton-tip applicator is timed on real time, never scaled",
+                         "Leave --scale out in manual mode; virtual time is only for a simulator running at that scale (--port)")
     plan = _plan(args)
     clock = Clock(args.scale)
     with RecordStore(args.db or default_db(), clock=clock) as store:
@@ -178,6 +188,7 @@ def _result(treatment: Treatment, procedure: Procedure, recovered: list[Recovere
     count, head = treatment.store.head()
     return {
         "session_id": treatment.session_id,
+        "time_scale": treatment.clock.scale,
         "device": {"serial": ident.serial, "kind": ident.kind.name.lower(), "firmware": ident.firmware} if ident else None,
         "profile": procedure.profile.id,
         "cycles": [c.summary() for c in procedure.cycles],
@@ -196,6 +207,8 @@ def _print_human(result: dict[str, Any]) -> None:
     device = result["device"]
     print(f"session {result['session_id']}: {result['status'].upper()} ({result['profile']}"
           f"{', device ' + device['serial'] if device else ', manual'})")
+    if result["time_scale"] != 1:
+        print(f"  time scale: virtual time x{result['time_scale']:g} (a simulator; recorded as such, not a clinical session)")
     for reason in result["refused"]:
         print(f"  refused: {reason}")
     for warning in result["warnings"]:

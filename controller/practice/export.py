@@ -2,7 +2,8 @@
 
 An export is refused when the hash chain does not verify: a tampered record must not leave the
 practice looking sound. Files are written 0600 and atomically, so a failed export leaves nothing
-half-written. The patient appears only by the pseudonymous id Givre holds.
+half-written. The patient appears only by the pseudonymous id Givre holds. Every export says the
+session's time scale (`time_scale`: 1 for real time, N for a simulator's session on virtual time).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from controller.records.history import ChainBroken, SessionView, verified_sessio
 from controller.records.store import RecordError, RecordStore
 
 CSV_COLUMNS = (
-    "session_id", "session_started", "patient", "operator", "device_serial", "lesion_id", "site", "zone", "profile",
+    "session_id", "session_started", "patient", "operator", "device_serial", "time_scale", "lesion_id", "site", "zone", "profile",
     "technique", "reimbursable", "lesion_status", "cycle", "freeze_ms_requested", "freeze_ms_effective", "freeze_ms_device",
     "measured_by", "certainty", "end_reason", "limited_by", "thaw_ms", "halo_to_off_ms", "min_tissue_c", "cartridge_id",
     "cartridge_seconds", "result_at",
@@ -51,13 +52,15 @@ def to_json(sessions: list[SessionView], store: RecordStore) -> str:
 
 
 def csv_rows(sessions: list[SessionView]) -> list[dict[str, Any]]:
+    """One row per cycle; `time_scale` repeats the session's on each of its rows."""
     rows = []
     for s in sessions:
         for lesion in s.lesions:
             for c in lesion.cycles:
                 rows.append({
                     "session_id": s.session_id, "session_started": s.started, "patient": s.patient, "operator": s.operator,
-                    "device_serial": (s.device or {}).get("serial", ""), "lesion_id": lesion.lesion_id, "site": lesion.site_text,
+                    "device_serial": (s.device or {}).get("serial", ""), "time_scale": f"{s.time_scale:g}",
+                    "lesion_id": lesion.lesion_id, "site": lesion.site_text,
                     "zone": lesion.zone, "profile": lesion.profile_id, "technique": lesion.technique,
                     "reimbursable": "yes" if lesion.reimbursable else "no", "lesion_status": lesion.status, "cycle": c.cycle,
                     "freeze_ms_requested": c.freeze_ms_requested, "freeze_ms_effective": c.freeze_ms_effective,

@@ -6,6 +6,8 @@ the operator's pseudonymous id; Device the serial, firmware and calibration; one
 sourced, the cycles in a note); one Observation per measured figure in UCUM units; Media for the
 photo. Codes come from terminology.toml, each with its source; what has no sourced code goes out as
 text. Resource ids are UUIDv5 of the session and the item, so exporting twice gives the same Bundle.
+A session recorded on virtual time (time_scale != 1, a simulator's) says so in a note on each
+Procedure and each Observation; a real-time session's Bundle carries no such note.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class BundleBuilder:
         })
         self.device = self._add(sid, "device", self._device(session))
         codes = self._ccam_by_lesion(session)
+        self.time_note = [{"text": time_scale_note(session)}] if session.scaled else []
         for lesion in session.lesions:
             self._lesion(sid, lesion, codes.get(lesion.lesion_id))
         return {"resourceType": "Bundle", "type": "collection", "timestamp": session.ended or session.started,
@@ -157,6 +160,7 @@ class BundleBuilder:
                  {"text": cycles_note(lesion)}]
         if not lesion.reimbursable:
             notes.append({"text": "aesthetic act: not reimbursable (no 'remboursement demandé')"})
+        notes += self.time_note
         procedure: dict[str, Any] = {
             "resourceType": "Procedure",
             "status": LESION_STATUS.get(lesion.status, "unknown"),
@@ -197,7 +201,7 @@ class BundleBuilder:
                 "effectiveDateTime": cycle.result_at,
                 "device": self.device,
                 "note": [{"text": f"requested {cycle.freeze_ms_requested} ms, limited by {cycle.limited_by}; ended {cycle.end_reason}; "
-                                  f"certainty {cycle.certainty}"}],
+                                  f"certainty {cycle.certainty}"}, *self.time_note],
             }
             if value is None:
                 observation["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "unknown", "display": "Unknown"}],
@@ -221,6 +225,12 @@ class BundleBuilder:
         return {"resourceType": "Media", "status": "completed", "subject": self.patient, "partOf": [procedure],
                 "bodySite": body_site, "createdDateTime": lesion.recorded_at, "content": content,
                 "note": [{"text": f"SHA-256 at capture: {lesion.photo['sha256']}"}]}
+
+
+def time_scale_note(session: SessionView) -> str:
+    """What a scaled session's resources say: its figures are on a simulator's virtual time."""
+    return (f"time_scale {session.time_scale:g}: recorded on virtual time, {session.time_scale:g} times faster than the wall, "
+            "against a simulator; not a clinical session, and its durations are virtual seconds")
 
 
 def cycles_note(lesion: LesionView) -> str:

@@ -2,8 +2,9 @@
 
 Sessions, lesions by profile, acts with their codes and amounts (the clinician's confirmed choice, or
 the proposal marked as such), cartridge seconds and their cost, alarms, devices and calibration. An
-unknown tariff is never summed: the total says how many acts it leaves out. The HTML page is
-standalone, with a plain SVG chart of cartridge use (no script, no external file).
+unknown tariff is never summed: the total says how many acts it leaves out. A session recorded on
+virtual time (a simulator's, time_scale != 1) is marked as such on its line and counted apart. The
+HTML page is standalone, with a plain SVG chart of cartridge use (no script, no external file).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ class SessionLine:
     cartridge_cost_eur: float | None
     acts: list[dict[str, Any]]
     billing: str  # "confirmed", "confirmed (changed)" or "proposed (not confirmed)"
+    time_scale: float = 1.0  # 1: real time; N: virtual time, a simulator's session
+
+    def time_text(self) -> str:
+        """Empty on real time; otherwise what the line says about its time."""
+        return "" if self.time_scale == 1 else f" (virtual time x{self.time_scale:g}: a simulator, not clinical)"
 
 
 @dataclass
@@ -54,6 +60,7 @@ class DayReport:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibrations: list[dict[str, Any]] = field(default_factory=list)
     unconfirmed_sessions: int = 0
+    scaled_sessions: int = 0  # recorded on virtual time (a simulator)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +77,7 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
         line = _session_line(s, table, cost_per_s)
         report.sessions.append(line)
         report.unconfirmed_sessions += line.billing.startswith("proposed") and bool(line.acts)
+        report.scaled_sessions += s.scaled
         for act in line.acts:
             entry = report.acts_by_code.setdefault(act["code"], {"count": 0, "label": act["label"], "verified": act["verified"],
                                                                   "amount_eur": "0.00", "unknown_tariff": 0})
@@ -134,7 +142,7 @@ def _session_line(s: SessionView, table: CcamTable, cost_per_s: dict[str, float]
             cost += c.cartridge_seconds * cost_per_s[c.cartridge_id]
     return SessionLine(s.session_id, local_time(s.started).strftime("%H:%M"), s.patient, s.status,
                        len(s.lesions), sum(lesion.completed for lesion in s.lesions), s.cartridge_seconds,
-                       None if cost is None else round(cost, 2), acts, billing)
+                       None if cost is None else round(cost, 2), acts, billing, s.time_scale)
 
 
 def _count_alarm(report: DayReport, alarm: dict[str, Any]) -> None:
@@ -163,8 +171,11 @@ def report_text(r: DayReport) -> str:
              f"({', '.join(f'{n} {status}' for status, n in sorted(r.sessions_by_status.items())) or 'none'}); "
              f"record {r.events} events, head {r.head[:16]}"]
     for s in r.sessions:
-        lines.append(f"  {s.time} {s.session_id} patient {s.patient}: {s.status}, {s.completed_lesions}/{s.lesions} lesion(s), "
-                     f"{s.cartridge_seconds:g} s of gas; {acts_text(s.acts)} [{s.billing}]")
+        lines.append(f"  {s.time} {s.session_id} patient {s.patient}: {s.status}{s.time_text()}, {s.completed_lesions}/{s.lesions} "
+                     f"lesion(s), {s.cartridge_seconds:g} s of gas; {acts_text(s.acts)} [{s.billing}]")
+    if r.scaled_sessions:
+        lines.append(f"  ! {r.scaled_sessions} session(s) recorded on virtual time (time_scale != 1): a simulator's, "
+                     "their durations are virtual seconds")
     lines.append("Lesions by profile: " + (", ".join(f"{p} {c['treated']}" + _not_completed(c)
                                                     for p, c in sorted(r.lesions_by_profile.items())) or "none"))
     lines.append("Acts:")
@@ -221,7 +232,7 @@ def cartridge_svg(r: DayReport, width: int = 640, height: int = 220) -> str:
 def report_html(r: DayReport) -> str:
     e = html.escape
     rows = "".join(
-        f"<tr><td>{e(s.time)}</td><td>{e(s.session_id)}</td><td>{e(s.patient)}</td><td>{e(s.status)}</td>"
+        f"<tr><td>{e(s.time)}</td><td>{e(s.session_id)}</td><td>{e(s.patient)}</td><td>{e(s.status + s.time_text())}</td>"
         f"<td>{s.completed_lesions}/{s.lesions}</td><td>{s.cartridge_seconds:g}</td><td>{e(_eur(s.cartridge_cost_eur))}</td>"
         f"<td>{e(acts_text(s.acts))}</td>"
         f"<td>{e(s.billing)}</td></tr>" for s in r.sessions)

@@ -1,15 +1,33 @@
 """Recovery at every connection: close what an earlier host left open, with the device's own figures.
 
-Run by the UI, `givre run`, `info`, `selftest` and `calibrate` right after the handshake. A session
+Run by the UI, `givre run`, `info`, `selftest` and `calibrate` right after the handshake; on
+virtual time, connect() first measures that the device really runs on that time (below). A session
 left unfinished (host killed, or a cycle the device could not be read for) is settled from the
 device by controller/procedure/reconcile.py's rule when the device that ran it is the one connected, and
 stays open otherwise. A watchdog trip that no open session owns (a 1.0 device, which has no BYE,
 trips after every exit) is recorded with the device's counters and cleared.
+
+Virtual time (a host clock with scale != 1, `--scale`) is a tool for simulators: a real device
+keeps real time, and a host on virtual time would count its thaws, timeouts and host-timed figures
+`scale` times too fast (issue 13 item 6: a 0.6 s thaw recorded as 30 113 ms). The rule, in
+connect(), is one measurement, the same for every port: the device's own uptime (GET_COUNTERS) must
+advance at the host's virtual rate, within TIME_SCALE_TOLERANCE, or the connection is refused
+(TimeScaleMismatch) before anything is recorded. The embedded simulator passes because it runs on the
+host's clock; a separate `givre sim --pty --scale N` passes at the same N; a real-time device never
+does. Why a measurement and not "the in-process simulator only": `givre run` reaches a simulator by
+its port path like any device, and the device's clock is the fact that matters. Why it can never
+pass a real-time device: each uptime sample is bracketed by host readings taken before the request
+and after the reply, so the measured interval always contains the true rate ratio, and a ratio is
+accepted only when that whole interval lies within 1 ± 25 %; a real-time device's ratio is
+1/scale <= 0.5 because scales between 1 and MIN_VIRTUAL_SCALE (2) are refused outright. Host
+jitter only widens the interval (then the window grows, up to TIME_SCALE_WINDOW_MAX_S), it cannot
+move the truth into it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +37,98 @@ from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordNotSaved, RecordStore, StoredEvent
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
-from firmware_bridge.errors import BridgeError, NotAGivreDevice
+from firmware_bridge.errors import BridgeError, HandshakeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link
-from firmware_bridge.messages import LATCHING_FAULTS, Fault
+from firmware_bridge.messages import LATCHING_FAULTS, Counters, Fault
 from firmware_bridge.session import DeviceEventReceived
 from firmware_bridge.units import available_u32, fault_names, scaled_watchdog_ms
 
 EARLY_EVENTS_S = 0.25  # events a device kept from an earlier session come within 100 ms of HELLO_ACK (§5.5)
+MIN_VIRTUAL_SCALE = 2.0  # virtual time runs at least 2x: with the tolerance below, a real-time device's ratio (<= 0.5) is never inside
+TIME_SCALE_TOLERANCE = 0.25  # device seconds per host virtual second: 1 ± 25 %; wide for clock drift (ppm) and
+#                             timer calibration, far narrower than the factor 2 that separates real from virtual time
+TIME_SCALE_WINDOW_S = 0.2  # wall seconds between the first two uptime samples (pty round trips are ~0.2 ms: ~0.2 % wide)
+TIME_SCALE_WINDOW_MAX_S = 2.0  # a loaded host's jitter widens the interval: sample on until it is conclusive, or refuse
+UPTIME_WRAP_MS = 1 << 32  # the wire's uptime is a u32 of ms
+
+
+class TimeScaleMismatch(HandshakeError):
+    """The host runs on virtual time and the device at this port does not run on that same time
+    (a real-time device, or a simulator at another scale): it may not be driven on this clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class UptimeSample:
+    """The device's uptime, read between two readings of the host's clock."""
+
+    before: float  # host clock, just before the request
+    after: float  # host clock, just after the answer
+    uptime_ms: int
+    boot_count: int
+
+
+def _uptime_sample(link: Link, clock: Clock) -> UptimeSample:
+    before = clock.monotonic()
+    counters: Counters = link.counters()
+    return UptimeSample(before, clock.monotonic(), counters.uptime_ms, counters.boot_count)
+
+
+def _feed(link: Link, clock: Clock, wall_s: float) -> None:
+    """Heartbeat the device for `wall_s` of wall time without taking its events (recovery files them)."""
+    until = clock.monotonic() + clock.wall(wall_s)
+    while (left := until - clock.monotonic()) > 0 and not link.lost:
+        link.heartbeat()
+        clock.sleep(min(link.heartbeat_period_s, left))
+
+
+def time_ratio_bounds(first: UptimeSample, last: UptimeSample) -> tuple[float, float]:
+    """Device seconds per host clock second, as an interval that contains the truth: the device read
+    its uptime somewhere between each request and its answer (plus 1 ms of uptime resolution)."""
+    device_s = ((last.uptime_ms - first.uptime_ms) % UPTIME_WRAP_MS) / 1000
+    longest, shortest = last.after - first.before, max(last.before - first.after, 1e-9)  # a window is >= 0.2 s
+    return max(0.0, device_s - 0.001) / longest, (device_s + 0.001) / shortest
+
+
+def check_scale_allowed(url: str, scale: float) -> None:
+    """Real time (1), or virtual time at least MIN_VIRTUAL_SCALE times faster: between the two, a
+    real-time device's clock would fall inside the tolerance."""
+    if scale != 1 and scale < MIN_VIRTUAL_SCALE:
+        raise TimeScaleMismatch(url, f"--scale {scale:g} refused: virtual time must run at least {MIN_VIRTUAL_SCALE:g} times "
+                                     "faster than the wall", "Use 1 (real time) with a device, or e.g. 20 with a simulator")
+
+
+def check_time_scale(url: str, link: Link, clock: Clock) -> float:
+    """On virtual time, measure that the device's clock runs at the host's scale (module docstring);
+    returns the device's seconds per wall second. Raises TimeScaleMismatch otherwise."""
+    scale = clock.scale
+    check_scale_allowed(url, scale)
+    first = _uptime_sample(link, clock)
+    started = time.monotonic()
+    while True:
+        _feed(link, clock, TIME_SCALE_WINDOW_S)  # the window grows from `first` until the interval is conclusive
+        last = _uptime_sample(link, clock)
+        if last.boot_count != first.boot_count:  # it rebooted meanwhile: its uptime started over
+            first = last
+            continue
+        low, high = time_ratio_bounds(first, last)
+        if low >= 1 - TIME_SCALE_TOLERANCE and high <= 1 + TIME_SCALE_TOLERANCE:
+            return (low + high) / 2 * scale
+        conclusive = high < 1 - TIME_SCALE_TOLERANCE or low > 1 + TIME_SCALE_TOLERANCE
+        if conclusive or time.monotonic() - started >= TIME_SCALE_WINDOW_MAX_S:
+            raise _mismatch(url, scale, (low + high) / 2 * scale, conclusive)
+
+
+def _mismatch(url: str, scale: float, rate: float, conclusive: bool) -> TimeScaleMismatch:
+    """The one line: which flag and value, what the device does, what is allowed, what to do."""
+    if not conclusive:
+        found = "could not be measured steadily (the host is too busy)"
+    else:
+        found = "keeps real time" if abs(rate - 1) <= TIME_SCALE_TOLERANCE else "does not run on that virtual time"
+    return TimeScaleMismatch(
+        url, f"--scale {scale:g} refused: this device {found} (its clock ran {rate:.2f} s per wall second; "
+             f"{scale:g} ± {TIME_SCALE_TOLERANCE:.0%} is needed)",
+        f"Virtual time is only for a simulator running at that scale (`givre demo`, or `givre sim --pty --scale {scale:g}`); "
+        "leave --scale out to drive this device on real time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +147,10 @@ class Recovered:
 
 def connect(url: str, clock: Clock = SYSTEM_CLOCK) -> Link:
     """Open the device and handshake (the watchdog scaled with virtual time, so it stays 250 ms of
-    wall time), then wait for its first telemetry so nothing is judged on no data."""
+    wall time), then wait for its first telemetry so nothing is judged on no data. On virtual time
+    (clock.scale != 1) the device's clock is measured to run at that scale first (check_time_scale):
+    TimeScaleMismatch otherwise, with the link closed and nothing recorded."""
+    check_scale_allowed(url, clock.scale)
     watchdog_ms = scaled_watchdog_ms(clock.scale)
     link = Link.open(url, clock=clock, watchdog_ms=watchdog_ms)
     try:
@@ -55,6 +161,8 @@ def connect(url: str, clock: Clock = SYSTEM_CLOCK) -> Link:
         if link.latest_telemetry() is None:
             raise NotAGivreDevice(url, "the device answered the handshake but sends no telemetry",
                                   "Check the device's firmware against docs/protocol.md §6.5 (givre conformance)")
+        if clock.scale != 1:
+            check_time_scale(url, link, clock)
     except BaseException:
         link.close()
         raise

@@ -58,6 +58,9 @@ class Treatment:
         self.procedures: list[Procedure] = []
 
     def start(self) -> None:
+        """Record the session's start: who, the device, its calibration, and the time scale the host
+        runs on (1 = real time; more only with a device measured to run on that same virtual time,
+        see procedure/recovery.py), so a scaled session can never pass for a clinical one."""
         device: dict[str, Any] | None = None
         if self.link is not None and self.link.identity is not None:
             ident = self.link.identity
@@ -67,7 +70,7 @@ class Treatment:
         self.store.append(
             "session_started",
             {"operator": self.info.operator, "patient": self.info.patient, "mode": "device" if device else "manual",
-             "device": device, "calibration": calibration_record(self.calibration)},
+             "device": device, "calibration": calibration_record(self.calibration), "time_scale": self.clock.scale},
             self.session_id,
         )
 

@@ -90,6 +90,7 @@ class SessionView:
     mode: str
     device: dict[str, Any] | None
     calibration: dict[str, Any]
+    time_scale: float = 1.0  # 1: real time; N: virtual time N times faster (a simulator); records without it read as 1
     status: str = "in progress"
     ended: str | None = None
     recovered: bool = False
@@ -102,6 +103,11 @@ class SessionView:
     @property
     def cycles(self) -> list[CycleView]:
         return [c for lesion in self.lesions for c in lesion.cycles]
+
+    @property
+    def scaled(self) -> bool:
+        """Recorded on virtual time: a simulator's session, whose host-timed figures are not wall time."""
+        return self.time_scale != 1
 
     @property
     def cartridge_seconds(self) -> float:
@@ -133,7 +139,7 @@ def build_sessions(events: Iterable[StoredEvent]) -> dict[str, SessionView]:
         if event.kind == "session_started":
             p = event.payload
             sessions[sid] = SessionView(sid, event.ts_utc, p["patient"], p["operator"], p.get("mode", "device"), p.get("device"),
-                                        p.get("calibration") or {}, first_seq=event.seq)
+                                        p.get("calibration") or {}, time_scale=float(p.get("time_scale", 1)), first_seq=event.seq)
         if sid in sessions:
             _apply(sessions[sid], event)
             sessions[sid].last_seq = event.seq
