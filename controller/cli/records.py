@@ -74,7 +74,7 @@ def summarise(store: RecordStore) -> dict[str, dict[str, Any]]:
         sessions[view.session_id] = {
             "session_id": view.session_id, "started": view.started, "patient": view.patient, "operator": view.operator,
             "device": (view.device or {}).get("serial"), "status": view.status, "lesions": [lesion.profile_id for lesion in view.lesions],
-            "cycles": len(view.cycles), **({"ended": view.ended} if view.ended else {}),
+            "cycles": len(view.cycles), "time_scale": view.time_scale, **({"ended": view.ended} if view.ended else {}),
         }
     return sessions
 
@@ -102,6 +102,9 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps({"session": sessions[args.session_id], "events": [
             {"seq": e.seq, "ts_utc": e.ts_utc, "kind": e.kind, "payload": e.payload} for e in events]}, ensure_ascii=False))
         return 0
+    scale = sessions[args.session_id]["time_scale"]
+    print(f"session {args.session_id}: time_scale {scale:g}"
+          + (" (virtual time: recorded against a simulator, not a clinical session)" if scale != 1 else " (real time)"))
     for e in events:
         print(f"{e.seq:6} {e.ts_utc}  {e.kind:22} {json.dumps(e.payload, ensure_ascii=False)}")
     return 0
