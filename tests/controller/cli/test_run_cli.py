@@ -150,8 +150,9 @@ def test_a_photo_is_copied_into_the_store_with_its_hash(tmp_path: Path, capsys: 
     photo.write_bytes(b"\xff\xd8\xff\xe0 a lesion photo")
     db = tmp_path / "r.sqlite"
     code, result = run_json(capsys, "--manual", "--profile", "solar-lentigo", "--site", "cheek", "--photo", str(photo),
-                            "--db", str(db), "--scale", "20")
+                            "--db", str(db))  # manual mode is never scaled: one 5 s cotton-tip timer on real time
     assert code == 0 and result["device"] is None and result["cycles"][0]["measured_by"] == "host"
+    assert result["time_scale"] == 1
     assert main(["records", "show", result["session_id"], "--db", str(db), "--json"]) == 0
     events = json.loads(capsys.readouterr().out)["events"]
     recorded = next(e for e in events if e["kind"] == "lesion_recorded")["payload"]
@@ -162,12 +163,17 @@ def test_a_photo_is_copied_into_the_store_with_its_hash(tmp_path: Path, capsys: 
 
 
 def test_run_proposes_billing_and_an_aesthetic_act_is_not_reimbursable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On the simulator at x50 (manual mode, which never scales, would take 15 s of real time)."""
     db = str(tmp_path / "r.sqlite")
-    code, result = run_json(capsys, "--manual", "--profile", "common-wart", "--site", "hand", "--db", db, "--scale", "50")
-    assert code == 0 and [a["code"] for a in result["billing"]["acts"]] == ["QZNP004"]
-    assert result["billing"]["acts"][0]["association_code"] is None and result["billing"]["total_eur"] is None  # tariff unknown
-    code, result = run_json(capsys, "--manual", "--profile", "solar-lentigo", "--site", "cheek", "--aesthetic", "--db", db,
-                            "--scale", "50")
+    assert main(["cartridge", "load", "--size", "23g", "--db", db]) == 0
+    capsys.readouterr()
+    with SimulatedDevice(clock=Clock(50)) as device:
+        url = device.serve_pty()
+        code, result = run_json(capsys, "--port", url, "--profile", "common-wart", "--site", "hand", "--db", db, "--scale", "50")
+        assert code == 0 and [a["code"] for a in result["billing"]["acts"]] == ["QZNP004"]
+        assert result["billing"]["acts"][0]["association_code"] is None and result["billing"]["total_eur"] is None  # tariff unknown
+        code, result = run_json(capsys, "--port", url, "--profile", "solar-lentigo", "--site", "cheek", "--aesthetic", "--db", db,
+                                "--scale", "50")
     assert code == 0 and result["billing"]["acts"] == [] and result["billing"]["aesthetic_lesions"] == 1
     assert main(["records", "show", result["session_id"], "--db", db, "--json"]) == 0
     events = json.loads(capsys.readouterr().out)["events"]
