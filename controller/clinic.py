@@ -13,7 +13,8 @@ from controller.config import Config
 from controller.device import selftest
 from controller.practice.billing import CcamTable, load_table
 from controller.procedure.alarms import AlarmManager, Mode
-from controller.procedure.driver import Procedure, kind_name
+from controller.procedure.driver import Procedure
+from controller.procedure.gates import kind_name
 from controller.procedure.recovery import connect, file_device_event, recover, unfinished_sessions
 from controller.procedure.supervisor import Supervisor
 from controller.procedure.treatment import Treatment, calibration_record

@@ -20,7 +20,8 @@ from typing import Any
 from controller.config import Config
 from controller.errors import GivreError
 from controller.procedure.alarms import AlarmManager, Priority
-from controller.procedure.dose import BelowMinimumOverride, DoseDecision, DoseRefused, decide
+from controller.procedure.dose import BelowMinimumOverride, DoseDecision
+from controller.procedure.gates import STALE_AFTER_S, Readiness, StartRequest, alarms_for_faults, device_readiness, start_gate
 from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.procedure.recovery import device_event_record, file_device_event
 from controller.records.certainty import Certainty
@@ -31,24 +32,20 @@ from firmware_bridge.clock import Clock
 from firmware_bridge.errors import BridgeError, CommandRejected, CommandTimeout
 from firmware_bridge.link import DeviceIdentity, Link, LinkDown
 from firmware_bridge.messages import (
-    LATCHING_FAULTS,
     CalData,
-    Capability,
     Counters,
     DeviceKind,
     DeviceState,
     EndReason,
     EventCode,
-    Fault,
     FreezeMode,
     TriggerMode,
 )
 from firmware_bridge.session import DeviceEventReceived, RebootDetected
-from firmware_bridge.units import available_u32, celsius, date_of_day, day_number, fault_names
+from firmware_bridge.units import available_u32, celsius
 from profiles.library import LoadedProfile
-from profiles.schema import DeviceKindName, TimingStart
+from profiles.schema import TimingStart
 
-STALE_AFTER_S = 1.0
 MANUAL_TICK_S = 0.05
 AUTO_FIRE_PATIENCE_S = 5.0
 VALVE_CLOSED_CONFIRM_S = 0.5
@@ -108,16 +105,6 @@ END_TRIGGERS: dict[EndReason, str] = {
     EndReason.NEW_SESSION: "faulted",
 }
 
-FAULT_ALARMS: dict[Fault, str] = {
-    Fault.NO_FLOW: "no_flow",
-    Fault.VALVE_STUCK_OPEN: "valve_stuck_open",
-    Fault.VALVE_STUCK_CLOSED: "valve_stuck_closed",
-    Fault.SENSOR_OPEN: "sensor_fault",
-    Fault.SENSOR_SHORT: "sensor_fault",
-    Fault.WATCHDOG_TRIP: "watchdog_trip",
-}
-
-
 class ProcedureError(GivreError):
     """Base of the procedure's errors: an intent that cannot be honoured now, with the reason."""
 
@@ -167,12 +154,6 @@ class Plan:
     mode: FreezeMode
     trigger: TriggerMode
     spray_cap_ms: int  # what one spray may last on the device (halo / target modes: the whole spray)
-
-
-def kind_name(kind: DeviceKind | None) -> DeviceKindName:
-    """A device's kind as profiles and the record name it ("spray", "probe"); no device (None) is "manual".
-    procedure/ and device/ decide on the wire's DeviceKind and name it only through this."""
-    return DeviceKindName.MANUAL if kind is None else DeviceKindName(kind.name.lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,30 +332,24 @@ class Procedure:
     # ---- arming: the start gate ------------------------------------------------------------------
 
     def arm(self) -> Plan:
-        """Check everything that must hold before a first freeze; refuse with every reason at once."""
+        """Check everything that must hold before a first freeze (gates.start_gate); refuse with every reason at once."""
         identity = self._identity()
         cycles = self.requested_cycles or self.profile.cycles
-        reasons = self._profile_gate(cycles, identity)
-        device_cap = identity.max_freeze_ms if identity is not None else None
-        try:
-            dose = decide(self.profile, self.requested_freeze_s, self.config.clinic_max_freeze_s, device_cap, self.below_minimum)
-        except DoseRefused as exc:
-            reasons.append(str(exc))
-            dose = None
-        if dose is not None and dose.override is not None:  # decide() lets a dose below the minimum through only with one
-            self.warnings.append(f"{dose.effective_ms / 1000:g} s per cycle is below the profile's minimum of "
-                                 f"{dose.minimum_ms / 1000:g} s: overridden by {dose.override.by} ({dose.override.why})")
-        reasons += self._calibration_gate()
-        if any(a.priority is Priority.HIGH and not a.acknowledged for a in self.alarms.latched.values()):
-            reasons.append("a HIGH alarm is not acknowledged")
-        if reasons or dose is None:
-            self._record("start_refused", {"reasons": reasons})
-            raise StartRefused(reasons)
-        plan = self._plan(cycles, dose, device_cap)
+        verdict = start_gate(StartRequest(
+            self.profile, cycles, identity, self._readiness(), self.calibration, self.trigger, self.requested_freeze_s,
+            self.below_minimum, any(a.priority is Priority.HIGH and not a.acknowledged for a in self.alarms.latched.values()),
+            self.config, self.today))
+        for code, detail in verdict.alarms:
+            self.alarms.raise_(code, detail)
+        self.warnings += verdict.warnings
+        if not verdict.allowed or verdict.dose is None:
+            self._record("start_refused", {"reasons": verdict.reasons})
+            raise StartRefused(verdict.reasons)
+        plan = self._plan(cycles, verdict.dose, identity.max_freeze_ms if identity is not None else None)
         if identity is not None and identity.kind is DeviceKind.SPRAY:
             self._reserve_cartridge(plan)
         self.plan = plan
-        self._record("armed", {"cycles": cycles, "dose": dose.as_record(), "mode": plan.mode.name, "trigger": self.trigger.name,
+        self._record("armed", {"cycles": cycles, "dose": verdict.dose.as_record(), "mode": plan.mode.name, "trigger": self.trigger.name,
                                "spray_cap_ms": plan.spray_cap_ms, "warnings": self.warnings,
                                "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None})
         self._go("arm")
@@ -387,26 +362,14 @@ class Procedure:
         assert self.link.identity is not None
         return self.link.identity
 
-    def _profile_gate(self, cycles: int, identity: DeviceIdentity | None) -> list[str]:
-        """Why this profile cannot run on this device now, if anything: its kind, cryogen, sensors, timing, trigger, readiness."""
-        p = self.profile
-        kind = kind_name(identity.kind if identity is not None else None)
-        reasons: list[str] = []
-        if not p.runs_on(kind):
-            reasons.append(f"profile {p.id} runs on {', '.join(k.value for k in p.device_kinds)}, not on a {kind} device")
-        if not 1 <= cycles <= p.cycles:
-            reasons.append(f"--cycles {cycles}: profile {p.id} plans {p.cycles} cycle(s); ask for 1 to {p.cycles}")
-        if identity is None:
-            return reasons
-        if p.cryogen != "any" and identity.cryogen.name.lower() != p.cryogen:
-            reasons.append(f"profile {p.id} needs {p.cryogen.upper()}, the device uses {identity.cryogen.name}")
-        if p.requires_tissue_thermocouple and not identity.capabilities & Capability.TISSUE_THERMOCOUPLE:
-            reasons.append(f"profile {p.id} needs a tissue thermocouple; this device has none")
-        if p.timing_start is not TimingStart.SPRAY_START and not identity.capabilities & Capability.HALO_TIMING:
-            reasons.append(f"profile {p.id} counts from the {p.timing_start.value.replace('_', ' ')}; this device cannot time that")
-        if self.trigger is not TriggerMode.HOST and not identity.capabilities & (Capability.HAND_TRIGGER | Capability.FOOT_SWITCH):
-            reasons.append("this device has no hand trigger or foot switch")
-        return reasons + self._device_readiness()
+    def _readiness(self) -> Readiness:
+        """gates.device_readiness of the latest telemetry (manual mode: nothing to be ready)."""
+        if self.link is None:
+            return Readiness(())
+        latest = self.link.latest_telemetry()
+        if latest is None:
+            return device_readiness(None, None)
+        return device_readiness(latest.telemetry, self.clock.real_seconds(self.clock.monotonic() - latest.received_at))
 
     def _plan(self, cycles: int, dose: DoseDecision, device_cap: int | None) -> Plan:
         """A freeze counted from the spray's start is the dose itself; one counted from the halo or the
@@ -432,34 +395,6 @@ class Procedure:
         except LedgerError as exc:
             self._record("start_refused", {"reasons": [str(exc)]})
             raise StartRefused([str(exc)]) from None
-
-    def _device_readiness(self) -> list[str]:
-        assert self.link is not None
-        latest = self.link.latest_telemetry()
-        if latest is None or self.clock.monotonic() - latest.received_at > self.clock.wall(STALE_AFTER_S):
-            return ["device data is STALE (none in the last second): check the link"]
-        faults = Fault(latest.telemetry.fault_flags) & LATCHING_FAULTS
-        if faults:
-            self._alarm_for_faults(faults & ~Fault.WATCHDOG_TRIP)  # a hazard present now is alarmed now, whoever's event reported it
-            return [f"the device holds a latched fault ({fault_names(faults)}): fix its cause and clear it"]
-        if Fault(latest.telemetry.fault_flags) & Fault.CARTRIDGE_EMPTY:
-            return ["the device reports its cartridge empty: load a new one"]
-        return []
-
-    def _calibration_gate(self) -> list[str]:
-        if self.link is None:
-            return []
-        cal = self.calibration
-        due = cal.due_on_day if cal else 0
-        if due and due >= day_number(self.today):
-            return []
-        what = "has never been calibrated" if not due else f"was due for calibration on {date_of_day(due)}"
-        message = f"the device {what}"
-        self.alarms.raise_("calibration_overdue", message)
-        if self.config.calibration_overdue == "block":
-            return [message + " (config: block)"]
-        self.warnings.append(message)
-        return []
 
     # ---- the controller loop --------------------------------------------------------------------
 
@@ -528,10 +463,11 @@ class Procedure:
             raise ProcedureError("STOP was pressed")
         assert self.plan is not None
         cycle = CycleRecord(len(self.cycles) + 1, self.plan.dose)
-        if self.link is not None:
-            readiness = self._device_readiness()
-            if readiness:
-                raise ProcedureError("; ".join(readiness))
+        readiness = self._readiness()
+        for code in readiness.alarms:
+            self.alarms.raise_(code)
+        if readiness.reasons:
+            raise ProcedureError("; ".join(readiness.reasons))
         self.cycles.append(cycle)
         self._halo_marked = False
         self._freeze_started_at = self.clock.monotonic()
@@ -631,9 +567,8 @@ class Procedure:
             self._finish_cycle(event.valve_open_ms, halo, event.end_reason, Certainty.DEVICE_REPORTED)
 
     def _alarm_for_faults(self, flags: int) -> None:
-        for fault, code in FAULT_ALARMS.items():
-            if flags & fault:
-                self.alarms.raise_(code)
+        for code in alarms_for_faults(flags):
+            self.alarms.raise_(code)
 
     def _watch_telemetry(self) -> None:
         assert self.link is not None

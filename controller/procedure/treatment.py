@@ -9,7 +9,8 @@ from typing import Any, TypedDict, Unpack
 
 from controller.config import Config
 from controller.procedure.dose import BelowMinimumOverride
-from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording, State, kind_name
+from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording, State
+from controller.procedure.gates import kind_name
 from controller.records.certainty import Certainty
 from controller.records.lesion import Lesion, SessionInfo
 from controller.records.store import RecordStore
