@@ -22,6 +22,18 @@ from controller.errors import GivreError
 from controller.procedure.alarms import AlarmManager, Priority
 from controller.procedure.dose import BelowMinimumOverride, DoseDecision
 from controller.procedure.gates import STALE_AFTER_S, Readiness, StartRequest, alarms_for_faults, device_readiness, start_gate
+from controller.procedure.plausibility import (
+    Channel,
+    DurationVerdict,
+    FreezeAsked,
+    FreezeReported,
+    Reading,
+    Verdict,
+    check_freeze_duration,
+    check_target_reached,
+    check_temperature,
+    check_tip_cooling,
+)
 from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.procedure.recovery import device_event_record, file_device_event
 from controller.records.certainty import Certainty
@@ -49,9 +61,6 @@ from profiles.schema import TimingStart
 MANUAL_TICK_S = 0.05
 AUTO_FIRE_PATIENCE_S = 5.0
 VALVE_CLOSED_CONFIRM_S = 0.5
-PLAUSIBLE_C = (-200.0, 60.0)  # colder than liquid nitrogen or hotter than a fever is a sensor error
-COOLING_EXPECTED_MS = 5000  # a tip in the cryogen's flow is well below 0 C by then (illustrative bound)
-COOLING_EXPECTED_C = 0.0
 RECONCILE_RETRY_S = 0.5
 EVENTS_PER_TICK = 32  # device events handled per loop turn: the heartbeat and STOP never wait behind a flood
 FLOOD_EVENTS_PER_S = 20  # a device raises a handful of events per freeze; more than this in one second is a flood
@@ -130,6 +139,7 @@ class CycleRecord:
     min_tissue_c: float | None = None
     accepted: bool = False  # the device answered the FREEZE with ACK OK
     started_seen: bool = False  # the device reported FREEZE_STARTED for it
+    implausible: str | None = None  # why the device's figure is not believed (plausibility.check_freeze_duration)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -144,6 +154,7 @@ class CycleRecord:
             "certainty": self.certainty,
             "measured_by": self.measured_by,
             "min_tissue_c": self.min_tissue_c,
+            **({"implausible": self.implausible} if self.implausible else {}),
         }
 
 
@@ -251,6 +262,10 @@ class Procedure:
         self._lesion_recorded = threading.Event()
         self._serial_at_fire = ""
         self._flood = _FloodWindow()
+        self._last_reading: dict[Channel, Reading] = {}  # each temperature channel's last believed reading (device clock)
+        self._tissue_before_fire: Reading | None = None  # the last believed tissue reading before the valve opened
+        self._target_refused: str | None = None
+        self._tissue_now: float | None = None  # the latest tissue reading if believed, else None
         self._accepted_at = 0.0  # host time the device accepted the current FREEZE
         self._not_freezing_since: float | None = None  # since when the device says it is not freezing, FREEZE_DONE not yet in
 
@@ -543,7 +558,9 @@ class Procedure:
     def _on_device_event(self, item: DeviceEventReceived) -> None:
         event = item.event
         current = self.cycles[-1] if self.cycles else None
-        ours = current is not None and current.txn == event.freeze_txn and event.code in (EventCode.FREEZE_STARTED, EventCode.FREEZE_DONE)
+        ours = current is not None and current.txn == event.freeze_txn and (  # the current freeze's first start and end
+            (event.code is EventCode.FREEZE_STARTED and not current.started_seen)
+            or (event.code is EventCode.FREEZE_DONE and current.end_reason is None))
         flooding, coalesced = self._flood.count(event.code.name, self.clock.monotonic())
         if coalesced:
             self._record("device_events_coalesced", {"per_code": coalesced, "window_s": 1.0})
@@ -584,18 +601,21 @@ class Procedure:
         assert latest is not None
         t = latest.telemetry
         self._watch_for_a_lost_done(latest.received_at, DeviceState(t.state), now)
+        at_s = t.uptime_ms / 1000  # the device's clock: the link's latency and bunching do not touch it
+        tip_c = self._believed(Channel.TIP, celsius(t.tip_cdeg), at_s)
+        tissue_c = self._tissue_now = self._believed(Channel.TISSUE, celsius(t.tissue_cdeg), at_s)
         if self.state is State.FREEZING and self.cycles:
             cycle = self.cycles[-1]
-            tip_c, tissue_c = celsius(t.tip_cdeg), celsius(t.tissue_cdeg)
-            self._check_temperature_plausible(tip_c, t.elapsed_ms)
             if tip_c is not None:
+                self._alarm_if_implausible(check_tip_cooling(tip_c, t.elapsed_ms))
                 cycle.min_tip_c = min(cycle.min_tip_c if cycle.min_tip_c is not None else 99.0, tip_c)
             if tissue_c is not None:
                 cycle.min_tissue_c = min(cycle.min_tissue_c if cycle.min_tissue_c is not None else 99.0, tissue_c)
             target = self.profile.target
             if target is not None and not self._halo_marked and tissue_c is not None and tissue_c <= target.tissue_c:
-                self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": tissue_c, "target_c": target.tissue_c})
-                self._mark_halo()
+                self._on_tissue_target(cycle, tissue_c, at_s, target.tissue_c)
+        elif tissue_c is not None and self.state in (State.ARMED, State.IDLE):
+            self._tissue_before_fire = Reading(tissue_c, at_s)
 
     def _watch_for_a_lost_done(self, received_at: float, device_state: DeviceState, now: float) -> None:
         """The device says it is no longer freezing but its FREEZE_DONE has not come (lost, or dropped in a
@@ -612,15 +632,38 @@ class Procedure:
         elif now - self._not_freezing_since > self.clock.wall(DONE_OVERDUE_S):
             self._become_uncertain(f"the device stopped freezing ({device_state.name}) but its FREEZE_DONE never came")
 
-    def _check_temperature_plausible(self, tip_c: float | None, elapsed_ms: int) -> None:
-        """A tip thermocouple that reads outside physics, or has not cooled after a few seconds of
-        cryogen, is lying: say so (the device's own sensor-fault detection may not see it)."""
-        if tip_c is None:
-            return
-        if not PLAUSIBLE_C[0] <= tip_c <= PLAUSIBLE_C[1]:
-            self.alarms.raise_("temperature_implausible", f"tip reads {tip_c:g} C")
-        elif elapsed_ms >= COOLING_EXPECTED_MS and tip_c > COOLING_EXPECTED_C:
-            self.alarms.raise_("temperature_implausible", f"tip still at {tip_c:g} C after {elapsed_ms / 1000:g} s of cryogen")
+    def _believed(self, channel: Channel, value_c: float | None, at_s: float) -> float | None:
+        """A temperature reading, or None where there is none or it is not believed (out of physics,
+        or changed faster than that channel can: plausibility.check_temperature, then the alarm)."""
+        if value_c is None:
+            return None
+        cryogen = self.link.identity.cryogen if self.link is not None and self.link.identity is not None else None
+        verdict = check_temperature(channel, value_c, at_s, self._last_reading.get(channel), cryogen)
+        if not verdict.plausible:
+            self._alarm_if_implausible(verdict)
+            return None
+        self._last_reading[channel] = Reading(value_c, at_s)
+        return value_c
+
+    def _alarm_if_implausible(self, verdict: Verdict) -> None:
+        if not verdict.plausible:
+            self.alarms.raise_("temperature_implausible", verdict.reason)
+
+    def _on_tissue_target(self, cycle: CycleRecord, tissue_c: float, at_s: float, target_c: float) -> None:
+        """The tissue reached its target: the hold starts, unless the fall since the freeze started is one
+        no tissue can make (then it is an alarm, not a start of the hold)."""
+        start = self._tissue_before_fire
+        if start is not None:
+            cryogen = self.link.identity.cryogen if self.link is not None and self.link.identity is not None else None
+            verdict = check_target_reached(tissue_c, at_s, start, target_c, cryogen)
+            if not verdict.plausible:
+                if self._target_refused is None:
+                    self._record("tissue_target_not_believed", {"cycle": cycle.cycle, "tissue_c": tissue_c, "why": verdict.reason})
+                self._target_refused = verdict.reason
+                self._alarm_if_implausible(verdict)
+                return
+        self._record("tissue_target_reached", {"cycle": cycle.cycle, "tissue_c": tissue_c, "target_c": target_c})
+        self._mark_halo()
 
     def _become_uncertain(self, why: str) -> None:
         if self.state is State.UNCERTAIN:
@@ -666,17 +709,24 @@ class Procedure:
     def _finish_cycle(self, valve_open_ms: int | None, halo_ms: int | None, reason: EndReason, certainty: Certainty,
                       why: str = "") -> None:
         cycle = self.cycles[-1]
+        host_elapsed_ms = (self.clock.monotonic() - (self._freeze_started_at or 0)) * 1000
         if certainty is Certainty.HOST_MEASURED:
-            assert self._freeze_started_at is not None
-            valve_open_ms = round((self.clock.monotonic() - self._freeze_started_at) * 1000)
+            valve_open_ms = round(host_elapsed_ms)
         cycle.valve_open_ms, cycle.halo_to_off_ms, cycle.end_reason, cycle.certainty = valve_open_ms, halo_ms, reason.name, certainty
         if reason is EndReason.CAP and halo_ms is not None and halo_ms < cycle.dose.effective_ms:
             self.warnings.append(
                 f"cycle {cycle.cycle}: the whole-spray cap cut the timed freeze to {halo_ms} ms of {cycle.dose.effective_ms} ms")
-        seconds = (valve_open_ms or 0) / 1000
+        charged_ms = valve_open_ms or 0
+        if certainty is not Certainty.HOST_MEASURED and valve_open_ms is not None:
+            verdict = self._check_duration(valve_open_ms, halo_ms, reason, host_elapsed_ms)
+            if not verdict.plausible:
+                cycle.implausible = verdict.reason
+                self.alarms.raise_("figure_implausible", f"cycle {cycle.cycle}: {verdict.reason}")
+            charged_ms = verdict.ledger_ms
+        seconds = charged_ms / 1000
         self._record("freeze_result", {
             **cycle.summary(), "txn": cycle.txn, **({"why": why} if why else {}),
-            "host_elapsed_ms": round((self.clock.monotonic() - (self._freeze_started_at or 0)) * 1000),
+            "host_elapsed_ms": round(host_elapsed_ms),
             "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None, "cartridge_seconds": seconds,
         })
         last = cycle.cycle >= (self.plan.cycles if self.plan else 1)
@@ -687,6 +737,15 @@ class Procedure:
         if self.state is State.UNCERTAIN and certainty is Certainty.RECONCILED:
             self._go("reconciled")
             return
+        if cycle.implausible is not None:  # not complete, not billed: the record keeps the device's figure and why
+            self._go("faulted")
+            return
+        if self.plan is not None and self.plan.mode is FreezeMode.HALO and halo_ms is None and reason is EndReason.CAP:
+            self.status_text = (f"cycle {cycle.cycle}: the spray reached its cap with no believable "
+                                f"{self.profile.timing_start.value.replace('_', ' ')}: the counted hold was not delivered")
+            self.warnings.append(self.status_text)
+            self._go("faulted")
+            return
         outcome = END_TRIGGERS[reason]
         if outcome == "done":
             self._go("last_cycle_done" if last else "cycle_done")
@@ -695,6 +754,16 @@ class Procedure:
                 self._thaw_confirmed = False
         else:
             self._go(outcome)
+
+    def _check_duration(self, valve_open_ms: int, halo_ms: int | None, reason: EndReason, host_elapsed_ms: float) -> DurationVerdict:
+        """plausibility.check_freeze_duration against what this cycle asked, the device's cap and the host's clock."""
+        assert self.plan is not None
+        halo_mode = self.plan.mode is FreezeMode.HALO
+        asked = FreezeAsked(self.plan.mode, self.plan.spray_cap_ms if halo_mode else self.plan.dose.effective_ms,
+                            self.plan.dose.effective_ms if halo_mode and self._halo_marked else None)
+        identity = self.link.identity if self.link is not None else None
+        return check_freeze_duration(asked, FreezeReported(valve_open_ms, reason, halo_ms),
+                                     identity.max_freeze_ms if identity is not None else None, host_elapsed_ms)
 
     # ---- timers --------------------------------------------------------------------------------
 
@@ -763,8 +832,8 @@ class Procedure:
         return left, waiting
 
     def _tissue_c(self) -> float | None:
-        latest = self.link.latest_telemetry() if self.link else None
-        return celsius(latest.telemetry.tissue_cdeg) if latest is not None else None
+        """The latest tissue reading, if it was believed (a lying thermocouple never ends a thaw)."""
+        return self._tissue_now
 
     def _advance_thaw(self, now: float) -> None:
         left, waiting = self.thaw_remaining()
