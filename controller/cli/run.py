@@ -34,6 +34,7 @@ from controller.cli.options import (
 )
 from controller.config import Config, ConfigError, default_db, load_config
 from controller.practice.billing import BillingError, CcamTable, acts_of, load_table, propose
+from controller.procedure.dose import BelowMinimumOverride
 from controller.procedure.driver import Procedure, StartRefused
 from controller.procedure.recovery import Recovered, TimeScaleMismatch, connect, connect_and_recover, recover
 from controller.procedure.treatment import Treatment
@@ -78,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an aesthetic act: not reimbursable, left out of the billing proposal")
     parser.add_argument("--cycles", type=int, help="fewer cycles than the profile plans")
     parser.add_argument("--freeze-s", type=float, help="freeze seconds per cycle, within the profile's range")
+    parser.add_argument("--below-minimum-why", metavar="TEXT",
+                        help="deliver less than the profile's minimum when a limit (device cap, clinic maximum) leaves less; "
+                             "recorded with --operator as who and TEXT as why")
     add_trigger(parser)
     parser.add_argument("--mark-halo-after", type=float, metavar="S", help="halo profiles: mark the halo S seconds into each freeze")
     add_db(parser)
@@ -148,7 +152,9 @@ def _treat(args: argparse.Namespace, plan: Plan, store: RecordStore, link: Link 
     treatment.start()
     reconnect = (lambda: connect(args.port, store.clock)) if link is not None else None
     procedure = treatment.lesion(plan.lesion, plan.profile, requested_freeze_s=args.freeze_s, cycles=args.cycles,
-                                 trigger=TRIGGERS[args.trigger], auto=True, reconnect=reconnect)
+                                 trigger=TRIGGERS[args.trigger], auto=True, reconnect=reconnect,
+                                 below_minimum=BelowMinimumOverride(plan.info.operator, args.below_minimum_why)
+                                 if args.below_minimum_why else None)
     previous = {sig: signal.signal(sig, lambda *_: procedure.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
     refused: list[str] = []
     try:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from controller.cli.main import main
+from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from sim.device import SimulatedDevice
 from tests.support.waiting import wait_until
@@ -178,3 +179,26 @@ def test_run_proposes_billing_and_an_aesthetic_act_is_not_reimbursable(tmp_path:
     assert main(["records", "show", result["session_id"], "--db", db, "--json"]) == 0
     events = json.loads(capsys.readouterr().out)["events"]
     assert next(e for e in events if e["kind"] == "lesion_recorded")["payload"]["reimbursable"] is False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_flooding_device_within_a_second_and_the_store_stays_small(tmp_path: Path, sig: signal.Signals) -> None:
+    db = tmp_path / "r.sqlite"
+    assert main(["cartridge", "load", "--size", "23g", "--db", str(db)]) == 0
+    with SimulatedDevice() as device:
+        host = _start_run(device.serve_pty(), db)
+        try:
+            wait_until(lambda: device.valve_open, timeout_s=15, what="the freeze starting")
+            first_id = device.firmware.next_event_id
+            device.lie("event-flood")
+            wait_until(lambda: device.firmware.next_event_id - first_id > 2000, timeout_s=5, what="a flood under way")
+            host.send_signal(sig)
+            wait_until(lambda: not device.model.valve_commanded, timeout_s=1.0, what="the valve closed within 1 s of the signal")
+            device.stop_lying()
+            out, err = host.communicate(timeout=20)
+        finally:
+            if host.poll() is None:
+                host.kill()
+    assert json.loads(out)["status"] == "aborted", err
+    with RecordStore(db, writer=False) as store:
+        assert len(list(store.events())) < 300  # coalesced: not one fsynced row per flooded event
