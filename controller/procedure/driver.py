@@ -9,7 +9,6 @@ the caller's thread, the fastest path there is, and the loop records what the de
 from __future__ import annotations
 
 import contextlib
-import enum
 import queue
 import threading
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from controller.procedure.plausibility import (
 )
 from controller.procedure.reconcile import Finding, FreezeFacts, Outcome, read_and_reconcile
 from controller.procedure.recovery import device_event_record, file_device_event
+from controller.procedure.states import END_TRIGGERS, TERMINAL, TRANSITIONS, State
 from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger, CartridgeStatus, LedgerError
 from controller.records.lesion import Lesion
@@ -66,53 +66,6 @@ EVENTS_PER_TICK = 32  # device events handled per loop turn: the heartbeat and S
 FLOOD_EVENTS_PER_S = 20  # a device raises a handful of events per freeze; more than this in one second is a flood
 DONE_OVERDUE_S = 1.0  # the device says it stopped freezing this long ago and its FREEZE_DONE has not come: ask it
 
-
-class State(enum.Enum):
-    IDLE = "idle"
-    ARMED = "armed"
-    FREEZING = "freezing"
-    THAWING = "thawing"
-    COMPLETED = "completed"
-    ABORTED = "aborted"
-    FAULTED = "faulted"
-    UNCERTAIN = "uncertain"
-
-
-TERMINAL = frozenset({State.COMPLETED, State.ABORTED, State.FAULTED})
-
-# (state, trigger) -> next state. Anything absent is refused. STOP is handled first, from any state.
-TRANSITIONS: dict[tuple[State, str], State] = {
-    (State.IDLE, "arm"): State.ARMED,
-    (State.ARMED, "fire"): State.FREEZING,
-    (State.ARMED, "refused"): State.FAULTED,
-    (State.FREEZING, "cycle_done"): State.THAWING,
-    (State.FREEZING, "last_cycle_done"): State.COMPLETED,
-    (State.FREEZING, "stopped"): State.ABORTED,
-    (State.FREEZING, "faulted"): State.FAULTED,
-    (State.FREEZING, "outcome_unknown"): State.UNCERTAIN,
-    (State.UNCERTAIN, "cycle_done"): State.THAWING,
-    (State.UNCERTAIN, "last_cycle_done"): State.COMPLETED,
-    (State.UNCERTAIN, "stopped"): State.ABORTED,
-    (State.UNCERTAIN, "faulted"): State.FAULTED,
-    (State.UNCERTAIN, "reconciled"): State.FAULTED,  # never resumed: the record says what the device did
-    (State.UNCERTAIN, "give_up"): State.FAULTED,  # still unknown: the next connection or crash recovery reads it
-    (State.THAWING, "thaw_done"): State.ARMED,
-    (State.THAWING, "faulted"): State.FAULTED,
-    (State.ARMED, "faulted"): State.FAULTED,
-}
-
-# How a freeze's end reason (the device's, or the host timer's in manual mode) moves the protocol.
-END_TRIGGERS: dict[EndReason, str] = {
-    EndReason.COMPLETED: "done",
-    EndReason.CAP: "done",
-    EndReason.STOPPED: "stopped",
-    EndReason.WATCHDOG: "faulted",
-    EndReason.TRIGGER_RELEASED: "faulted",
-    EndReason.CARTRIDGE_EMPTY: "faulted",
-    EndReason.FAULT: "faulted",
-    EndReason.RESET: "faulted",
-    EndReason.NEW_SESSION: "faulted",
-}
 
 class ProcedureError(GivreError):
     """Base of the procedure's errors: an intent that cannot be honoured now, with the reason."""

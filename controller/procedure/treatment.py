@@ -9,8 +9,9 @@ from typing import Any, TypedDict, Unpack
 
 from controller.config import Config
 from controller.procedure.dose import BelowMinimumOverride
-from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording, State
+from controller.procedure.driver import ClinicalChoice, DeviceAccess, Procedure, Recording
 from controller.procedure.gates import kind_name
+from controller.procedure.states import State
 from controller.records.certainty import Certainty
 from controller.records.lesion import Lesion, SessionInfo
 from controller.records.store import RecordStore

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from controller.cli.main import main
-from controller.procedure.driver import Procedure, State
+from controller.procedure.driver import Procedure
 from controller.procedure.recovery import recover
+from controller.procedure.states import State
 from controller.procedure.treatment import Treatment
 from controller.records.store import RecordStore
 from firmware_bridge.codec import Frame, encode_frame

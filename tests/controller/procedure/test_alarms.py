@@ -8,7 +8,8 @@ import pytest
 from pytest_mock import MockerFixture
 
 from controller.procedure.alarms import AlarmManager, Mode, Priority
-from controller.procedure.driver import Procedure, State
+from controller.procedure.driver import Procedure
+from controller.procedure.states import State
 from controller.procedure.treatment import Treatment
 from controller.records.store import RecordNotSaved
 from sim.device import SimulatedDevice

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from controller.practice.billing import acts_of
-from controller.procedure.driver import Procedure, State
+from controller.procedure.driver import Procedure
+from controller.procedure.states import State
 from controller.records.history import view_of
 from tests.support.rig import Rig
 from tests.support.waiting import wait_until

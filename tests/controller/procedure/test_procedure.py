@@ -10,8 +10,9 @@ import pytest
 
 from controller.config import Config
 from controller.procedure.dose import BelowMinimumOverride
-from controller.procedure.driver import TRANSITIONS, StartRefused, State
+from controller.procedure.driver import StartRefused
 from controller.procedure.recovery import unfinished_sessions
+from controller.procedure.states import TRANSITIONS, State
 from controller.procedure.treatment import Treatment
 from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger
