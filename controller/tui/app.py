@@ -3,6 +3,11 @@
 The UI never times a freeze: the device does, and the controller's own thread (Supervisor) runs
 the procedure. The screens read the live Clinic, procedure and link (ten times a second on the
 treatment screen) and send intents; the self-test and calibration run in worker threads.
+
+STOP is the app's, not a screen's: while the lesion's freeze runs (or its outcome is being read
+back), space and escape STOP over every screen and pop-up (the command palette included), ctrl+c
+STOPs before it says how to quit, and ctrl+q STOPs before it quits. The rest of the time the keys
+keep each screen's meaning (escape closes a pop-up, space types a space).
 """
 
 from __future__ import annotations
@@ -10,30 +15,45 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from controller.clinic import Clinic
+from controller.procedure.states import State
 from controller.tui.screens.calibration import CalibrationScreen
 from controller.tui.screens.cartridge import CartridgeScreen
 from controller.tui.screens.connect import ConnectScreen
 from controller.tui.screens.device import DeviceScreen
 from controller.tui.screens.faults import FaultScreen
 from controller.tui.screens.lesion import LesionScreen
+from controller.tui.screens.procedure import ProcedureScreen
 from controller.tui.screens.records import RecordsScreen
 from controller.tui.screens.session import SessionScreen
 from firmware_bridge.link import Link
 
+STOP_KEYS = frozenset({"space", "escape"})
+"""The keys that STOP a running freeze from any screen or pop-up."""
+
+STOPPABLE = frozenset({State.FREEZING, State.UNCERTAIN})
+"""The states in which the device may be spraying: Procedure.stop() sends STOP to the device in these."""
+
+FOLLOW_S = 0.1  # how often the app looks at the procedure's state (footer keys, the pop-ups' STOP line)
+
 
 class GivreApp(App[None]):
-    """The app: the clinic it shows, the keys that open each dialog, and the moves back to the
-    start of a lesion or of a session."""
+    """The app: the clinic it shows, STOP over every screen, the keys that open each dialog, and the
+    moves back to the start of a lesion or of a session."""
 
     TITLE = "Givre"
     CSS_PATH = "givre.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
+        # Priority: the app's bindings are tried before any screen's, pop-up's or widget's. They
+        # act only while a freeze runs (check_action); otherwise the key goes on to the screen.
+        Binding("space", "stop_freeze", "STOP", key_display="space/esc", show=True, priority=True),
+        Binding("escape", "stop_freeze", "STOP", show=False, priority=True),
+        Binding("ctrl+c", "stop_then_ask_quit", "STOP", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", show=True, priority=True),
         Binding("c", "cartridge", "Cartridge", show=True),
         Binding("r", "records", "Records", show=True),
@@ -48,12 +68,83 @@ class GivreApp(App[None]):
         self.clinic = clinic
 
     def on_mount(self) -> None:
+        self.set_interval(FOLLOW_S, self._follow_freeze)
         self.clinic.supervisor.start()
         if self.clinic.link is not None:
             self.connect(self.clinic.link)
             self.push_screen(SessionScreen())
         else:
             self.push_screen(ConnectScreen())
+
+    # ---- STOP ----------------------------------------------------------------------------------
+
+    @property
+    def freezing(self) -> bool:
+        """The lesion's freeze runs, or its outcome is being read back: the device may be spraying.
+        STOP reads the procedure's live state (one attribute), not a published view a tick old:
+        Procedure.stop() decides on the same attribute whether to send STOP to the device."""
+        procedure = self.clinic.procedure
+        return procedure is not None and procedure.state in STOPPABLE
+
+    def stop_freeze(self) -> str | None:
+        """If a freeze runs, STOP it: Procedure.stop() sends STOP to the device from this thread and
+        returns what the device said, shown as a notification (and on the treatment screen). None
+        when nothing was running."""
+        procedure = self.clinic.procedure
+        if procedure is None or procedure.state not in STOPPABLE:
+            return None
+        said = procedure.stop()
+        self.notify(said, title="■ STOP", severity="warning", timeout=10)
+        for screen in self.screen_stack:
+            if isinstance(screen, ProcedureScreen):
+                screen.show_stop(said)
+        return said
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """STOP's bindings exist only while a freeze runs: the rest of the time Textual passes their
+        keys on (escape to the pop-up, space to the Input) and the footer does not list them."""
+        if action in ("stop_freeze", "stop_then_ask_quit"):
+            return self.freezing
+        return super().check_action(action, parameters)
+
+    def action_stop_freeze(self) -> None:
+        self.stop_freeze()
+
+    def action_stop_then_ask_quit(self) -> None:
+        """ctrl+c mid-freeze: STOP first, then Textual's own answer to ctrl+c (how to quit)."""
+        self.stop_freeze()
+        self.action_help_quit()
+
+    async def action_quit(self) -> None:
+        """ctrl+q (and the palette's Quit): the valve closes before anything else, then the app quits."""
+        self.stop_freeze()
+        await super().action_quit()
+
+    async def on_event(self, event: events.Event) -> None:
+        """The two ways a key reaches a widget before any binding, even a priority one, routed to
+        STOP while a freeze runs: Textual drops a binding whose key the focused widget consumes
+        (space in an Input: the cartridge date, the calibration figures, the command palette), and
+        escape restores a maximized widget before bindings are tried."""
+        if (isinstance(event, events.Key) and not event.is_forwarded and event.key in STOP_KEYS
+                and self._key_bypasses_bindings(event) and self.stop_freeze() is not None):
+            event.stop()
+            return
+        await super().on_event(event)
+
+    def _key_bypasses_bindings(self, event: events.Key) -> bool:
+        focused = self.focused
+        consumed = focused is not None and focused.check_consume_key(event.key, event.character)
+        return consumed or (event.key == "escape" and self.screen.maximized is not None)
+
+    def _follow_freeze(self) -> None:
+        """The freeze's start and end come from the controller's thread: the app carries the
+        -freezing class (the pop-ups' STOP line) and the footers list STOP only while it runs."""
+        freezing = self.freezing
+        if freezing != self.has_class("-freezing"):
+            self.set_class(freezing, "-freezing")
+            self.refresh_bindings()
+
+    # ---- navigation ------------------------------------------------------------------------------
 
     def connect(self, link: Link) -> None:
         """Hand the clinic a freshly opened link, then start the pre-use self-test unless the clinic turned it off."""

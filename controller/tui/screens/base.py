@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from textual.screen import ModalScreen, Screen
 
+from controller.tui.widgets.stop_hint import StopHint
+
 if TYPE_CHECKING:
     from textual import getters
 
@@ -21,7 +23,12 @@ class GivreScreen(Screen[None]):
 
 
 class GivreModalScreen(ModalScreen[None]):
-    """A dialog over the current screen (cartridge, records, device, calibration, billing, faults)."""
+    """A dialog over the current screen (cartridge, records, device, calibration, billing, faults).
+    While a freeze runs, a pop-up shows the STOP line (the app's own keys STOP over any pop-up)."""
 
     if TYPE_CHECKING:
         app = getters.app(GivreApp)
+
+    def on_mount(self) -> None:
+        """Textual calls each class's on_mount in turn: a pop-up's own on_mount does not replace this one."""
+        self.mount(StopHint())

@@ -10,7 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Digits, Footer, ProgressBar, Sparkline, Static
 
 from controller.clinic import Clinic
-from controller.procedure.driver import Procedure, StartRefused, State
+from controller.procedure.driver import Procedure, StartRefused
+from controller.procedure.states import State
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.summary import SummaryScreen
 from controller.tui.text import PHASES
@@ -31,7 +32,7 @@ class ProcedureScreen(GivreScreen):
     second; the keys send intents to the procedure, which the controller's thread drives."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "stop", "STOP", show=True, priority=True),
+        Binding("space", "stop", "STOP", key_display="space/esc", show=True, priority=True),
         Binding("escape", "stop", "STOP", show=False, priority=True),
         Binding("a", "arm", "Arm", show=True),
         Binding("f", "fire", "Fire", show=True),
@@ -76,7 +77,11 @@ class ProcedureScreen(GivreScreen):
         return procedure
 
     def action_stop(self) -> None:
-        said = self.procedure.stop()
+        """STOP in any state (it disarms an armed lesion); mid-freeze the app's own STOP binding takes the key first."""
+        self.show_stop(self.procedure.stop())
+
+    def show_stop(self, said: str) -> None:
+        """What the device said to STOP."""
         self.query_one("#message", Static).update(f"■ STOP: {said}")
 
     def _refused_while_measuring(self) -> bool:
