@@ -1,7 +1,11 @@
 """`givre bench --json`: speed and latency, measured against the simulator on a real pty.
 
-A benchmark, not a test: it reports numbers and never fails on them. Every latency is measured
-on the host's monotonic clock around the real pyserial path (pty, link thread, simulator thread).
+A benchmark, not a test: it reports numbers and never fails on them. The host's own latencies are
+measured on its monotonic clock around the real pyserial path (pty, link thread, simulator thread);
+the figures that judge the host from the device's side (the STOP key to the valve, the heartbeat
+gaps, the freezes' true error) end at the simulator's ground truth: when its valve model really
+moved (``DeviceModel.valve_log``) and when its thread read each host frame (``on_host_frame``).
+``--load N`` runs all of it with N busy processes competing for the cores (bench/load.py).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from bench.clinic_day import clinic_day
+from bench.load import busy_load
+from bench.loop import gaps_ms, heartbeat_gaps
 from bench.tui import measure_tui
 from controller.practice.billing import load_table
 from controller.practice.export import checked_sessions, to_csv, to_fhir
@@ -41,18 +48,31 @@ from firmware_bridge.session import DeviceEventReceived
 from sim.device import SimulatedDevice
 
 WATCHDOG_MS = 250
+HOST_TIMED_CAP_MS = 30_000  # the device's own cap on a host-timed freeze: far past any duration the host sleeps
 
 
-def measure(quick: bool = False) -> dict[str, object]:
+def measure(quick: bool = False, load: int = 0) -> dict[str, object]:
+    """Every figure, with ``load`` busy processes competing for the cores the whole time."""
+    with busy_load(load):
+        results = _measure(quick)
+    results["load_processes"] = load
+    return results
+
+
+def _measure(quick: bool) -> dict[str, object]:
     n = 20 if quick else 200
     results: dict[str, object] = {"machine": _machine()}
     results["codec_frames_per_s"] = round(_codec_frames_per_s(0.2 if quick else 1.0))
     with _device_and_link() as (device, link):
         results.update(_percentiles("roundtrip_ms", _roundtrips(link, n)))
         results.update(_percentiles("stop_latency_ms", _stop_latencies(device, link, n // 2)))
-        errors, truth_errors = _freeze_errors(device, link, n // 4)
-        results.update(_percentiles("freeze_error_ms", errors))
-        results.update(_percentiles("freeze_true_error_ms", truth_errors))
+        freezes = _freeze_errors(device, link, n // 4)
+        results.update(_percentiles("freeze_error_ms", freezes.device_measured))
+        results.update(_percentiles("freeze_true_error_ms", freezes.device_timed))
+        results.update(_percentiles("device_timed_error_ms", freezes.device_timed))
+        results.update(_percentiles("host_timed_error_ms", freezes.host_timed))
+        results["valve_open_latency_ms"] = round(device.model.open_latency_s * 1000, 3)
+        results["valve_close_latency_ms"] = round(device.model.close_latency_s * 1000, 3)
     watchdog = _watchdog_closes(5 if quick else 20)
     results.update(_percentiles("watchdog_close_ms", watchdog))
     results["watchdog_timeout_ms"] = WATCHDOG_MS
@@ -62,13 +82,22 @@ def measure(quick: bool = False) -> dict[str, object]:
         day = clinic_day(Path(scratch) / "day.sqlite", sessions=4 if quick else 40)
         results.update(_exports(Path(scratch) / "day.sqlite"))
     results["clinic_day_wall_s"] = day.wall_s
-    tui_start_ms, tui_stops = measure_tui(5 if quick else 20)
-    results["tui_start_ms"] = round(tui_start_ms, 1)
-    results.update(_percentiles("tui_stop_ms", tui_stops))
+    loop = heartbeat_gaps(2 if quick else 8)
+    results["heartbeat_gap_ms_max"] = round(max(loop.gaps_ms), 3)
+    results["heartbeat_gap_ms_p99"] = _percentiles("gap", loop.gaps_ms)["gap_p99"]
+    results["heartbeat_watchdog_trips"] = loop.watchdog_trips
+    tui = measure_tui(5 if quick else 50)
+    results["tui_start_ms"] = round(tui.start_ms, 1)
+    results.update(_percentiles("tui_stop_ms", tui.key_to_text_ms))
+    results.update(_percentiles("stop_key_to_valve_closed_ms", tui.key_to_valve_closed_ms))
+    results.update(_percentiles("stop_key_to_valve_commanded_ms", tui.key_to_valve_commanded_ms))
+    results["tui_heartbeat_gap_ms_max"] = round(max(gaps_ms(tui.frame_arrivals)), 3)
     results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,
                              "duplicates": day.duplicate_results, "events": day.events, "frames_corrupted": day.frames_corrupted}
     results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n,
-                          "tui_stop": len(tui_stops)}
+                          "tui_stop": len(tui.key_to_text_ms), "stop_key": len(tui.key_to_valve_closed_ms),
+                          "heartbeat_lesions": loop.lesions, "heartbeat_lesions_completed": loop.lesions_completed,
+                          "heartbeat_frames": loop.frames}
     return results
 
 
@@ -140,16 +169,37 @@ def _stop_latencies(device: SimulatedDevice, link: Link, n: int) -> list[float]:
     return samples
 
 
-def _freeze_errors(device: SimulatedDevice, link: Link, n: int) -> tuple[list[float], list[float]]:
-    """|device-measured - requested|, and against the simulator's ground truth of the valve."""
-    errors: list[float] = []
-    truth: list[float] = []
+@dataclass(frozen=True, slots=True)
+class FreezeErrors:
+    device_measured: list[float]  # |what the device reports - requested|: its own clock, so 0 on the simulator
+    device_timed: list[float]  # |the valve's real opening (the model's ground truth) - requested|, the device timing
+    host_timed: list[float]  # the same truth for the baseline: a long device cap, the host sleeps, then STOP
+
+
+def _freeze_errors(device: SimulatedDevice, link: Link, n: int) -> FreezeErrors:
+    """Device-timed and host-timed freezes of 50-140 ms, alternated so both see the same machine."""
+    figures = FreezeErrors([], [], [])
     for i in range(n):
         requested = 50 + 10 * (i % 10)
-        errors.append(abs(device_timed_freeze(link, requested).valve_open_ms - requested))
-        opened_at, closed_at = _last_opening(device, 1.0)
-        truth.append(abs((closed_at - opened_at) * 1000 - requested))
-    return errors, truth
+        figures.device_measured.append(abs(device_timed_freeze(link, requested).valve_open_ms - requested))
+        figures.device_timed.append(abs(valve_open_ms(device) - requested))
+        figures.host_timed.append(abs(host_timed_freeze(device, link, requested) - requested))
+    return figures
+
+
+def valve_open_ms(device: SimulatedDevice, timeout_s: float = 1.0) -> float:
+    """How long the simulator's valve really stayed open, the last time it opened (once it has closed)."""
+    opened_at, closed_at = _last_opening(device, timeout_s)
+    return (closed_at - opened_at) * 1000
+
+
+def host_timed_freeze(device: SimulatedDevice, link: Link, duration_ms: int, *, late_s: float = 0.0) -> float:
+    """The baseline a host-timed design would give: open with a long device cap, sleep the duration
+    on the host, STOP. Returns how long the valve really stayed open. ``late_s`` is a test's slow host."""
+    link.freeze(HOST_TIMED_CAP_MS)
+    time.sleep(duration_ms / 1000 + late_s)
+    link.stop()
+    return valve_open_ms(device)
 
 
 def device_timed_freeze(  # noqa: PLR0913 - a FREEZE's mode and trigger and two optional observers, keyword-only

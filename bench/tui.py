@@ -1,56 +1,94 @@
 """TUI figures for `givre bench`, driving the app from above with Textual's test pilot: launch to
-the first screen ready, and a STOP key event to the screen saying the device closed its valve."""
+the first screen ready, and a STOP key mid-freeze delivered as a terminal delivers it.
+
+A terminal's keys reach a Textual app from the driver's input thread, which hands each parsed key
+to ``Driver.process_message`` (it sets the sender and schedules the post on the app's event loop).
+The bench does exactly that from a thread of its own, so the figure includes the hop from the
+input thread to the app's loop, the binding, the procedure's STOP from the UI thread, the link
+thread, the pty, and the simulator reading the frame. It ends at the simulator's ground truth:
+the time its valve model really closed (``valve_log``), which includes the model's close latency
+(reported apart as ``valve_close_latency_ms``). The older ``tui_stop_ms`` (the screen says the
+device closed its valve) is taken from the same key presses.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 import time
-from datetime import date
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual import events
 
+from bench.loop import bench_clinic, start_session
 from controller.clinic import Clinic
-from controller.config import Config
-from controller.procedure.treatment import Treatment
-from controller.records.ledger import CartridgeLedger
-from controller.records.lesion import Lesion, Region, SessionInfo, Site
-from controller.records.store import RecordStore
+from controller.procedure.driver import Procedure
+from controller.records.lesion import Lesion, Region, Site
 from controller.tui.app import GivreApp
 from controller.tui.screens.procedure import ProcedureScreen
 from controller.tui.screens.session import SessionScreen
-from firmware_bridge.link import Link
-from profiles.library import load_builtins
 from sim.device import SimulatedDevice
 
+STOP_TIMEOUT_S = 5.0  # the device's watchdog would have closed the valve long before
+TEXT_TIMEOUT_S = 2.0
+STOP_WORDS = "■ STOP:"  # the treatment screen's answer to the key, whatever the device said
+CLOSED_WORDS = "closed its valve"
 
-def measure_tui(samples: int) -> tuple[float, list[float]]:
-    with tempfile.TemporaryDirectory() as scratch, SimulatedDevice() as device:
-        link = Link.open(device.serve_pty())
-        link.wait_for_telemetry()
-        store = RecordStore(Path(scratch) / "tui.sqlite")
-        CartridgeLedger(store, Config()).load("23g", date.today())
-        clinic = Clinic(store, Config(), load_builtins(), link, device=device, bell=False, selftest_on_connect=False)
+
+@dataclass(slots=True)
+class TuiFigures:
+    start_ms: float = 0.0
+    key_to_valve_closed_ms: list[float] = field(default_factory=list)  # key posted -> the model's valve really closed
+    key_to_valve_commanded_ms: list[float] = field(default_factory=list)  # key posted -> the firmware commanded it shut
+    key_to_text_ms: list[float] = field(default_factory=list)  # key posted -> the screen says the device closed its valve
+    valve_close_latency_ms: float = 0.0
+    frame_arrivals: list[float] = field(default_factory=list)  # every host frame the simulator received meanwhile
+
+
+def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | None = None) -> TuiFigures:
+    """``samples`` STOP keys, each mid-freeze. ``before_key`` runs just before each key (a test's slow device)."""
+    figures = TuiFigures()
+    with tempfile.TemporaryDirectory() as scratch, SimulatedDevice() as device, \
+            bench_clinic(device, Path(scratch), connect=False) as clinic:
+        figures.valve_close_latency_ms = device.model.close_latency_s * 1000
+        device.on_host_frame = lambda at, _type: figures.frame_arrivals.append(at)
         try:
-            return asyncio.run(_drive(clinic, device, samples))
+            asyncio.run(_drive(clinic, device, samples, figures, before_key))
         finally:
-            clinic.supervisor.close()
-            link.close()
-            store.close()
+            device.on_host_frame = None
+    return figures
 
 
-async def _drive(clinic: Clinic, device: SimulatedDevice, samples: int) -> tuple[float, list[float]]:
+def post_key_as_a_terminal(app: GivreApp, key: str, character: str | None, device: SimulatedDevice) -> float:
+    """From a new thread, hand a key to the app's driver as a terminal's input thread does; returns
+    when it was handed over, on the simulator's clock."""
+    driver = app._driver  # the app's own driver: the same call a terminal's input thread makes
+    if driver is None:
+        raise RuntimeError("the app is not running")
+    posted: list[float] = []
+
+    def terminal_input_thread() -> None:
+        posted.append(device.now())
+        driver.process_message(events.Key(key, character))
+
+    thread = threading.Thread(target=terminal_input_thread, name="bench-terminal-input")
+    thread.start()
+    thread.join()
+    return posted[0]
+
+
+async def _drive(clinic: Clinic, device: SimulatedDevice, samples: int, figures: TuiFigures,
+                 before_key: Callable[[SimulatedDevice], None] | None) -> None:
     started = time.perf_counter()
     app = GivreApp(clinic)
-    stops: list[float] = []
     async with app.run_test(size=(80, 24)) as pilot:
         while not isinstance(app.screen, SessionScreen):
             await pilot.pause(0.001)
-        start_ms = (time.perf_counter() - started) * 1000
-        treatment = Treatment(clinic.store, clinic.config, clinic.clock, SessionInfo(operator="bench", patient="P-bench"), clinic.link)
-        treatment.start()
-        clinic.treatment = treatment
+        figures.start_ms = (time.perf_counter() - started) * 1000
+        treatment = start_session(clinic)
         profile = clinic.library.get("seborrheic-keratosis-thick")
         for _ in range(samples):
             procedure = treatment.lesion(Lesion(profile_id=profile.profile.id, site=Site(region=Region.BACK), description="bench"), profile)
@@ -59,18 +97,40 @@ async def _drive(clinic: Clinic, device: SimulatedDevice, samples: int) -> tuple
             app.push_screen(ProcedureScreen())
             procedure.arm()
             await pilot.press("f")
-            while not device.valve_open:
-                await pilot.pause(0.005)
-            message = app.screen.query_one("#message")
-            t0 = time.perf_counter()
-            app.post_message(events.Key("space", " "))  # as the terminal delivers it; Pilot.press adds its own waits
-            while "closed its valve" not in str(message.render()):
-                await asyncio.sleep(0.0005)
-            stops.append((time.perf_counter() - t0) * 1000)
-            while not procedure.finished:
-                await pilot.pause(0.01)
+            if await _until(lambda: device.valve_open, device, STOP_TIMEOUT_S) is None:
+                raise RuntimeError(f"the simulator's valve did not open within {STOP_TIMEOUT_S:g} s of the fire key")
+            await _stop_key(app, device, procedure, figures, before_key)
             while not isinstance(app.screen, SessionScreen):
                 app.pop_screen()
                 await pilot.pause(0.01)
         treatment.end()
-    return start_ms, stops
+
+
+async def _stop_key(app: GivreApp, device: SimulatedDevice, procedure: Procedure, figures: TuiFigures,
+                    before_key: Callable[[SimulatedDevice], None] | None) -> None:
+    """One STOP key mid-freeze, timed to the simulator's valve and to the screen's answer."""
+    edge = device.model.valve_log[-1]  # the opening this freeze made
+    message = app.screen.query_one("#message")
+    if before_key is not None:
+        before_key(device)
+    t0 = post_key_as_a_terminal(app, "space", " ", device)
+    text_at = await _until(lambda: STOP_WORDS in str(message.render()), device, TEXT_TIMEOUT_S)
+    if text_at is not None and CLOSED_WORDS in str(message.render()):
+        figures.key_to_text_ms.append((text_at - t0) * 1000)
+    await _until(lambda: edge.closed_at is not None, device, STOP_TIMEOUT_S)
+    if edge.closed_at is None:
+        raise RuntimeError(f"the simulator's valve did not close within {STOP_TIMEOUT_S:g} s of the STOP key")
+    figures.key_to_valve_closed_ms.append((edge.closed_at - t0) * 1000)
+    figures.key_to_valve_commanded_ms.append((edge.closed_at - device.model.close_latency_s - t0) * 1000)
+    if await _until(lambda: procedure.finished, device, STOP_TIMEOUT_S) is None:
+        raise RuntimeError("the procedure did not record its end after STOP")
+
+
+async def _until(predicate: Callable[[], bool], device: SimulatedDevice, timeout_s: float) -> float | None:
+    """Poll on the app's loop (yielding to it); when the predicate first held, on the simulator's clock."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.0005)
+    return device.now()

@@ -1,0 +1,149 @@
+"""The host's control loop as the device sees it: the gaps between the host frames the simulator
+RECEIVES while the real interactive loop (the clinic's Supervisor ticking a Procedure, intents sent
+from another thread as the UI sends them) runs lesions with freezes and thaws.
+
+The device's watchdog trips when the host is silent for its timeout (250 ms by default), so the
+worst gap is the figure that says whether a busy host can stop a treatment by accident. It is
+timed on the simulator's thread at the moment each frame is read off the pty (its ground truth),
+not on the host's heartbeat timer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from controller.clinic import Clinic
+from controller.config import Config
+from controller.procedure.driver import Procedure
+from controller.procedure.states import TERMINAL, State
+from controller.procedure.treatment import Treatment
+from controller.records.ledger import CartridgeLedger
+from controller.records.lesion import Lesion, Region, SessionInfo, Site
+from controller.records.store import RecordStore
+from firmware_bridge.link import Link
+from profiles.library import LoadedProfile, load_builtins
+from profiles.schema import Profile
+from sim.device import SimulatedDevice
+
+# A bench-only profile: the built-in two-cycle plantar wart, shortened so a lesion (two freezes and
+# the thaw between them) takes about three seconds of real time. Never offered to a clinician.
+BENCH_FREEZE_S = 1.0
+BENCH_THAW_S = 0.5
+IDLE_BETWEEN_LESIONS_S = 0.3  # the supervisor's idle loop (no procedure) heartbeats meanwhile
+INTENT_POLL_S = 0.02  # how often the stand-in for the UI looks at the procedure (the UI refreshes at 10 Hz)
+LESION_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoopFigures:
+    gaps_ms: list[float]  # between consecutive host frames, as received by the simulator
+    frames: int
+    lesions_completed: int
+    lesions: int
+    watchdog_trips: int  # the device's own count over the run: a gap past its timeout trips it
+
+
+def bench_profile() -> LoadedProfile:
+    """The shortened two-cycle profile the loop measurement runs (validated by the profile schema)."""
+    base = load_builtins().get("plantar-wart").profile
+    data = base.model_dump()
+    data.update(
+        id="bench-short-two-cycles",
+        freeze_s={"min": BENCH_FREEZE_S, "default": BENCH_FREEZE_S, "max": BENCH_FREEZE_S, "source": "givre bench"},
+        thaw={"min_s": BENCH_THAW_S, "until_above_c": None, "source": "givre bench"},
+    )
+    return LoadedProfile(Profile.model_validate(data), origin="givre bench")
+
+
+@contextmanager
+def bench_clinic(device: SimulatedDevice, scratch: Path, watchdog_ms: int = 0, *, connect: bool = True) -> Iterator[Clinic]:
+    """A Clinic on the simulator as the UI builds it (link opened, a 23 g cartridge in the ledger, no
+    self-test, clinic.connect unless the caller's app does it on mount); its supervisor is not
+    started. Everything is closed on leaving."""
+    link = Link.open(device.serve_pty(), watchdog_ms=watchdog_ms)
+    store = RecordStore(scratch / "bench.sqlite")
+    try:
+        link.wait_for_telemetry()
+        CartridgeLedger(store, Config()).load("23g", date.today())
+        clinic = Clinic(store, Config(), load_builtins(), link, device=device, bell=False, selftest_on_connect=False)
+        if connect:
+            clinic.connect(link)
+        try:
+            yield clinic
+        finally:
+            clinic.supervisor.close()
+    finally:
+        link.close()
+        store.close()
+
+
+def start_session(clinic: Clinic) -> Treatment:
+    assert clinic.link is not None
+    treatment = Treatment(clinic.store, clinic.config, clinic.clock, SessionInfo(operator="bench", patient="P-bench"), clinic.link)
+    treatment.start()
+    clinic.treatment = treatment
+    return treatment
+
+
+def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Clinic], None] | None = None) -> LoopFigures:
+    """Run ``lesions`` two-cycle lesions through the clinic's supervisor and collect, on the simulator,
+    the time each host frame arrived. ``between`` runs after each lesion (a test's slow host)."""
+    arrivals: list[float] = []
+    with tempfile.TemporaryDirectory() as scratch, SimulatedDevice() as device, \
+            bench_clinic(device, Path(scratch), watchdog_ms) as clinic:
+        treatment = start_session(clinic)
+        profile = bench_profile()
+        trips_before = device.firmware.watchdog_trips
+        completed = 0
+        clinic.supervisor.start()
+        device.on_host_frame = lambda at, _type: arrivals.append(at)  # list.append: atomic, and cheap on the device thread
+        try:
+            for _ in range(lesions):
+                time.sleep(IDLE_BETWEEN_LESIONS_S)
+                procedure = treatment.lesion(Lesion(profile_id=profile.profile.id, site=Site(region=Region.HAND),
+                                                    description="bench loop"), profile)
+                clinic.procedure = procedure
+                clinic.supervisor.attach(procedure)
+                completed += _run_like_the_ui(procedure) is State.COMPLETED
+                if between is not None:
+                    between(clinic)
+            time.sleep(IDLE_BETWEEN_LESIONS_S)
+        finally:
+            device.on_host_frame = None
+        trips = device.firmware.watchdog_trips - trips_before
+        treatment.end()
+    return LoopFigures(gaps_ms(arrivals), len(arrivals), completed, lesions, trips)
+
+
+def gaps_ms(arrivals: list[float]) -> list[float]:
+    """Milliseconds between consecutive arrivals (seconds)."""
+    return [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
+
+
+def _run_like_the_ui(procedure: Procedure) -> State:
+    """Arm on this thread (as the treatment screen does), then send the clinician's intents: fire
+    when armed, confirm the thaw when thawing. The supervisor's thread does everything else."""
+    procedure.arm()
+    fired = confirmed = 0
+    deadline = time.monotonic() + LESION_TIMEOUT_S
+    while not procedure.finished:
+        if time.monotonic() > deadline:
+            procedure.stop()
+            raise RuntimeError(f"a bench lesion did not end within {LESION_TIMEOUT_S:g} s (state {procedure.state.value})")
+        cycle = len(procedure.cycles)
+        if procedure.state is State.ARMED and fired == cycle:
+            procedure.fire()
+            fired += 1
+        elif procedure.state is State.THAWING and confirmed < cycle:
+            procedure.confirm_thaw()
+            confirmed = cycle
+        time.sleep(INTENT_POLL_S)
+    assert procedure.state in TERMINAL
+    return procedure.state
