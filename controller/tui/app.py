@@ -111,9 +111,10 @@ class GivreApp(App[None]):
         self.stop_freeze()
 
     def action_stop_then_ask_quit(self) -> None:
-        """ctrl+c mid-freeze: STOP first, then Textual's own answer to ctrl+c (how to quit)."""
+        """ctrl+c mid-freeze: STOP first, then Textual's answer to ctrl+c (how to quit), said here
+        because Textual's own finds no quit key over a pop-up and then says nothing."""
         self.stop_freeze()
-        self.action_help_quit()
+        self.notify("Press [b]ctrl+q[/b] to quit the app", title="Do you want to quit?")
 
     async def action_quit(self) -> None:
         """ctrl+q (and the palette's Quit): the valve closes before anything else, then the app quits."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from textual.command import CommandPalette
@@ -188,16 +188,19 @@ CASES += [(where, "ctrl+q") for where in ("treatment", "cartridge-date-field", "
 @pytest.mark.parametrize(("where", "key"), CASES, ids=[f"{where}-{key}" for where, key in CASES])
 def test_stop_from_every_screen_and_pop_up_closes_the_valve(stand: Stand, where: str, key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     app, device = stand.app, stand.rig.device
-    commanded_open_when: dict[str, bool] = {}  # the valve as the device was told, when the quit question or the quit came
+    said: list[tuple[str, bool]] = []  # each notification's title or the quit, with the valve as the device was told then
+    notify, exit_ = app.notify, app.exit
 
-    def remembering(name: str, then: Callable[..., None]) -> Callable[..., None]:
-        def call(*args: object, **kwargs: object) -> None:
-            commanded_open_when[name] = device.model.valve_commanded
-            then(*args, **kwargs)
-        return call
+    def noting(message: str, *, title: str = "", **options: Any) -> None:
+        said.append((title, device.model.valve_commanded))
+        notify(message, title=title, **options)
 
-    monkeypatch.setattr(app, "action_help_quit", remembering("quit question", app.action_help_quit))
-    monkeypatch.setattr(app, "exit", remembering("quit", app.exit))
+    def quitting(*args: Any, **kwargs: Any) -> None:
+        said.append(("quit", device.model.valve_commanded))
+        exit_(*args, **kwargs)
+
+    monkeypatch.setattr(app, "notify", noting)
+    monkeypatch.setattr(app, "exit", quitting)
 
     async def scenario() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
@@ -218,8 +221,8 @@ def test_stop_from_every_screen_and_pop_up_closes_the_valve(stand: Stand, where:
                     assert app.screen is opened  # the key was STOP, and only STOP: the pop-up stays for the next key
                 await until(pilot, lambda: procedure.state is State.ABORTED, what="aborted")
     asyncio.run(scenario())
-    expected = {"ctrl+c": {"quit question": False}, "ctrl+q": {"quit": False}}.get(key, {})
-    assert commanded_open_when == expected  # ctrl+c and ctrl+q: the valve closed before the question or the quit
+    then = {"ctrl+c": [("Do you want to quit?", False)], "ctrl+q": [("quit", False)]}.get(key, [])
+    assert said == [("■ STOP", False), *then]  # what the device said to STOP; ctrl+c and ctrl+q: then the question or the quit
 
 
 def test_without_a_freeze_the_keys_keep_their_meaning(stand: Stand) -> None:
