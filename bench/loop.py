@@ -4,8 +4,8 @@ from another thread as the UI sends them) runs lesions with freezes and thaws.
 
 The device's watchdog trips when the host is silent for its timeout (250 ms by default), so the
 worst gap is the figure that says whether a busy host can stop a treatment by accident. It is
-timed on the simulator's thread at the moment each frame is read off the pty (its ground truth),
-not on the host's heartbeat timer.
+timed on the simulator's thread at the moment each HEARTBEAT is read off the pty (its ground
+truth), not on the host's heartbeat timer; only heartbeats count, as only the loop sends them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore
 from firmware_bridge.link import Link
+from firmware_bridge.messages import Heartbeat
 from profiles.library import LoadedProfile, load_builtins
 from profiles.schema import Profile
 from sim.device import SimulatedDevice
@@ -38,13 +39,14 @@ BENCH_FREEZE_S = 1.0
 BENCH_THAW_S = 0.5
 IDLE_BETWEEN_LESIONS_S = 0.3  # the supervisor's idle loop (no procedure) heartbeats meanwhile
 INTENT_POLL_S = 0.02  # how often the stand-in for the UI looks at the procedure (the UI refreshes at 10 Hz)
+INTENT_REPEAT_S = 1.0
 LESION_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class LoopFigures:
-    gaps_ms: list[float]  # between consecutive host frames, as received by the simulator
-    frames: int
+    gaps_ms: list[float]  # between consecutive heartbeats, as received by the simulator
+    frames: int  # heartbeats received
     lesions_completed: int
     lesions: int
     watchdog_trips: int  # the device's own count over the run: a gap past its timeout trips it
@@ -103,7 +105,7 @@ def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Cli
         trips_before = device.firmware.watchdog_trips
         completed = 0
         clinic.supervisor.start()
-        device.on_host_frame = lambda at, _type: arrivals.append(at)  # list.append: atomic, and cheap on the device thread
+        device.on_host_frame = heartbeat_recorder(arrivals)
         try:
             for _ in range(lesions):
                 time.sleep(IDLE_BETWEEN_LESIONS_S)
@@ -122,6 +124,18 @@ def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Cli
     return LoopFigures(gaps_ms(arrivals), len(arrivals), completed, lesions, trips)
 
 
+def heartbeat_recorder(arrivals: list[float]) -> Callable[[float, int], None]:
+    """An on_host_frame hook keeping when each HEARTBEAT arrived. Only heartbeats: they come from
+    the control loop alone, whereas the link thread answers device events by itself (an event's
+    acknowledgement would hide a stalled loop, e.g. the one acknowledging the watchdog's own trip)."""
+
+    def record(at: float, msg_type: int) -> None:
+        if msg_type == Heartbeat.MSG_TYPE:
+            arrivals.append(at)  # list.append: atomic, and cheap on the device thread
+
+    return record
+
+
 def gaps_ms(arrivals: list[float]) -> list[float]:
     """Milliseconds between consecutive arrivals (seconds)."""
     return [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
@@ -129,21 +143,27 @@ def gaps_ms(arrivals: list[float]) -> list[float]:
 
 def _run_like_the_ui(procedure: Procedure) -> State:
     """Arm on this thread (as the treatment screen does), then send the clinician's intents: fire
-    when armed, confirm the thaw when thawing. The supervisor's thread does everything else."""
+    when armed, confirm the thaw when thawing, again each second while nothing moves (a refused
+    fire leaves the procedure armed, as a clinician would press again). The supervisor's thread
+    does everything else."""
     procedure.arm()
-    fired = confirmed = 0
     deadline = time.monotonic() + LESION_TIMEOUT_S
+    last_intent: tuple[State, int, float] | None = None
     while not procedure.finished:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             procedure.stop()
-            raise RuntimeError(f"a bench lesion did not end within {LESION_TIMEOUT_S:g} s (state {procedure.state.value})")
-        cycle = len(procedure.cycles)
-        if procedure.state is State.ARMED and fired == cycle:
-            procedure.fire()
-            fired += 1
-        elif procedure.state is State.THAWING and confirmed < cycle:
-            procedure.confirm_thaw()
-            confirmed = cycle
+            raise RuntimeError(f"a bench lesion did not end within {LESION_TIMEOUT_S:g} s "
+                               f"(state {procedure.state.value}: {procedure.status_text or 'no status'})")
+        step = (procedure.state, len(procedure.cycles))
+        if step[0] in (State.ARMED, State.THAWING) and (last_intent is None or last_intent[:2] != step
+                                                        or now - last_intent[2] > INTENT_REPEAT_S):
+            if step[0] is State.ARMED:
+                procedure.fire()
+            else:
+                procedure.confirm_thaw()
+            last_intent = (*step, now)
         time.sleep(INTENT_POLL_S)
     assert procedure.state in TERMINAL
     return procedure.state
+

@@ -91,7 +91,7 @@ def _measure(quick: bool) -> dict[str, object]:
     results.update(_percentiles("tui_stop_ms", tui.key_to_text_ms))
     results.update(_percentiles("stop_key_to_valve_closed_ms", tui.key_to_valve_closed_ms))
     results.update(_percentiles("stop_key_to_valve_commanded_ms", tui.key_to_valve_commanded_ms))
-    results["tui_heartbeat_gap_ms_max"] = round(max(gaps_ms(tui.frame_arrivals)), 3)
+    results["tui_heartbeat_gap_ms_max"] = round(max(gaps_ms(tui.heartbeat_arrivals)), 3)
     results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,
                              "duplicates": day.duplicate_results, "events": day.events, "frames_corrupted": day.frames_corrupted}
     results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n,

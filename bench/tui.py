@@ -23,7 +23,7 @@ from pathlib import Path
 
 from textual import events
 
-from bench.loop import bench_clinic, start_session
+from bench.loop import bench_clinic, heartbeat_recorder, start_session
 from controller.clinic import Clinic
 from controller.procedure.driver import Procedure
 from controller.records.lesion import Lesion, Region, Site
@@ -45,7 +45,7 @@ class TuiFigures:
     key_to_valve_commanded_ms: list[float] = field(default_factory=list)  # key posted -> the firmware commanded it shut
     key_to_text_ms: list[float] = field(default_factory=list)  # key posted -> the screen says the device closed its valve
     valve_close_latency_ms: float = 0.0
-    frame_arrivals: list[float] = field(default_factory=list)  # every host frame the simulator received meanwhile
+    heartbeat_arrivals: list[float] = field(default_factory=list)  # every heartbeat the simulator received meanwhile
 
 
 def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | None = None) -> TuiFigures:
@@ -54,7 +54,7 @@ def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | No
     with tempfile.TemporaryDirectory() as scratch, SimulatedDevice() as device, \
             bench_clinic(device, Path(scratch), connect=False) as clinic:
         figures.valve_close_latency_ms = device.model.close_latency_s * 1000
-        device.on_host_frame = lambda at, _type: figures.frame_arrivals.append(at)
+        device.on_host_frame = heartbeat_recorder(figures.heartbeat_arrivals)
         try:
             asyncio.run(_drive(clinic, device, samples, figures, before_key))
         finally:
