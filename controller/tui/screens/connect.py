@@ -28,7 +28,8 @@ class ConnectScreen(GivreScreen):
         options = [Option(f"{p.device} · {p.description} · serial {p.serial_number or '-'}", id=p.device) for p in ports]
         if self.app.clinic.simulator_factory is not None:
             options += [Option("Embedded simulator (spray)", id="sim:spray"), Option("Embedded simulator (probe)", id="sim:probe")]
-        options.append(Option("Manual mode: no device, Givre times only", id="manual"))
+        if self.app.clinic.clock.scale == 1:  # a host-timed freeze on virtual time would be recorded wrong
+            options.append(Option("Manual mode: no device, Givre times only", id="manual"))
         yield OptionList(*options, id="ports")
         yield Static("", id="error", classes="error", markup=False)
         yield Footer()
