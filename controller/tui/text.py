@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from controller.clinic import Clinic
-from controller.procedure.driver import State
+from controller.procedure.states import State
 
 PHASES = {
     State.IDLE: ("READY", "phase-idle"),

@@ -15,7 +15,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, OptionList, Sele
 from controller.cli.ui import embedded_simulator
 from controller.clinic import Clinic
 from controller.config import Config
-from controller.procedure.driver import State
+from controller.procedure.states import State
 from controller.records.store import RecordStore
 from controller.tui.app import GivreApp
 from controller.tui.screens.billing import BillingScreen
