@@ -2,54 +2,52 @@
 while the measurements run, as a loaded laptop would (a browser, an antivirus scan, a video call).
 
 Processes, not threads: a thread would only compete for the host's own interpreter lock, which
-measures Python, not a machine under load. They are spawned (not forked: the host already runs
-threads) and stopped, then joined, when the block ends, whatever happened inside it.
+measures Python, not a machine under load. Each is a fresh interpreter running a few lines (not
+multiprocessing's spawn, which re-imports the caller's main module, nor fork, which copies a host
+that already runs threads). Each says when it spins, and ends by itself if the bench dies before
+stopping it (its parent changes), so a killed bench leaves no loop behind.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as EventType
-from multiprocessing.synchronize import Semaphore as SemaphoreType
 
-START_TIMEOUT_S = 30.0  # a spawned interpreter starts in well under a second, even on a loaded machine
-STOP_POLL_EVERY = 100_000  # loop turns between two looks at the stop flag (a few ms of pure CPU)
-JOIN_TIMEOUT_S = 2.0
-
-
-def spin(stop: EventType, ready: SemaphoreType) -> None:
-    """One core's worth of pure CPU until told to stop (the child process's target)."""
-    ready.release()
-    x = 0
-    while not stop.is_set():
-        for i in range(STOP_POLL_EVERY):
-            x = (x + i) % 1_000_003
+STOP_TIMEOUT_S = 2.0
+READY = b"r"
+SPIN = f"""
+import os, sys
+parent = os.getppid()
+sys.stdout.buffer.write({READY!r}); sys.stdout.flush()
+while os.getppid() == parent:
+    for _ in range(200_000):  # a few ms of pure CPU between two looks at the parent
+        pass
+"""
 
 
 @contextmanager
-def busy_load(processes: int) -> Iterator[list[BaseProcess]]:
-    """Start ``processes`` busy loops and wait until each spins; yields them and stops them on leaving the block."""
-    if processes <= 0:
-        yield []
-        return
-    context = multiprocessing.get_context("spawn")
-    stop, ready = context.Event(), context.Semaphore(0)
-    workers: list[BaseProcess] = [context.Process(target=spin, args=(stop, ready), name=f"givre-bench-load-{n}", daemon=True)
-                                  for n in range(processes)]
+def busy_load(processes: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start ``processes`` busy loops and wait until each spins; yields them and stops them (our own
+    children, by their handles) on leaving the block, whatever happened inside it."""
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        for worker in workers:
-            worker.start()
-        for _ in workers:  # measure only once every loop is spinning
-            if not ready.acquire(timeout=START_TIMEOUT_S):
-                raise RuntimeError(f"a busy-load process did not start within {START_TIMEOUT_S:g} s")
+        for _ in range(processes):
+            workers.append(subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE))
+        for worker in workers:  # measure only once every loop is spinning
+            assert worker.stdout is not None
+            if worker.stdout.read(len(READY)) != READY:
+                raise RuntimeError(f"a busy-load process ended before it started spinning (exit code {worker.poll()})")
         yield workers
     finally:
-        stop.set()
         for worker in workers:
-            worker.join(JOIN_TIMEOUT_S)
-            if worker.is_alive():
-                worker.terminate()  # only our own children, by their handle
-                worker.join(JOIN_TIMEOUT_S)
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(STOP_TIMEOUT_S)
+            if worker.stdout is not None:
+                worker.stdout.close()

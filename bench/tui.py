@@ -46,6 +46,7 @@ class TuiFigures:
     key_to_text_ms: list[float] = field(default_factory=list)  # key posted -> the screen says the device closed its valve
     valve_close_latency_ms: float = 0.0
     heartbeat_arrivals: list[float] = field(default_factory=list)  # every heartbeat the simulator received meanwhile
+    watchdog_trips: int = 0  # the device's own count over the session
 
 
 def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | None = None) -> TuiFigures:
@@ -55,10 +56,12 @@ def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | No
             bench_clinic(device, Path(scratch), connect=False) as clinic:
         figures.valve_close_latency_ms = device.model.close_latency_s * 1000
         device.on_host_frame = heartbeat_recorder(figures.heartbeat_arrivals)
+        trips_before = device.firmware.watchdog_trips
         try:
             asyncio.run(_drive(clinic, device, samples, figures, before_key))
         finally:
             device.on_host_frame = None
+        figures.watchdog_trips = device.firmware.watchdog_trips - trips_before
     return figures
 
 

@@ -75,5 +75,5 @@ def test_the_stop_key_figure_shows_a_device_that_reads_its_port_late() -> None:
 
 def test_the_load_processes_spin_during_the_block_and_are_gone_after() -> None:
     with busy_load(2) as workers:
-        assert len(workers) == 2 and all(w.is_alive() for w in workers)
-    assert not any(w.is_alive() for w in workers)
+        assert len(workers) == 2 and all(w.poll() is None for w in workers)
+    assert all(w.poll() is not None for w in workers)
