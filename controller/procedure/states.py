@@ -55,3 +55,14 @@ END_TRIGGERS: dict[EndReason, str] = {
     EndReason.RESET: "faulted",
     EndReason.NEW_SESSION: "faulted",
 }
+
+
+def state_table() -> str:
+    """TRANSITIONS and END_TRIGGERS as the Markdown docs/procedure.md shows (a test keeps the two equal)."""
+    rows = ["| from | trigger | to |", "|---|---|---|"]
+    rows += [f"| {state.value} | {trigger} | {target.value} |" for (state, trigger), target in TRANSITIONS.items()]
+    rows += [f"| {state.value} | stop | {State.ABORTED.value} (handled before the table) |"
+             for state in State if state not in TERMINAL and state not in (State.FREEZING, State.UNCERTAIN)]
+    rows += ["", "| device end reason | trigger |", "|---|---|"]
+    rows += [f"| {reason.name} | {trigger} |" for reason, trigger in END_TRIGGERS.items()]
+    return "\n".join(rows)
