@@ -3,8 +3,11 @@ runs the active procedure's ticks (except while a self-test or calibration step 
 that step's own commands keep the device's watchdog fed, and this loop stands aside); between procedures it raises the alarms the link's
 events call for (link lost, reboot, watchdog trip) and files an earlier session's events.
 
-The UI never times anything: from its own thread it reads the live procedure and alarm objects
-this loop updates (no copies, no lock) and sends intents to the procedure.
+The UI never times anything and never drives the procedure: from its own thread it queues intents
+(Procedure.request_arm, fire, mark_halo, confirm_thaw, acknowledge_alarms), sends STOP (which goes
+straight to the device), and reads Procedure.view, the frozen ProcedureView this loop publishes after
+each turn (docs/procedure.md). The procedure's live objects (its state, cycles, alarms) are this
+loop's.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 
 from controller.config import Config
 from controller.procedure.dose import BelowMinimumOverride
-from controller.procedure.driver import StartRefused
+from controller.procedure.driver import Procedure, StartRefused
 from controller.procedure.recovery import unfinished_sessions
 from controller.procedure.states import TRANSITIONS, State
 from controller.procedure.treatment import Treatment
+from controller.procedure.view import ProcedureView
 from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
@@ -287,3 +289,50 @@ def test_unfinished_session_is_found(make_rig: Callable[..., Rig]) -> None:
     assert treatment.session_id in unfinished_sessions(rig.store)[0]
     treatment.end()
     assert treatment.session_id not in unfinished_sessions(rig.store)[0]
+
+
+def published(procedure: Procedure) -> ProcedureView:
+    """The procedure's view as published now (a call, so each read is a fresh one)."""
+    return procedure.view
+
+
+def test_the_ui_thread_only_queues_intents_and_reads_the_published_view(manual_treatment: Treatment) -> None:
+    """The loop runs on its own thread; this thread (the UI's place) queues ARM, FIRE and STOP and reads
+    only ``view``, a frozen value replaced whole after each turn."""
+    lesion = Lesion(profile_id="plantar-wart", site=Site(region=Region.HAND), description="wart")
+    procedure = manual_treatment.lesion(lesion, load_builtins().get("plantar-wart"))
+    loop = threading.Thread(target=procedure.run, name="test-loop")
+    loop.start()
+    try:
+        wait_until(lambda: published(procedure).state is State.IDLE and procedure._loop_thread is not None, what="the loop's first turn")
+        first = published(procedure)
+        procedure.request_arm()
+        wait_until(lambda: published(procedure).armed, what="ARM handled by the loop")
+        assert published(procedure) is not first and first.state is State.IDLE  # replaced whole, never changed in place
+        armed = published(procedure)
+        assert armed.state is State.ARMED and armed.dose_ms == 20_000 and armed.cycles_total == 2
+        procedure.fire()
+        wait_until(lambda: published(procedure).state is State.FREEZING, what="FIRE handled by the loop")
+        procedure.stop()
+        wait_until(lambda: published(procedure).finished, what="STOP recorded by the loop")
+        assert published(procedure).state is State.ABORTED and published(procedure).cycles[0].end_reason == "STOPPED"
+    finally:
+        procedure.stop()
+        loop.join(timeout=10)
+    assert not loop.is_alive()
+
+
+def test_arm_from_another_thread_is_run_by_the_loop_and_answered(manual_treatment: Treatment) -> None:
+    lesion = Lesion(profile_id="solar-lentigo", site=Site(region=Region.CHEEK), description="lentigo")
+    refused = manual_treatment.lesion(lesion, load_builtins().get("solar-lentigo"), cycles=5)
+    loop = threading.Thread(target=refused.run, name="test-loop")
+    loop.start()
+    try:
+        wait_until(lambda: refused._loop_thread is not None, what="the loop's first turn")
+        with pytest.raises(StartRefused, match="--cycles 5"):
+            refused.arm()  # queued: the loop runs the gate, this thread gets its answer
+        assert published(refused).refused and "--cycles 5" in published(refused).refused[0] and not published(refused).armed
+    finally:
+        refused.stop()
+        loop.join(timeout=10)
+    assert refused.state is State.ABORTED
