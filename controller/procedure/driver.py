@@ -328,8 +328,8 @@ class Procedure:
                 self._feed(TelemetrySeen(self.link.latest_telemetry()))
             else:
                 now = self.clock.monotonic()
-                timer = self.core.next_timer(now)
-                self.clock.sleep(MANUAL_TICK_S if timer is None else min(MANUAL_TICK_S, max(0.0, timer - now)))
+                timer = self.core.next_timer(now)  # a timer already due waits for something else (the clinician): no busy loop
+                self.clock.sleep(MANUAL_TICK_S if timer is None or timer <= now else min(MANUAL_TICK_S, timer - now))
             self._feed(Tick())
             self._publish()
             self._raise_failure()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from pytest_mock import MockerFixture
@@ -11,7 +12,7 @@ from controller.procedure.alarms import AlarmManager, Mode, Priority
 from controller.procedure.driver import Procedure
 from controller.procedure.states import State
 from controller.procedure.treatment import Treatment
-from controller.records.store import RecordNotSaved
+from controller.records.store import RecordNotSaved, StoredEvent
 from sim.device import SimulatedDevice
 from tests.support.rig import Rig
 
@@ -133,3 +134,24 @@ def test_a_silent_link_mid_freeze_trips_the_device_watchdog_and_the_alarm_follow
     assert {"telemetry_stale", "outcome_uncertain", "watchdog_trip"} <= codes
     assert procedure.cycles[0].end_reason == "WATCHDOG"
     assert {"telemetry_stale", "watchdog_trip"} <= set(recorded_alarms(rig, treatment.session_id))
+
+
+def test_a_freeze_whose_request_cannot_be_recorded_is_never_sent(make_rig: Callable[..., Rig], mocker: MockerFixture) -> None:
+    rig = make_rig()
+    _, procedure = rig.procedure("common-wart", auto=False)
+    procedure.arm()
+    append = rig.store.append
+
+    def append_but_the_request(kind: str, payload: dict[str, Any], session_id: str | None = None) -> StoredEvent:
+        if kind == "freeze_requested":
+            raise RecordNotSaved("disk full")
+        return append(kind, payload, session_id)
+
+    mocker.patch.object(rig.store, "append", side_effect=append_but_the_request)
+    procedure.fire()
+    with pytest.raises(RecordNotSaved):
+        procedure.tick()
+    procedure.run()
+    assert procedure.state is State.FAULTED and "FREEZE not sent" in procedure.status_text
+    assert not rig.device.model.valve_log  # the valve never opened
+    assert procedure.alarms.latched["record_not_saved"].priority is Priority.HIGH
