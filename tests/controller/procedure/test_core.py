@@ -257,6 +257,31 @@ def test_the_matrix_covers_every_state_and_only_the_table_moves_the_core() -> No
     assert all(trigger != "stop" for _, trigger in TRANSITIONS)  # STOP is handled before the table
 
 
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
+def test_a_lost_link_in_every_state_follows_the_table(state: State) -> None:
+    h = drive_to(state)
+    h.answers[ReadAndReconcile] = lambda c: Reconciled(reconcile(c.facts, None, None, "port closed"))
+    h.feed(LinkLost("port closed"))
+    assert "link_lost" in h.core.alarms.latched
+    if state is State.FREEZING:
+        assert h.state() is State.UNCERTAIN  # the freeze's outcome is unknown: read the device, never assume
+    elif (state, "faulted") in TRANSITIONS:
+        assert h.state() is State.FAULTED
+    else:
+        assert h.state() is state
+
+
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.value)
+def test_another_freezes_done_and_a_tick_move_no_state(state: State) -> None:
+    h = drive_to(state)
+    before = [dataclasses.replace(c) for c in h.core.cycles]
+    event = h.event(EventCode.FREEZE_DONE, end=EndReason.COMPLETED, valve_ms=5000, event_id=77)
+    h.feed(DeviceEvent(dataclasses.replace(event.received, event=dataclasses.replace(event.received.event, freeze_txn=TXN + 1))))
+    h.feed(Tick())
+    assert h.state() is state and h.core.cycles == before
+    assert h.records("device_event")[-1]["txn"] == TXN + 1  # recorded, never charged to this freeze
+
+
 # ---- STOP from every state -------------------------------------------------------------------------------
 
 
