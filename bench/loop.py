@@ -10,6 +10,7 @@ truth), not on the host's heartbeat timer; only heartbeats count, as only the lo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 import time
@@ -21,12 +22,14 @@ from pathlib import Path
 
 from controller.clinic import Clinic
 from controller.config import Config
+from controller.errors import GivreError
 from controller.procedure.driver import Procedure
-from controller.procedure.states import TERMINAL, State
+from controller.procedure.states import State
 from controller.procedure.treatment import Treatment
 from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore
+from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import Link
 from firmware_bridge.messages import Heartbeat
 from profiles.library import LoadedProfile, load_builtins
@@ -41,6 +44,7 @@ IDLE_BETWEEN_LESIONS_S = 0.3  # the supervisor's idle loop (no procedure) heartb
 INTENT_POLL_S = 0.02  # how often the stand-in for the UI looks at the procedure (the UI refreshes at 10 Hz)
 INTENT_REPEAT_S = 1.0
 LESION_TIMEOUT_S = 30.0
+LESION_END_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class LoopFigures:
     lesions_completed: int
     lesions: int
     watchdog_trips: int  # the device's own count over the run: a gap past its timeout trips it
+    incidents: list[str]  # each lesion that did not complete, and why (the bench goes on)
 
 
 def bench_profile() -> LoadedProfile:
@@ -104,6 +109,7 @@ def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Cli
         profile = bench_profile()
         trips_before = device.firmware.watchdog_trips
         completed = 0
+        incidents: list[str] = []
         clinic.supervisor.start()
         device.on_host_frame = heartbeat_recorder(arrivals)
         try:
@@ -113,7 +119,11 @@ def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Cli
                                                     description="bench loop"), profile)
                 clinic.procedure = procedure
                 clinic.supervisor.attach(procedure)
-                completed += _run_like_the_ui(procedure) is State.COMPLETED
+                state, incident = _run_like_the_ui(procedure)
+                completed += state is State.COMPLETED
+                if incident:
+                    incidents.append(f"loop: {incident}")
+                    recover(clinic)
                 if between is not None:
                     between(clinic)
             time.sleep(IDLE_BETWEEN_LESIONS_S)
@@ -121,7 +131,7 @@ def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Cli
             device.on_host_frame = None
         trips = device.firmware.watchdog_trips - trips_before
         treatment.end()
-    return LoopFigures(gaps_ms(arrivals), len(arrivals), completed, lesions, trips)
+    return LoopFigures(gaps_ms(arrivals), len(arrivals), completed, lesions, trips, incidents)
 
 
 def heartbeat_recorder(arrivals: list[float]) -> Callable[[float, int], None]:
@@ -141,20 +151,22 @@ def gaps_ms(arrivals: list[float]) -> list[float]:
     return [(later - earlier) * 1000 for earlier, later in itertools.pairwise(arrivals)]
 
 
-def _run_like_the_ui(procedure: Procedure) -> State:
+def _run_like_the_ui(procedure: Procedure) -> tuple[State, str]:
     """Arm on this thread (as the treatment screen does), then send the clinician's intents: fire
     when armed, confirm the thaw when thawing, again each second while nothing moves (a refused
     fire leaves the procedure armed, as a clinician would press again). The supervisor's thread
-    does everything else."""
-    procedure.arm()
+    does everything else. Returns the lesion's end state and, unless it completed, what happened:
+    a bench reports a refusal or a fault (a watchdog trip, typically), it never stops on one."""
+    try:
+        procedure.arm()
+    except (GivreError, BridgeError) as exc:
+        return _end(procedure), f"arm refused: {exc}"
     deadline = time.monotonic() + LESION_TIMEOUT_S
     last_intent: tuple[State, int, float] | None = None
     while not procedure.finished:
         now = time.monotonic()
         if now > deadline:
-            procedure.stop()
-            raise RuntimeError(f"a bench lesion did not end within {LESION_TIMEOUT_S:g} s "
-                               f"(state {procedure.state.value}: {procedure.status_text or 'no status'})")
+            return _end(procedure), f"no end within {LESION_TIMEOUT_S:g} s ({procedure.state.value}: {procedure.status_text})"
         step = (procedure.state, len(procedure.cycles))
         if step[0] in (State.ARMED, State.THAWING) and (last_intent is None or last_intent[:2] != step
                                                         or now - last_intent[2] > INTENT_REPEAT_S):
@@ -164,6 +176,26 @@ def _run_like_the_ui(procedure: Procedure) -> State:
                 procedure.confirm_thaw()
             last_intent = (*step, now)
         time.sleep(INTENT_POLL_S)
-    assert procedure.state in TERMINAL
+    state = procedure.state
+    return state, "" if state is State.COMPLETED else f"lesion {state.value}: {procedure.status_text}"
+
+
+def _end(procedure: Procedure) -> State:
+    """STOP a lesion the bench gives up on and wait (bounded) for the loop to record its end."""
+    procedure.stop()
+    deadline = time.monotonic() + LESION_END_TIMEOUT_S
+    while not procedure.finished and time.monotonic() < deadline:
+        time.sleep(INTENT_POLL_S)
     return procedure.state
 
+
+def recover(clinic: Clinic) -> None:
+    """After a lesion that did not complete, do what the clinician does before the next one: clear
+    the device's latched fault (a watchdog trip latches one) and acknowledge the alarms."""
+    link = clinic.link
+    if link is None:
+        return
+    with contextlib.suppress(BridgeError):  # a lost link: the next lesion's gate says so, and it is reported
+        link.clear_fault()
+        link.wait_for_telemetry()  # the next gate judges the device on data newer than the clearing
+    clinic.alarms.acknowledge_all()

@@ -94,6 +94,7 @@ def _measure(quick: bool) -> dict[str, object]:
     results["loop_heartbeat_gap_ms_max"] = round(max(loop.gaps_ms), 3)  # the clinic's loop alone, lesions with freezes
     results["tui_heartbeat_gap_ms_max"] = round(max(tui_gaps), 3)  # the same loop beside the UI, STOP keys mid-freeze
     results["heartbeat_watchdog_trips"] = loop.watchdog_trips + tui.watchdog_trips
+    results["incidents"] = loop.incidents + tui.incidents  # lesions or samples that went wrong (the bench went on)
     results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,
                              "duplicates": day.duplicate_results, "events": day.events, "frames_corrupted": day.frames_corrupted}
     results["samples"] = {"roundtrip": n, "stop": n // 2, "freeze": n // 4, "watchdog": len(watchdog), "record_event": n,

@@ -22,14 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual import events
+from textual.pilot import Pilot
 
-from bench.loop import bench_clinic, heartbeat_recorder, start_session
+from bench.loop import bench_clinic, heartbeat_recorder, recover, start_session
 from controller.clinic import Clinic
+from controller.errors import GivreError
 from controller.procedure.driver import Procedure
 from controller.records.lesion import Lesion, Region, Site
 from controller.tui.app import GivreApp
 from controller.tui.screens.procedure import ProcedureScreen
 from controller.tui.screens.session import SessionScreen
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.messages import EndReason
 from sim.device import SimulatedDevice
 
 STOP_TIMEOUT_S = 5.0  # the device's watchdog would have closed the valve long before
@@ -44,6 +48,7 @@ class TuiFigures:
     key_to_valve_closed_ms: list[float] = field(default_factory=list)  # key posted -> the model's valve really closed
     key_to_valve_commanded_ms: list[float] = field(default_factory=list)  # key posted -> the firmware commanded it shut
     key_to_text_ms: list[float] = field(default_factory=list)  # key posted -> the screen says the device closed its valve
+    incidents: list[str] = field(default_factory=list)  # each sample that went wrong, and how (the bench goes on)
     valve_close_latency_ms: float = 0.0
     heartbeat_arrivals: list[float] = field(default_factory=list)  # every heartbeat the simulator received meanwhile
     watchdog_trips: int = 0  # the device's own count over the session
@@ -93,40 +98,72 @@ async def _drive(clinic: Clinic, device: SimulatedDevice, samples: int, figures:
         figures.start_ms = (time.perf_counter() - started) * 1000
         treatment = start_session(clinic)
         profile = clinic.library.get("seborrheic-keratosis-thick")
+        bench = _Bench(pilot, device, figures, before_key)
         for _ in range(samples):
             procedure = treatment.lesion(Lesion(profile_id=profile.profile.id, site=Site(region=Region.BACK), description="bench"), profile)
             clinic.procedure = procedure
             clinic.supervisor.attach(procedure)
-            app.push_screen(ProcedureScreen())
-            procedure.arm()
-            await pilot.press("f")
-            if await _until(lambda: device.valve_open, device, STOP_TIMEOUT_S) is None:
-                raise RuntimeError(f"the simulator's valve did not open within {STOP_TIMEOUT_S:g} s of the fire key")
-            await _stop_key(app, device, procedure, figures, before_key)
+            screen = ProcedureScreen()
+            await app.push_screen(screen)
+            incident = await _stop_sample(bench, screen, procedure)
+            if incident:  # reported, never fatal: end the lesion, clear what latched, go on
+                figures.incidents.append(f"tui: {incident}")
+                if not procedure.finished:
+                    procedure.stop()
+                    await _until(lambda: procedure.finished, device, STOP_TIMEOUT_S)  # noqa: B023 - awaited in this turn
+                recover(clinic)
             while not isinstance(app.screen, SessionScreen):
                 app.pop_screen()
                 await pilot.pause(0.01)
         treatment.end()
 
 
-async def _stop_key(app: GivreApp, device: SimulatedDevice, procedure: Procedure, figures: TuiFigures,
-                    before_key: Callable[[SimulatedDevice], None] | None) -> None:
-    """One STOP key mid-freeze, timed to the simulator's valve and to the screen's answer."""
+@dataclass(frozen=True, slots=True)
+class _Bench:
+    """What every sample uses: the pilot driving the app, the simulator, where figures go, a test's slow device."""
+
+    pilot: Pilot[None]
+    device: SimulatedDevice
+    figures: TuiFigures
+    before_key: Callable[[SimulatedDevice], None] | None
+
+
+async def _stop_sample(bench: _Bench, screen: ProcedureScreen, procedure: Procedure) -> str:
+    """Arm, fire with the f key, then one STOP key mid-freeze. Returns what went wrong, if anything
+    ("" for a clean sample)."""
+    try:
+        procedure.arm()
+    except (GivreError, BridgeError) as exc:
+        return f"arm refused: {exc}"
+    await bench.pilot.press("f")
+    if await _until(lambda: bench.device.valve_open, bench.device, STOP_TIMEOUT_S) is None:
+        return f"the valve did not open within {STOP_TIMEOUT_S:g} s of the fire key ({procedure.state.value}: {procedure.status_text})"
+    return await _stop_key(bench, screen, procedure)
+
+
+async def _stop_key(bench: _Bench, screen: ProcedureScreen, procedure: Procedure) -> str:
+    """The STOP key, timed to the simulator's valve really closing and to the screen's answer."""
+    device, figures = bench.device, bench.figures
     edge = device.model.valve_log[-1]  # the opening this freeze made
-    message = app.screen.query_one("#message")
-    if before_key is not None:
-        before_key(device)
-    t0 = post_key_as_a_terminal(app, "space", " ", device)
+    message = screen.query_one("#message")
+    if bench.before_key is not None:
+        bench.before_key(device)
+    t0 = post_key_as_a_terminal(screen.app, "space", " ", device)
     text_at = await _until(lambda: STOP_WORDS in str(message.render()), device, TEXT_TIMEOUT_S)
     if text_at is not None and CLOSED_WORDS in str(message.render()):
         figures.key_to_text_ms.append((text_at - t0) * 1000)
     await _until(lambda: edge.closed_at is not None, device, STOP_TIMEOUT_S)
-    if edge.closed_at is None:
-        raise RuntimeError(f"the simulator's valve did not close within {STOP_TIMEOUT_S:g} s of the STOP key")
+    if edge.closed_at is None or edge.closed_at < t0:
+        return "the freeze had ended before the STOP key" if edge.closed_at is not None else \
+            f"the valve did not close within {STOP_TIMEOUT_S:g} s of the STOP key"
     figures.key_to_valve_closed_ms.append((edge.closed_at - t0) * 1000)
     figures.key_to_valve_commanded_ms.append((edge.closed_at - device.model.close_latency_s - t0) * 1000)
     if await _until(lambda: procedure.finished, device, STOP_TIMEOUT_S) is None:
-        raise RuntimeError("the procedure did not record its end after STOP")
+        return "the procedure did not record its end after STOP"
+    ended = procedure.cycles[-1].end_reason if procedure.cycles else None
+    if ended != EndReason.STOPPED.name:  # the sample stands (the valve closed then), but it was not STOP that closed it
+        return f"the freeze ended {ended}, not STOPPED"
+    return ""
 
 
 async def _until(predicate: Callable[[], bool], device: SimulatedDevice, timeout_s: float) -> float | None:
