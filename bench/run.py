@@ -89,10 +89,10 @@ def _measure(quick: bool) -> dict[str, object]:
     results.update(_percentiles("stop_key_to_valve_closed_ms", tui.key_to_valve_closed_ms))
     results.update(_percentiles("stop_key_to_valve_commanded_ms", tui.key_to_valve_commanded_ms))
     tui_gaps = gaps_ms(tui.heartbeat_arrivals)
-    results["heartbeat_gap_ms_max"] = round(max(loop.gaps_ms + tui_gaps), 3)  # the worst the device saw, either run
+    results["heartbeat_gap_ms_max"] = _max(loop.gaps_ms + tui_gaps)  # the worst the device saw, either run
     results["heartbeat_gap_ms_p99"] = _percentiles("gap", loop.gaps_ms + tui_gaps)["gap_p99"]
-    results["loop_heartbeat_gap_ms_max"] = round(max(loop.gaps_ms), 3)  # the clinic's loop alone, lesions with freezes
-    results["tui_heartbeat_gap_ms_max"] = round(max(tui_gaps), 3)  # the same loop beside the UI, STOP keys mid-freeze
+    results["loop_heartbeat_gap_ms_max"] = _max(loop.gaps_ms)  # the clinic's loop alone, lesions with freezes
+    results["tui_heartbeat_gap_ms_max"] = _max(tui_gaps)  # the same loop beside the UI, STOP keys mid-freeze
     results["heartbeat_watchdog_trips"] = loop.watchdog_trips + tui.watchdog_trips
     results["incidents"] = loop.incidents + tui.incidents  # lesions or samples that went wrong (the bench went on)
     results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,
@@ -125,7 +125,14 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def _percentiles(prefix: str, samples: list[float]) -> dict[str, float]:
+def _max(samples: list[float]) -> float | None:
+    return round(max(samples), 3) if samples else None
+
+
+def _percentiles(prefix: str, samples: list[float]) -> dict[str, float | None]:
+    """p50 and p99; None when no sample could be taken (the incidents say why)."""
+    if not samples:
+        return {f"{prefix}_p50": None, f"{prefix}_p99": None}
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {f"{prefix}_p50": round(statistics.median(ordered), 3), f"{prefix}_p99": round(p99, 3)}
