@@ -488,6 +488,7 @@ class ProcedureCore:
         self._latest: TelemetryReceived | None = None
         self._fresh = False
         self._now = 0.0  # the time of the input being handled
+        self._handlers = self._handler_table()
         self._accepted_at = 0.0  # the time the device accepted the current FREEZE
         self._not_freezing_since: float | None = None  # since when the device says it is not freezing, FREEZE_DONE not yet in
 
@@ -505,27 +506,25 @@ class ProcedureCore:
         out.next_timer = self.next_timer(now)
         return out
 
-    @property
-    def _handlers(self) -> dict[type, Callable[[Any], None]]:
-        """Each input type's handler (a table, like TRANSITIONS)."""
-        now = self._now
+    def _handler_table(self) -> dict[type, Callable[[Any], None]]:
+        """Each input type's handler (a table, like TRANSITIONS); each reads the input's time from self._now."""
         return {
-            Arm: lambda i: self._arm(i.latest, now),
-            Fire: lambda i: self._fire(i.latest, now),
+            Arm: lambda i: self._arm(i.latest, self._now),
+            Fire: lambda i: self._fire(i.latest, self._now),
             MarkHalo: lambda _: self._mark_halo(),
             ConfirmThaw: lambda _: self._confirm_thaw(),
             StopPressed: lambda _: setattr(self, "stop_pressed", True),
-            Stop: lambda _: self._on_stop(now),
+            Stop: lambda _: self._on_stop(self._now),
             Acknowledge: lambda _: self.alarms.acknowledge_all(),
-            TelemetrySeen: lambda i: self._watch_telemetry(i.latest, now),
-            DeviceEvent: lambda i: self._on_device_event(i.received, now),
-            Rebooted: lambda i: self._on_link_gone(i, now),
-            LinkLost: lambda i: self._on_link_gone(i, now),
-            Tick: lambda _: self._advance(now),
-            CountersRead: lambda i: self._on_counters(i, now),
-            CountersUnread: lambda i: self._on_counters(i, now),
+            TelemetrySeen: lambda i: self._watch_telemetry(i.latest, self._now),
+            DeviceEvent: lambda i: self._on_device_event(i.received, self._now),
+            Rebooted: lambda i: self._on_link_gone(i, self._now),
+            LinkLost: lambda i: self._on_link_gone(i, self._now),
+            Tick: lambda _: self._advance(self._now),
+            CountersRead: lambda i: self._on_counters(i, self._now),
+            CountersUnread: lambda i: self._on_counters(i, self._now),
             **dict.fromkeys((FreezeAccepted, FreezeRejected, FreezeUnanswered, FreezeFailed, FreezeNotSent),
-                            lambda i: self._on_freeze_answer(i, now)),
+                            lambda i: self._on_freeze_answer(i, self._now)),
             HaloAcked: lambda i: self._record("halo_marked", {"cycle": len(self.cycles), "remaining_ms": i.remaining_ms}),
             HaloNotTaken: lambda i: setattr(self, "status_text", f"halo mark not taken: {i.text}"),
             Reconciled: self._on_reconciled,

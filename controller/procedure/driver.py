@@ -178,7 +178,6 @@ class Procedure:
         self.ledger = CartridgeLedger(self.store, config)
         self.intents_dropped = 0
         self._intents: queue.Queue[tuple[str, _ArmWaiter | None]] = queue.Queue(maxsize=MAX_INTENTS)
-        self._stop_requested = threading.Event()  # STOP was pressed (kept)
         self._stop_unrecorded = threading.Event()  # STOP was pressed and the loop has not fed it to the core yet
         self._lesion_recorded = threading.Event()
         self._step = threading.RLock()  # one thread at a time drives the core (the loop; or arm() before any loop runs)
@@ -243,7 +242,6 @@ class Procedure:
     def stop(self) -> str:
         """Emergency stop: straight to the device from the caller's thread, then recorded by the loop.
         Returns what the device said, in words, for the screen."""
-        self._stop_requested.set()
         self._stop_unrecorded.set()
         said = "stopped"
         link = self.link
@@ -282,7 +280,8 @@ class Procedure:
     def arm(self) -> Plan:
         """Check everything that must hold before a first freeze (gates.start_gate); refuse with every
         reason at once (StartRefused). On the loop's thread (or before any loop runs) it runs at once;
-        from another thread it is queued and waits for the loop's answer."""
+        from another thread it is queued and waits for the loop's answer (an ARM the loop has not taken
+        within ARM_ANSWER_S stays queued: ``view`` shows its outcome once the loop runs it)."""
         loop = self._loop_thread
         if loop is not None and loop != threading.get_ident():
             waiter = _ArmWaiter()

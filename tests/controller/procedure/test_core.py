@@ -8,6 +8,7 @@ the core records is checked against states.TRANSITIONS.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -280,6 +281,10 @@ def test_another_freezes_done_and_a_tick_move_no_state(state: State) -> None:
     h.feed(Tick())
     assert h.state() is state and h.core.cycles == before
     assert h.records("device_event")[-1]["txn"] == TXN + 1  # recorded, never charged to this freeze
+
+
+def test_every_input_type_has_its_handler() -> None:
+    assert set(typing.get_args(Input)) == set(ProcedureCore(Harness().core.setup)._handlers)
 
 
 # ---- STOP from every state -------------------------------------------------------------------------------
