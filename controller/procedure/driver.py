@@ -313,9 +313,7 @@ class Procedure:
         """One loop iteration: heartbeat, intents, device events, telemetry, timers; then publish the view."""
         with self._step:
             self._loop_thread = threading.get_ident()
-            if self.link is not None:
-                with contextlib.suppress(BridgeError):  # the link's loss arrives as an event
-                    self.link.heartbeat(list(State).index(self.core.state))
+            self._heartbeat()
             self._drain_intents()
             if self.link is not None:
                 item = self.link.next_event(self.link.heartbeat_period_s)
@@ -418,7 +416,14 @@ class Procedure:
         self._failure = self._failure or exc
         self._feed(RecordFailed(str(exc)))
 
+    def _heartbeat(self) -> None:
+        if self.link is not None:
+            with contextlib.suppress(BridgeError):  # the link's loss arrives as an event
+                self.link.heartbeat(list(State).index(self.core.state))
+
     def _ledger(self, op: LedgerOp) -> None:
+        if isinstance(op, CheckCartridge | Reserve):
+            self._heartbeat()  # the ledger still reads the whole store (records/ledger.py): the device hears from us first
         if isinstance(op, CheckCartridge):
             try:
                 self._feed(CartridgeChecked(self.ledger.status(op.flow_mg_per_s, op.today)))
