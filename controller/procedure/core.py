@@ -995,16 +995,18 @@ class ProcedureCore:
             "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None, "cartridge_seconds": seconds,
         })
         last = cycle.cycle >= (self.plan.cycles if self.plan else 1)
-        if self.cartridge is not None:
+        undelivered = self.plan is not None and self.plan.mode is FreezeMode.HALO and halo_ms is None and reason is EndReason.CAP
+        if self.cartridge is not None:  # a lesion counts toward the cartridge's per-lesion figure only when its dose was delivered
+            lesion_done = last and reason in (EndReason.COMPLETED, EndReason.CAP) and cycle.implausible is None and not undelivered
+            self._emit(Commit(self.cartridge.cartridge_id, seconds, lesion_done))
             self.cartridge_seconds_used += seconds
-            self._emit(Commit(self.cartridge.cartridge_id, seconds, last and reason in (EndReason.COMPLETED, EndReason.CAP)))
         if self.state is State.UNCERTAIN and certainty is Certainty.RECONCILED:
             self._go("reconciled")
             return
         if cycle.implausible is not None:  # not complete, not billed: the record keeps the device's figure and why
             self._go("faulted")
             return
-        if self.plan is not None and self.plan.mode is FreezeMode.HALO and halo_ms is None and reason is EndReason.CAP:
+        if undelivered:
             self.status_text = (f"cycle {cycle.cycle}: the spray reached its cap with no believable "
                                 f"{self.profile.timing_start.value.replace('_', ' ')}: the counted hold was not delivered")
             self.warnings.append(self.status_text)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from controller.config import Config
 from controller.practice.billing import acts_of
 from controller.procedure.driver import Procedure
 from controller.procedure.states import State
 from controller.records.history import view_of
+from controller.records.ledger import CartridgeLedger
 from tests.support.rig import Rig
 from tests.support.waiting import wait_until
 
@@ -35,6 +37,8 @@ def test_a_freeze_reported_as_4294967294_ms_is_not_completed_not_billed_and_char
     assert result["freeze_ms_device"] == 4_294_967_294  # the device's figure is kept, marked
     assert "more than the FREEZE asked" in str(result["implausible"])
     assert 0 < float(str(result["cartridge_seconds"])) <= 10.02  # the FREEZE asked 10 s: never the lie's 4.29 million
+    status = CartridgeLedger(rig.store, Config()).status()
+    assert status is not None and status.lesions_treated == 0  # not a treated lesion in the per-lesion figure either
     treatment.end()
     assert acts_of(view_of(rig.store, treatment.session_id)) == []
 
