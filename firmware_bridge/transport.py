@@ -27,11 +27,17 @@ if sys.platform != "win32":  # Windows has no ttys: the OS opens COM ports exclu
     import termios
 
 DEFAULT_BAUDRATE = 115200
+# pyserial checks its write timeout after each os.write, even one that wrote everything: a thread the
+# OS held off the CPU longer than the timeout got "write timed out" for a complete write, and a
+# loaded laptop dropped a healthy link. 2 s is far beyond any scheduling stall seen (786 ms under
+# two busy processes) and still finds a device that stopped reading: the device's own watchdog has
+# closed its valve long before, and the link's telemetry turned STALE after 1 s.
+WRITE_TIMEOUT_S = 2.0
 UDEV_HELP = "install docs/udev/99-givre.rules (see docs/udev/README.md)"
 
 
 class SerialTransport:
-    def __init__(self, url: str, read_timeout_s: float = 0.01, write_timeout_s: float = 0.25) -> None:
+    def __init__(self, url: str, read_timeout_s: float = 0.01, write_timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self.url = url
         try:
             self._port = serial.serial_for_url(
