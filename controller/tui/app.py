@@ -1,8 +1,10 @@
 """The Givre terminal UI: the clinician's flow and the technician's screens.
 
 The UI never times a freeze: the device does, and the controller's own thread (Supervisor) runs
-the procedure. The screens read the live Clinic, procedure and link (ten times a second on the
-treatment screen) and send intents; the self-test and calibration run in worker threads.
+the procedure. The treatment screens (procedure, summary, alarm bar) render `Procedure.view`, the
+frozen ProcedureView that thread publishes after each turn, read once per refresh, never the
+procedure's live objects; their keys queue intents (`request_arm`, `fire`, ...) for that thread.
+The self-test and calibration run in worker threads.
 
 STOP is the app's, not a screen's: while the lesion's freeze runs (or its outcome is being read
 back), space and escape STOP over every screen and pop-up (the command palette included), ctrl+c

@@ -1,9 +1,11 @@
-"""Words more than one screen shows: the device line and each procedure state's name and style."""
+"""Words more than one screen shows: the device line, each procedure state's name and style, a cycle's figures."""
 
 from __future__ import annotations
 
 from controller.clinic import Clinic
 from controller.procedure.states import State
+from controller.procedure.view import CycleLine
+from controller.records.certainty import Certainty
 
 PHASES = {
     State.IDLE: ("READY", "phase-idle"),
@@ -25,3 +27,25 @@ def device_line(clinic: Clinic) -> str:
     ident = clinic.link.identity
     return (f"{ident.kind.name.lower()} {ident.serial} · firmware {ident.firmware} · protocol {ident.protocol} · "
             f"{ident.cryogen.name} · cap {ident.max_freeze_ms / 1000:g} s · calibration {clinic.calibration_status} · {ident.port}")
+
+
+def device_ms_text(c: CycleLine) -> str:
+    """A cycle's freeze as measured, in words: never a Python None, never a figure the record does not believe unmarked."""
+    if c.valve_open_ms is None:
+        if c.certainty == Certainty.UNRESOLVED:
+            return "not known yet"  # the device could not be read: the cycle stays open until it can
+        return "running" if c.end_reason is None and c.certainty != Certainty.UNKNOWN else "not measured"
+    return f"{c.valve_open_ms} NOT BELIEVED" if c.implausible else str(c.valve_open_ms)
+
+
+def measured_by_text(c: CycleLine) -> str:
+    """Who measured the freeze: only where there is a figure; how it was known when not from the usual answer."""
+    if c.valve_open_ms is None:
+        return "device could not say" if c.certainty == Certainty.UNKNOWN else "-"
+    return f"{c.measured_by} (read back)" if c.certainty == Certainty.RECONCILED else c.measured_by
+
+
+def cycle_notes(cycles: tuple[CycleLine, ...]) -> list[str]:
+    """One line per cycle whose device figure is not believed, with why (the cell says NOT BELIEVED)."""
+    return [f"! cycle {c.cycle}: the device's {c.valve_open_ms} ms is not believed ({c.implausible}): "
+            "not completed, not billed" for c in cycles if c.implausible]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -10,26 +11,27 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Digits, Footer, ProgressBar, Sparkline, Static
 
 from controller.clinic import Clinic
-from controller.procedure.driver import Procedure, StartRefused
-from controller.procedure.states import State
+from controller.procedure.driver import Procedure
+from controller.procedure.states import TERMINAL, State
+from controller.procedure.view import ProcedureView
+from controller.records.ledger import CartridgeLedger
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.summary import SummaryScreen
 from controller.tui.text import PHASES
 from controller.tui.widgets.alarm_bar import AlarmBar
 from controller.tui.widgets.title_bar import TitleBar
 from firmware_bridge.messages import TriggerMode
-from firmware_bridge.session import TelemetryReceived
-from firmware_bridge.units import available_u16, celsius, date_of_day
+from firmware_bridge.units import date_of_day
 from profiles.schema import DeviceKindName
 
 REFRESH_S = 0.1
 SPARK_SAMPLES = 60  # 6 s of readings at the refresh rate
-VALVE_SENSED_OPEN = 0b10  # Telemetry.valve bit1
 
 
 class ProcedureScreen(GivreScreen):
-    """Phase, countdown and readings, refreshed from the live procedure and link ten times a
-    second; the keys send intents to the procedure, which the controller's thread drives."""
+    """Phase, countdown and readings, rendered ten times a second from the procedure's published view
+    (one frozen ProcedureView a refresh, never the procedure's live objects); the keys queue intents
+    (arm included) for the controller's thread, which drives the procedure. STOP goes to the device at once."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "stop", "STOP", key_display="space/esc", show=True, priority=True),
@@ -47,6 +49,11 @@ class ProcedureScreen(GivreScreen):
         self._samples: list[float] = []
         self._rang_for: set[tuple[int, str]] = set()
         self._summary_shown = False
+        self._note = ""  # what this screen said itself (the device's answer to STOP, the self-test has the device)
+        self._status = ""  # the view's latest status, and the state it was first seen in (shown only in that state)
+        self._status_state = State.IDLE
+        self._how = ""  # how this lesion's cycles are fired (the trigger mode)
+        self._checklist: Checklist | None = None  # read as the screen opens
 
     def compose(self) -> ComposeResult:
         yield TitleBar()
@@ -67,7 +74,11 @@ class ProcedureScreen(GivreScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#checklist", Static).update(checklist(self.app.clinic))
+        self._checklist = checklist(self.app.clinic)
+        trigger = self.procedure.trigger  # the lesion's trigger mode: fixed when the procedure was built
+        hold = "hold the trigger" if trigger is TriggerMode.DEAD_MAN else "press the trigger"
+        self._how = hold if trigger is not TriggerMode.HOST else "press f to fire"
+        self.refresh_view()
         self.set_interval(REFRESH_S, self.refresh_view)
 
     @property
@@ -82,41 +93,33 @@ class ProcedureScreen(GivreScreen):
 
     def show_stop(self, said: str) -> None:
         """What the device said to STOP."""
-        self.query_one("#message", Static).update(f"■ STOP: {said}")
+        self._note = f"■ STOP: {said}"
+        self.query_one("#message", Static).update(self._note)
 
     def _refused_while_measuring(self) -> bool:
         """No arm or fire while a self-test or calibration step has the device (the message names only the self-test)."""
         if self.app.clinic.device_busy:
-            self.query_one("#message", Static).update("✗ the self-test is using the device: wait for it to finish")
+            self._note = "✗ the self-test is using the device: wait for it to finish"
             return True
         return False
 
     def action_arm(self) -> None:
-        if self._refused_while_measuring():
-            return
-        try:
-            plan = self.procedure.arm()
-        except StartRefused as exc:
-            self.query_one("#message", Static).update("✗ cannot arm:\n" + "\n".join(f"  - {r}" for r in exc.reasons))
-            return
-        except Exception as exc:  # any refusal is shown, never a traceback
-            self.query_one("#message", Static).update(f"✗ cannot arm: {exc}")
-            return
-        hold = "hold the trigger" if self.procedure.trigger is TriggerMode.DEAD_MAN else "press the trigger"
-        how = hold if self.procedure.trigger is not TriggerMode.HOST else "press f to fire"
-        self.query_one("#message", Static).update(
-            f"ARMED: {plan.cycles} cycle(s) of {plan.dose.effective_ms / 1000:g} s (limited by {plan.dose.limited_by}); {how}"
-            + "".join(f"\n! {w}" for w in self.procedure.warnings)
-        )
+        """Queue the ARM: the loop runs the start gate; the next views say ARMED, or REFUSED with every reason."""
+        self._note = ""
+        if not self._refused_while_measuring():
+            self.procedure.request_arm()
 
     def action_fire(self) -> None:
+        self._note = ""
         if not self._refused_while_measuring():
             self.procedure.fire()
 
     def action_halo(self) -> None:
+        self._note = ""
         self.procedure.mark_halo()
 
     def action_thaw_done(self) -> None:
+        self._note = ""
         self.procedure.confirm_thaw()
 
     def action_acknowledge(self) -> None:
@@ -124,89 +127,142 @@ class ProcedureScreen(GivreScreen):
         self.app.clinic.alarms.acknowledge_all()
 
     def action_summary(self) -> None:
-        if self.procedure.finished:
+        if self.procedure.view.finished:
             self.app.push_screen(SummaryScreen())
 
     def refresh_view(self) -> None:
-        clinic = self.app.clinic
-        p = self.procedure
-        word, css = PHASES[p.state]
-        phase = self.query_one("#phase", Static)
-        phase.set_classes(css)
-        phase.update(f"{'❄' if p.state is State.FREEZING else '●'} {word}")
-        total = p.plan.cycles if p.plan else (p.requested_cycles or p.profile.cycles)
-        self.query_one("#cycle", Static).update(f"cycle {max(1, len(p.cycles))}/{total}   {p.profile.name_fr} / {p.profile.name_en}")
-        latest = clinic.link.latest_telemetry() if clinic.link else None
-        seconds, fraction = self._countdown(p, latest)
+        """Render one published view (read once: every line below shows the same moment)."""
+        view = self.procedure.view
+        word, css = phase(view)
+        line = self.query_one("#phase", Static)
+        line.set_classes(css)
+        line.update(word)
+        profile = self.procedure.profile  # the lesion's profile: fixed when the procedure was built
+        self.query_one("#cycle", Static).update(f"cycle {view.cycle}/{view.cycles_total}   {profile.name_fr} / {profile.name_en}")
+        seconds, fraction = countdown(view)
         self.query_one("#countdown", Digits).update(f"{seconds:04.1f}" if seconds is not None else "--.-")
         self.query_one("#progress", ProgressBar).update(progress=round(fraction * 100))
-        self._show_readings(latest)
-        if p.status_text:
-            self.query_one("#message", Static).update(p.status_text)
-        self._bell(p)
-        if p.finished and self.app.screen is self and not self._summary_shown:
+        self._show_readings(view)
+        self.query_one("#gas", Static).update(f"cartridge: {view.cartridge_left_s:.0f} s left" if view.cartridge_left_s is not None else "")
+        if self._checklist is not None:
+            self.query_one("#checklist", Static).update(self._checklist.text(view))
+        if view.status != self._status:
+            self._status, self._status_state = view.status, view.state
+        said = view.status if view.state is self._status_state else ""  # the latest thing said, in the state it was said in
+        self.query_one("#message", Static).update("\n".join(x for x in (self._note, message(view, said, self._how)) if x))
+        self._bell(view)
+        if view.finished and self.app.screen is self and not self._summary_shown:
             self._summary_shown = True
             self.app.push_screen(SummaryScreen())
 
-    def _countdown(self, p: Procedure, latest: TelemetryReceived | None) -> tuple[float | None, float]:
-        """Seconds left and fraction done, from the device's telemetry (freeze) or the controller (thaw)."""
-        if p.state is State.FREEZING and latest is not None:
-            t = latest.telemetry
-            total = t.elapsed_ms + t.remaining_ms
-            return t.remaining_ms / 1000, (t.elapsed_ms / total if total else 0.0)
-        if p.state is State.THAWING:
-            left, waiting = p.thaw_remaining()
-            thaw_total = p.profile.thaw.min_s if p.profile.thaw else 0
-            self.query_one("#message", Static).update(
-                ("waiting for " + waiting if waiting else "thaw time done: press enter when the thaw is complete")
-                if left <= 0 else f"THAW: {left:.0f} s left before the next cycle")
-            return left, (1 - left / thaw_total) if thaw_total else 1.0
-        return None, 1.0 if p.state is State.COMPLETED else 0.0
-
-    def _show_readings(self, latest: TelemetryReceived | None) -> None:
-        if latest is None:
+    def _show_readings(self, view: ProcedureView) -> None:
+        """The believed readings of fresh device data (the view's), the sparkline on the tissue or the gas."""
+        if not view.device_data_fresh:
             self.query_one("#reading", Static).update("no device data" if self.app.clinic.link else "manual: no sensors")
             return
-        t = latest.telemetry
-        tissue, tip, pressure_kpa = celsius(t.tissue_cdeg), celsius(t.tip_cdeg), available_u16(t.pressure_kpa)
         parts: list[str] = []
-        value = tissue  # the sparkline follows the tissue, or the gas pressure on a device without a tissue probe
-        if tissue is not None:
-            parts.append(f"tissue {tissue:6.1f} °C")
-        if tip is not None:
-            parts.append(f"tip {tip:6.1f} °C")
-        if pressure_kpa is not None:
-            parts.append(f"gas {pressure_kpa / 100:4.1f} bar")
-            value = pressure_kpa / 100 if value is None else value
+        value = view.tissue_c  # the sparkline follows the tissue, or the gas pressure on a device without a tissue probe
+        if view.tissue_c is not None:
+            parts.append(f"tissue {view.tissue_c:6.1f} °C")
+        if view.tip_c is not None:
+            parts.append(f"tip {view.tip_c:6.1f} °C")
+        if view.pressure_bar is not None:
+            parts.append(f"gas {view.pressure_bar:4.1f} bar")
+            value = view.pressure_bar if value is None else value
         if value is not None:
             self._samples = [*self._samples, value][-SPARK_SAMPLES:]
             self.query_one("#spark", Sparkline).data = self._samples
-        valve = "valve OPEN" if t.valve & VALVE_SENSED_OPEN else "valve closed"
-        self.query_one("#reading", Static).update(" · ".join([*parts, valve]))
-        status = self.procedure.ledger.status() if self.app.clinic.device_kind is DeviceKindName.SPRAY else None
-        self.query_one("#gas", Static).update(
-            f"cartridge: {status.remaining_s:.0f} s left (~{status.estimated_lesions_left} lesions)" if status else "")
+        if view.valve_sensed_open is not None:
+            parts.append("valve OPEN" if view.valve_sensed_open else "valve closed")
+        self.query_one("#reading", Static).update(" · ".join(parts))
 
-    def _bell(self, p: Procedure) -> None:
+    def _bell(self, view: ProcedureView) -> None:
         """Ring once at each cycle's start and once at its end, if the bell is on."""
-        if not self.app.clinic.bell or not p.cycles:
+        if not self.app.clinic.bell or not view.cycles:
             return
-        key = (len(p.cycles), "end" if p.cycles[-1].end_reason else "start")
+        key = (len(view.cycles), "end" if view.cycles[-1].end_reason else "start")
         if key not in self._rang_for:
             self._rang_for.add(key)
             self.app.bell()
 
 
-def checklist(clinic: Clinic) -> str:
-    """What the clinician checks before arming: patient and site, profile, cartridge, calibration, the keys."""
+def phase(view: ProcedureView) -> tuple[str, str]:
+    """The phase in a word and a symbol (never colour alone) and its CSS class; an ARM refused is REFUSED, not READY."""
+    if view.state is State.IDLE and view.refused:
+        return "✗ REFUSED: cannot arm", "phase-alarm"
+    word, css = PHASES[view.state]
+    return f"{'❄' if view.state is State.FREEZING else '●'} {word}", css
+
+
+def countdown(view: ProcedureView) -> tuple[float | None, float]:
+    """Seconds left and fraction done: the device's own countdown while freezing, the thaw's minimum while thawing."""
+    if view.state is State.FREEZING:
+        return view.freeze_remaining_s, view.freeze_fraction
+    if view.state is State.THAWING:
+        return view.thaw_left_s, view.thaw_fraction
+    return None, view.freeze_fraction if view.state is State.COMPLETED else 0.0
+
+
+def message(view: ProcedureView, said: str, how: str) -> str:
+    """What the clinician is told to do now, from the view alone (its state, its cycle), then what was said in this state."""
+    cycle = f"cycle {view.cycle}/{view.cycles_total}"
+    lines: list[str] = []
+    if view.state is State.IDLE and view.refused:
+        lines += ["✗ cannot arm:", *(f"  - {r}" for r in view.refused)]
+        said = "" if said == "; ".join(view.refused) else said
+    elif view.state is State.ARMED:
+        dose = f"{view.dose_ms / 1000:g} s" if view.dose_ms is not None else "the planned dose"
+        lines.append(f"ARMED for {cycle}: {dose} (limited by {view.limited_by}); {how}")
+        lines += [f"! {w}" for w in view.warnings]
+    elif view.state is State.FREEZING:
+        lines.append(f"FREEZE {cycle}: the device times it; space or escape STOPs")
+    elif view.state is State.UNCERTAIN:
+        lines.append(f"{cycle}: reading the freeze's outcome from the device")
+    elif view.state is State.THAWING:
+        lines.append(thaw_line(view))
+    elif view.state in TERMINAL:
+        lines += [f"! {w}" for w in view.warnings]
+        lines.append("s: summary" if view.finished else "closing the lesion's record...")
+    return "\n".join([*lines, *([said] if said else [])])
+
+
+def thaw_line(view: ProcedureView) -> str:
+    """The thaw between two cycles: time left, then what else it waits for, then the clinician's enter."""
+    following = f"cycle {view.cycle + 1}/{view.cycles_total}" if view.cycle < view.cycles_total else "the end"
+    if view.thaw_left_s is None:
+        return f"THAW after cycle {view.cycle}/{view.cycles_total}"
+    if view.thaw_left_s > 0:
+        return f"THAW: {view.thaw_left_s:.0f} s left before {following}"
+    if view.thaw_waiting:
+        return f"THAW: waiting for {view.thaw_waiting}"
+    return f"thaw time done: press enter when the thaw is complete ({following} next)"
+
+
+@dataclass(frozen=True, slots=True)
+class Checklist:
+    """What the clinician checks before arming, as the screen opened: patient and site, profile, the
+    cartridge (the ledger's, until the ARM reserves it: then the view's seconds left), calibration, the keys."""
+
+    head: tuple[str, ...]
+    cartridge: str | None  # None: no cartridge to check (a probe, manual mode)
+    tail: tuple[str, ...]
+
+    def text(self, view: ProcedureView) -> str:
+        cartridge = f"✓ cartridge: {view.cartridge_left_s:.0f} s left" if view.cartridge_left_s is not None else self.cartridge
+        return "\n".join([*self.head, *([cartridge] if cartridge else []), *self.tail])
+
+
+def checklist(clinic: Clinic) -> Checklist:
+    """The checklist's facts, read once as the treatment screen opens (one ledger read, as the cartridge pop-up does)."""
     p = clinic.procedure
     assert p is not None and clinic.treatment is not None
-    lines = [f"✓ patient {clinic.treatment.info.patient}, site {p.lesion.site.describe()} ({p.lesion.site.zone.value})",
-             f"✓ profile {p.profile.id}"]
+    head = (f"✓ patient {clinic.treatment.info.patient}, site {p.lesion.site.describe()} ({p.lesion.site.zone.value})",
+            f"✓ profile {p.profile.id}")
+    cartridge = None
     if clinic.device_kind is DeviceKindName.SPRAY:
-        status = p.ledger.status()
-        lines.append(f"{'✓' if status else '✗'} cartridge: " + (f"{status.remaining_s:.0f} s left" if status else "none registered (c)"))
+        status = CartridgeLedger(clinic.store, clinic.config).status()
+        cartridge = f"{'✓' if status else '✗'} cartridge: " + (f"{status.remaining_s:.0f} s left" if status else "none registered (c)")
     cal = p.calibration
-    lines.append("! calibration: " + ("none recorded" if cal is None or not cal.due_on_day else f"due {date_of_day(cal.due_on_day)}"))
-    lines.append("a: ARM, then f: FIRE" + (" (or the device trigger)" if clinic.trigger is not TriggerMode.HOST else ""))
-    return "\n".join(lines)
+    tail = ("! calibration: " + ("none recorded" if cal is None or not cal.due_on_day else f"due {date_of_day(cal.due_on_day)}"),
+            "a: ARM, then f: FIRE" + (" (or the device trigger)" if clinic.trigger is not TriggerMode.HOST else ""))
+    return Checklist(head, cartridge, tail)
