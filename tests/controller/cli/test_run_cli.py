@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,18 +91,24 @@ def _start_run(port: str, db: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([*GIVRE, *HOST_RUN, "--port", port, "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigint_during_a_freeze_sends_stop_first_then_records_aborted(tmp_path: Path) -> None:
-    db = tmp_path / "r.sqlite"
+@contextlib.contextmanager
+def _freezing_run(db: Path) -> Iterator[tuple[SimulatedDevice, subprocess.Popen[str]]]:
+    """`givre run` in its own process against a simulated spray, once the device's valve is open."""
     assert main(["cartridge", "load", "--size", "23g", "--db", str(db)]) == 0
     with SimulatedDevice() as device:
         host = _start_run(device.serve_pty(), db)
         try:
             wait_until(lambda: device.valve_open, timeout_s=15, what="the freeze starting")
-            host.send_signal(signal.SIGINT)
-            out, err = host.communicate(timeout=20)
+            yield device, host
         finally:
             if host.poll() is None:
                 host.kill()
+
+
+def test_sigint_during_a_freeze_sends_stop_first_then_records_aborted(tmp_path: Path) -> None:
+    with _freezing_run(tmp_path / "r.sqlite") as (device, host):
+        host.send_signal(signal.SIGINT)
+        out, err = host.communicate(timeout=20)
         assert not device.model.valve_commanded
         counters = device.firmware.nvm.last_freeze
     result = json.loads(out)
@@ -184,21 +192,14 @@ def test_run_proposes_billing_and_an_aesthetic_act_is_not_reimbursable(tmp_path:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_a_flooding_device_within_a_second_and_the_store_stays_small(tmp_path: Path, sig: signal.Signals) -> None:
     db = tmp_path / "r.sqlite"
-    assert main(["cartridge", "load", "--size", "23g", "--db", str(db)]) == 0
-    with SimulatedDevice() as device:
-        host = _start_run(device.serve_pty(), db)
-        try:
-            wait_until(lambda: device.valve_open, timeout_s=15, what="the freeze starting")
-            first_id = device.firmware.next_event_id
-            device.lie("event-flood")
-            wait_until(lambda: device.firmware.next_event_id - first_id > 2000, timeout_s=5, what="a flood under way")
-            host.send_signal(sig)
-            wait_until(lambda: not device.model.valve_commanded, timeout_s=1.0, what="the valve closed within 1 s of the signal")
-            device.stop_lying()
-            out, err = host.communicate(timeout=20)
-        finally:
-            if host.poll() is None:
-                host.kill()
+    with _freezing_run(db) as (device, host):
+        first_id = device.firmware.next_event_id
+        device.lie("event-flood")
+        wait_until(lambda: device.firmware.next_event_id - first_id > 2000, timeout_s=5, what="a flood under way")
+        host.send_signal(sig)
+        wait_until(lambda: not device.model.valve_commanded, timeout_s=1.0, what="the valve closed within 1 s of the signal")
+        device.stop_lying()
+        out, err = host.communicate(timeout=20)
     assert json.loads(out)["status"] == "aborted", err
     with RecordStore(db, writer=False) as store:
         assert len(list(store.events())) < 300  # coalesced: not one fsynced row per flooded event
