@@ -69,7 +69,7 @@ class SummaryScreen(GivreScreen):
         for c in view.cycles:
             table.add_row(str(c.cycle), asked, device_ms_text(c), str(c.thaw_ms) if c.thaw_ms is not None else "-",
                           view.limited_by or "-", c.end_reason or "-", measured_by_text(c))
-        self.query_one("#notes", Static).update("\n".join(cycle_notes(view.cycles)))
+        self.query_one("#notes", Static).update("\n".join(cycle_notes(view.cycles)) if view.cycles else "no freeze was fired")
         if not view.finished:
             self.query_one("#billing", Static).update("billing: once the lesion's record is closed...")
             return False

@@ -288,7 +288,8 @@ def test_a_refused_arm_reads_refused_with_every_reason_not_ready_and_arm_is_queu
             assert "cannot arm" not in _rendered(app, "#message")
             assert "✓ cartridge: " in _rendered(app, "#checklist")
             await pilot.press("space")  # disarm
-            await until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="summary")
+            await until(pilot, lambda: isinstance(app.screen, SummaryScreen) and "no freeze" in _rendered(app, "#notes"), what="summary")
+            assert _rendered(app, "#verdict").startswith("STOPPED")
     asyncio.run(scenario())
     assert stand.live_reads == []  # arm() among them: the key only queued it
 
