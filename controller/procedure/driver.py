@@ -270,6 +270,12 @@ class Procedure:
         self._queue("confirm_thaw")
 
     def acknowledge_alarms(self) -> None:
+        """Queued for the loop; once the lesion's end is recorded no loop runs it any more, so the
+        acknowledgement is done at once by the caller and the view republished."""
+        if self.finished:
+            self.alarms.acknowledge_all()
+            self._publish()
+            return
         self._queue("ack")
 
     def _queue(self, intent: str, waiter: _ArmWaiter | None = None) -> bool:

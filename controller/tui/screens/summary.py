@@ -31,10 +31,9 @@ class SummaryScreen(GivreScreen):
         self._waiting: Timer | None = None  # looks again until the lesion's end is recorded
 
     def action_acknowledge(self) -> None:
-        """The lesion is over: its loop no longer runs it, so its alarms are acknowledged here, on the UI's thread."""
         clinic = self.app.clinic
-        if clinic.procedure is not None and clinic.procedure.view.finished:
-            clinic.procedure.alarms.acknowledge_all()
+        if clinic.procedure is not None:
+            clinic.procedure.acknowledge_alarms()
         clinic.alarms.acknowledge_all()
 
     def compose(self) -> ComposeResult:
