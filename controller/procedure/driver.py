@@ -183,6 +183,7 @@ class Procedure:
         self._intents: queue.Queue[tuple[str, _ArmWaiter | None]] = queue.Queue(maxsize=MAX_INTENTS)
         self._stop_unrecorded = threading.Event()  # STOP was pressed and the loop has not fed it to the core yet
         self._lesion_recorded = threading.Event()
+        self._last_heartbeat = 0.0  # host clock of the last heartbeat this procedure sent
         self._step = threading.RLock()  # one thread at a time drives the core (the loop; or arm() before any loop runs)
         self._loop_thread: int | None = None
         self._failure: RecordNotSaved | None = None
@@ -328,6 +329,7 @@ class Procedure:
                 item = self.link.next_event(self.link.heartbeat_period_s)
                 handled = 0
                 while item is not None:
+                    self._heartbeat_if_due()
                     self._on_link_event(item)
                     handled += 1
                     item = self.link.next_event(0) if handled < EVENTS_PER_TICK else None
@@ -394,6 +396,7 @@ class Procedure:
         unsaved = False
         try:
             for effect in out.effects:
+                self._heartbeat_if_due()  # a lesion's end is a chain of durable writes: the device hears from us between them
                 if isinstance(effect, Record):
                     unsaved = not self._append(effect) or unsaved
                 elif isinstance(effect, CheckCartridge | Reserve | Commit | Release):
@@ -427,8 +430,14 @@ class Procedure:
 
     def _heartbeat(self) -> None:
         if self.link is not None:
+            self._last_heartbeat = self.clock.monotonic()
             with contextlib.suppress(BridgeError):  # the link's loss arrives as an event
                 self.link.heartbeat(list(State).index(self.core.state))
+
+    def _heartbeat_if_due(self) -> None:
+        """A heartbeat when a heartbeat period has passed since the last one (within a long loop turn)."""
+        if self.link is not None and self.clock.monotonic() - self._last_heartbeat >= self.clock.wall(self.link.heartbeat_period_s):
+            self._heartbeat()
 
     def _while_heartbeating(self, read: Callable[[], T]) -> T:
         """A read that scans the store (the ledger reads every event until the records issue gives it a
