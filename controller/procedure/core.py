@@ -735,6 +735,10 @@ class ProcedureCore:
     def _on_counters(self, inp: CountersRead | CountersUnread, now: float) -> None:
         if self.state is not State.ARMED or self.plan is None:
             return
+        if self.stop_pressed:  # STOP came while the counters were read: the FREEZE is never sent
+            self._record("stopped", {"state": self.state.value})
+            self._enter(State.ABORTED, "stop")
+            return
         if isinstance(inp, CountersUnread):
             self._fire_failed(f"cannot read the device before freezing: {inp.text}", now)
             return
@@ -774,7 +778,9 @@ class ProcedureCore:
             self._go("faulted")
         elif isinstance(inp, FreezeNotSent):
             self.status_text = f"FREEZE not sent: {inp.why}"
-            self._go("faulted")
+            if self.stop_pressed:
+                self._record("stopped", {"state": self.state.value, "freeze_sent": False})
+            self._go("stopped" if self.stop_pressed else "faulted")
         else:
             self._become_uncertain(inp.text, now)
 

@@ -106,6 +106,7 @@ __all__ = [
 
 MANUAL_TICK_S = 0.05
 T = TypeVar("T")
+STOP_RESEND_S = 0.5  # STOP again this often until the device reports the freeze's end
 EVENTS_PER_TICK = 32  # device events handled per loop turn: the heartbeat and STOP never wait behind a flood
 MAX_INTENTS = 64  # intents queued for the loop; past it an intent is dropped (and counted): STOP never queues
 ARM_ANSWER_S = 5.0  # wall seconds a caller off the loop waits for the loop to run the start gate
@@ -184,6 +185,7 @@ class Procedure:
         self._stop_unrecorded = threading.Event()  # STOP was pressed and the loop has not fed it to the core yet
         self._lesion_recorded = threading.Event()
         self._last_heartbeat = 0.0  # host clock of the last heartbeat this procedure sent
+        self._stop_sent_at = 0.0  # host clock of the last STOP sent to the device
         self._step = threading.RLock()  # one thread at a time drives the core (the loop; or arm() before any loop runs)
         self._loop_thread: int | None = None
         self._failure: RecordNotSaved | None = None
@@ -249,12 +251,14 @@ class Procedure:
         self._stop_unrecorded.set()
         said = "stopped"
         link = self.link
-        if link is not None and self.core.state in (State.FREEZING, State.UNCERTAIN):
+        if link is not None and self.core.state in (State.ARMED, State.FREEZING, State.UNCERTAIN):
+            self._stop_sent_at = self.clock.monotonic()
             try:
                 ack = link.stop(reason=1)
                 said = f"the device closed its valve after {ack.detail32} ms of freeze"
             except BridgeError as exc:
-                said = f"no answer from the device ({exc.problem}): its watchdog closes the valve by itself"
+                said = (f"no answer from the device ({exc.problem}): STOP is sent again until it answers; "
+                        "if Givre goes silent, the device's watchdog closes the valve")
         return said
 
     def request_arm(self) -> None:
@@ -325,6 +329,7 @@ class Procedure:
             self._loop_thread = threading.get_ident()
             self._heartbeat()
             self._drain_intents()
+            self._resend_stop_if_unanswered()
             if self.link is not None:
                 item = self.link.next_event(self.link.heartbeat_period_s)
                 handled = 0
@@ -345,12 +350,31 @@ class Procedure:
     def _latest(self) -> TelemetryReceived | None:
         return self.link.latest_telemetry() if self.link is not None else None
 
+    def _take_stop(self) -> bool:
+        """Hand the core a STOP pressed on another thread since the last look; True if there was one."""
+        if not self._stop_unrecorded.is_set():
+            return False
+        self._stop_unrecorded.clear()
+        self._feed(StopPressed())
+        self._feed(Stop())
+        self._publish()
+        return True
+
+    def _resend_stop_if_unanswered(self) -> None:
+        """STOP was pressed and the device has not reported the freeze's end: STOP again every
+        STOP_RESEND_S (a lost frame or a busy device must never let the freeze run to its end)."""
+        link = self.link
+        now = self.clock.monotonic()
+        if link is None or not self.core.stop_pressed or self.core.state not in (State.FREEZING, State.UNCERTAIN):
+            return
+        if now - self._stop_sent_at < self.clock.wall(STOP_RESEND_S):
+            return
+        self._stop_sent_at = now
+        with contextlib.suppress(BridgeError):
+            link.stop(reason=1)
+
     def _drain_intents(self) -> None:
-        if self._stop_unrecorded.is_set():
-            self._stop_unrecorded.clear()
-            self._feed(StopPressed())
-            self._feed(Stop())
-            self._publish()
+        self._take_stop()
         while True:
             try:
                 intent, waiter = self._intents.get_nowait()
@@ -461,7 +485,7 @@ class Procedure:
         elif isinstance(op, Reserve):
             try:
                 status = self._while_heartbeating(lambda: self.ledger.reserve(self.session_id, op.seconds, op.flow_mg_per_s))
-            except LedgerError as exc:
+            except (LedgerError, RecordNotSaved) as exc:  # a reservation that could not be written reserves nothing
                 self._feed(CartridgeRefused(str(exc)))
             else:
                 self._feed(CartridgeReserved(status))
@@ -498,8 +522,12 @@ class Procedure:
             except BridgeError as exc:
                 self._feed(CountersUnread(str(exc)))
             else:
+                self._take_stop()  # a STOP pressed meanwhile is heard before the FREEZE could go out
                 self._feed(CountersRead(counters))
         elif isinstance(command, SendFreeze):
+            if self._take_stop():
+                self._feed(FreezeNotSent("STOP was pressed before it went out"))
+                return
             try:
                 txn = link.freeze(command.ms, command.mode, command.trigger)
             except CommandTimeout as exc:

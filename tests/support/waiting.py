@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from controller.procedure.driver import Procedure
+
 
 def wait_until(predicate: Callable[[], object], timeout_s: float = 5.0, what: str = "condition") -> None:
     """Poll a condition instead of sleeping a fixed time; fail with a message if it never holds."""
@@ -13,3 +15,9 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 5.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.002)
+
+
+def ticked(procedure: Procedure) -> bool:
+    """One turn of the controller loop (the test is the loop here); True, to chain in a wait condition."""
+    procedure.tick()
+    return True

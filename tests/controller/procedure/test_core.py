@@ -36,6 +36,7 @@ from controller.procedure.core import (
     Effect,
     Fire,
     FreezeAccepted,
+    FreezeNotSent,
     FreezeRejected,
     FreezeUnanswered,
     HaloAcked,
@@ -598,3 +599,23 @@ def test_the_view_is_a_frozen_value_of_one_moment() -> None:
 def test_docs_procedure_md_shows_the_state_table_of_the_code() -> None:
     text = (Path(__file__).parents[3] / "docs" / "procedure.md").read_text(encoding="utf-8")
     assert state_table() in text, "docs/procedure.md: paste controller.procedure.states.state_table() between its markers"
+
+
+def test_stop_pressed_while_the_counters_are_read_means_the_freeze_is_never_sent() -> None:
+    h = Harness()
+    h.arm()
+    h.answers[ReadCounters] = lambda _: None  # the driver is still reading the device when STOP comes
+    h.fire()
+    h.feed(StopPressed())
+    h.feed(CountersRead(counters()))
+    assert h.commands(SendFreeze) == [] and h.state() is State.ABORTED and "stopped" in h.kinds()
+
+
+def test_stop_pressed_before_the_freeze_went_out_ends_stopped_not_faulted() -> None:
+    h = Harness()
+    h.arm()
+    h.answers[SendFreeze] = lambda _: None  # the driver saw STOP before writing the FREEZE
+    h.fire()
+    h.feed(StopPressed())
+    h.feed(FreezeNotSent("STOP was pressed before it went out"))
+    assert h.state() is State.ABORTED and h.records("stopped")[-1]["freeze_sent"] is False

@@ -8,18 +8,11 @@ from collections.abc import Callable
 
 from controller.config import Config
 from controller.practice.billing import acts_of
-from controller.procedure.driver import Procedure
 from controller.procedure.states import State
 from controller.records.history import view_of
 from controller.records.ledger import CartridgeLedger
 from tests.support.rig import Rig
-from tests.support.waiting import wait_until
-
-
-def ticked(procedure: Procedure) -> bool:
-    """One turn of the controller loop (the test is the loop here); True to chain in a wait condition."""
-    procedure.tick()
-    return True
+from tests.support.waiting import ticked, wait_until
 
 
 def results(rig: Rig, session_id: str) -> list[dict[str, object]]:
