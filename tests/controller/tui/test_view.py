@@ -125,6 +125,16 @@ def open_lesion(app: GivreApp, profile_id: str) -> Procedure:
     return procedure
 
 
+async def fire_a_common_wart(pilot: Pilot[None], app: GivreApp) -> Procedure:
+    """A common-wart lesion opened, then ARM and FIRE by their keys once the screen says each is possible."""
+    procedure = open_lesion(app, "common-wart")
+    await until(pilot, lambda: isinstance(app.screen, ProcedureScreen), what="treatment screen")
+    await pilot.press("a")
+    await until(pilot, lambda: "ARMED" in _rendered(app, "#phase"), what="armed")
+    await pilot.press("f")
+    return procedure
+
+
 @dataclass(frozen=True)
 class Seen:
     """One refresh of the treatment screen as the clinician saw it."""
@@ -189,11 +199,7 @@ def test_billing_is_shown_only_once_the_lesion_is_recorded_finished(make_stand: 
     async def scenario() -> None:
         app = stand.app
         async with app.run_test(size=(80, 24)) as pilot:
-            procedure = open_lesion(app, "common-wart")
-            await until(pilot, lambda: isinstance(app.screen, ProcedureScreen), what="treatment screen")
-            await pilot.press("a")
-            await until(pilot, lambda: "ARMED" in _rendered(app, "#phase"), what="armed")
-            await pilot.press("f")
+            procedure = await fire_a_common_wart(pilot, app)
             await until(pilot, lambda: isinstance(app.screen, SummaryScreen) and "proposed billing: " in _rendered(app, "#billing"),
                         what="summary with its billing")
             assert _rendered(app, "#verdict").startswith("DONE")
@@ -220,11 +226,7 @@ def test_a_freeze_nothing_measured_reads_not_measured_never_none_nor_measured_by
     async def scenario() -> None:
         app = stand.app
         async with app.run_test(size=(80, 24)) as pilot:
-            procedure = open_lesion(app, "common-wart")
-            await until(pilot, lambda: isinstance(app.screen, ProcedureScreen), what="treatment screen")
-            await pilot.press("a")
-            await until(pilot, lambda: "ARMED" in _rendered(app, "#phase"), what="armed")
-            await pilot.press("f")
+            procedure = await fire_a_common_wart(pilot, app)
             await until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="summary")
             # A cycle whose outcome the device was read for and could not give (reconcile's UNKNOWN),
             # as the loop would publish it; the finished procedure is no longer the loop's.
@@ -247,11 +249,7 @@ def test_a_device_figure_not_believed_says_so_and_is_not_billed(make_stand: Call
     async def scenario() -> None:
         app = stand.app
         async with app.run_test(size=(80, 24)) as pilot:
-            open_lesion(app, "common-wart")
-            await until(pilot, lambda: isinstance(app.screen, ProcedureScreen), what="treatment screen")
-            await pilot.press("a")
-            await until(pilot, lambda: "ARMED" in _rendered(app, "#phase"), what="armed")
-            await pilot.press("f")
+            await fire_a_common_wart(pilot, app)
             await until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.query_one("#cycles", DataTable).row_count == 1,
                         what="summary")
             screen = app.screen
