@@ -39,7 +39,7 @@ from controller.procedure.plausibility import (
 )
 from controller.procedure.reconcile import Finding, FreezeFacts, Outcome
 from controller.procedure.recovery import device_event_record
-from controller.procedure.states import END_TRIGGERS, TERMINAL, TRANSITIONS, State
+from controller.procedure.states import END_TRIGGERS, FREEZE_MAY_RUN, TERMINAL, TRANSITIONS, State
 from controller.procedure.view import CycleLine, ProcedureView
 from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeStatus
@@ -693,7 +693,7 @@ class ProcedureCore:
         self.stop_pressed = True
         if self.state in TERMINAL:
             return
-        if self.state in (State.FREEZING, State.UNCERTAIN):
+        if self.state in FREEZE_MAY_RUN:
             if self.manual:  # the clinician stops; the host timer is all there is
                 self._finish_cycle(None, None, EndReason.STOPPED, Certainty.HOST_MEASURED)
             return  # the device's FREEZE_DONE (STOPPED) carries the measured time

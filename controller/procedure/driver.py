@@ -86,7 +86,7 @@ from controller.procedure.core import (
 )
 from controller.procedure.dose import BelowMinimumOverride
 from controller.procedure.reconcile import read_and_reconcile
-from controller.procedure.states import TERMINAL, State
+from controller.procedure.states import FREEZE_MAY_RUN, TERMINAL, State
 from controller.procedure.view import ProcedureView
 from controller.records.ledger import CartridgeLedger, CartridgeStatus, LedgerError
 from controller.records.lesion import Lesion
@@ -251,7 +251,7 @@ class Procedure:
         self._stop_unrecorded.set()
         said = "stopped"
         link = self.link
-        if link is not None and self.core.state in (State.ARMED, State.FREEZING, State.UNCERTAIN):
+        if link is not None and (self.core.state is State.ARMED or self.core.state in FREEZE_MAY_RUN):
             self._stop_sent_at = self.clock.monotonic()
             try:
                 ack = link.stop(reason=1)
@@ -365,7 +365,7 @@ class Procedure:
         STOP_RESEND_S (a lost frame or a busy device must never let the freeze run to its end)."""
         link = self.link
         now = self.clock.monotonic()
-        if link is None or not self.core.stop_pressed or self.core.state not in (State.FREEZING, State.UNCERTAIN):
+        if link is None or not self.core.stop_pressed or self.core.state not in FREEZE_MAY_RUN:
             return
         if now - self._stop_sent_at < self.clock.wall(STOP_RESEND_S):
             return

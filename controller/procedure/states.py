@@ -21,6 +21,8 @@ class State(enum.Enum):
 
 
 TERMINAL = frozenset({State.COMPLETED, State.ABORTED, State.FAULTED})
+# The device may be spraying: STOP goes to it, and only its FREEZE_DONE (or the reconcile rule) ends the cycle.
+FREEZE_MAY_RUN = frozenset({State.FREEZING, State.UNCERTAIN})
 
 # (state, trigger) -> next state. Anything absent is refused. STOP is handled first, from any state.
 TRANSITIONS: dict[tuple[State, str], State] = {
@@ -62,7 +64,7 @@ def state_table() -> str:
     rows = ["| from | trigger | to |", "|---|---|---|"]
     rows += [f"| {state.value} | {trigger} | {target.value} |" for (state, trigger), target in TRANSITIONS.items()]
     rows += [f"| {state.value} | stop | {State.ABORTED.value} (handled before the table) |"
-             for state in State if state not in TERMINAL and state not in (State.FREEZING, State.UNCERTAIN)]
+             for state in State if state not in TERMINAL and state not in FREEZE_MAY_RUN]
     rows += ["", "| device end reason | trigger |", "|---|---|"]
     rows += [f"| {reason.name} | {trigger} |" for reason, trigger in END_TRIGGERS.items()]
     return "\n".join(rows)

@@ -23,7 +23,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from controller.clinic import Clinic
-from controller.procedure.states import State
+from controller.procedure.states import FREEZE_MAY_RUN
 from controller.tui.screens.calibration import CalibrationScreen
 from controller.tui.screens.cartridge import CartridgeScreen
 from controller.tui.screens.connect import ConnectScreen
@@ -37,9 +37,6 @@ from firmware_bridge.link import Link
 
 STOP_KEYS = frozenset({"space", "escape"})
 """The keys that STOP a running freeze from any screen or pop-up."""
-
-STOPPABLE = frozenset({State.FREEZING, State.UNCERTAIN})
-"""The states in which the device may be spraying: Procedure.stop() sends STOP to the device in these."""
 
 FOLLOW_S = 0.1  # how often the app looks at the procedure's state (footer keys, the pop-ups' STOP line)
 
@@ -86,14 +83,14 @@ class GivreApp(App[None]):
         STOP reads the procedure's live state (one attribute), not a published view a tick old:
         Procedure.stop() decides on the same attribute whether to send STOP to the device."""
         procedure = self.clinic.procedure
-        return procedure is not None and procedure.state in STOPPABLE
+        return procedure is not None and procedure.state in FREEZE_MAY_RUN
 
     def stop_freeze(self) -> str | None:
         """If a freeze runs, STOP it: Procedure.stop() sends STOP to the device from this thread and
         returns what the device said, shown as a notification (and on the treatment screen). None
         when nothing was running."""
         procedure = self.clinic.procedure
-        if procedure is None or procedure.state not in STOPPABLE:
+        if procedure is None or procedure.state not in FREEZE_MAY_RUN:
             return None
         said = procedure.stop()
         self.notify(said, title="■ STOP", severity="warning", timeout=10)
