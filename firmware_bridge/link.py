@@ -1,8 +1,11 @@
 """The link: one thread that owns the port, the codec and the host session.
 
 Callers on other threads put intents in an outbox and wait on the answer; only the link thread
-reads or writes the port. The link never sends heartbeats on its own: the controller's loop
-calls ``heartbeat()``, so a hung controller lets the device's watchdog close the valve.
+reads or writes the port. The link heartbeats only on a lease its caller renews: the controller's
+loop calls ``keep_alive()`` each turn and the link thread beats every heartbeat period until the
+lease runs out, so a long loop turn (a lesion's chain of durable writes on a loaded laptop) never
+starves the device's watchdog, while a hung controller still lets it close the valve (at most two
+watchdog periods after its last renewal). ``heartbeat()`` sends one beat now, for simple callers.
 """
 
 from __future__ import annotations
@@ -220,6 +223,8 @@ class Link:
         self._latest: TelemetryReceived | None = None
         self._lost: LinkLost | None = None
         self._closing = threading.Event()
+        self._lease: tuple[float, int] = (0.0, 0)  # (host clock until which the link thread heartbeats, host_state)
+        self._last_beat = 0.0  # host clock of the last heartbeat written
         self.identity: DeviceIdentity | None = None
         self.on_telemetry: Callable[[TelemetryReceived], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"givre-link {self.port}", daemon=True)
@@ -311,6 +316,14 @@ class Link:
 
     def heartbeat(self, host_state: int = 0) -> None:
         self._submit(Heartbeat(host_state), None)
+
+    def keep_alive(self, host_state: int) -> None:
+        """Let the link thread heartbeat (every heartbeat period, with ``host_state``) for one watchdog
+        period from now: renewed each loop turn, the device is fed without gaps; not renewed, the
+        beats stop and the device's watchdog closes the valve one watchdog period later."""
+        if self._lost is not None:
+            raise self._lost
+        self._lease = (self._clock.monotonic() + self.heartbeat_period_s * HEARTBEATS_PER_WATCHDOG, host_state)
 
     def freeze(self, duration_ms: int, mode: FreezeMode = FreezeMode.TIMED, trigger: TriggerMode = TriggerMode.HOST) -> int:
         """Ask the device to time a freeze; returns its txn once the device has accepted it.
@@ -488,8 +501,19 @@ class Link:
                     for frame in self._decoder.feed(data):
                         self._dispatch(self._session.receive(frame, now))
                 self._dispatch(self._session.poll(now))
+                self._beat_on_lease(now)
         except LinkLost as exc:
             self._fail(exc)
+
+    def _beat_on_lease(self, now: float) -> None:
+        until, host_state = self._lease
+        if now < until and now - self._last_beat >= self.heartbeat_period_s:
+            self._write_unsolicited(Heartbeat(host_state))
+
+    def _write_unsolicited(self, msg: Message) -> None:
+        if isinstance(msg, Heartbeat):
+            self._last_beat = self._clock.monotonic()
+        self._transport.write(self._session.unsolicited(msg))
 
     def _drain_outbox(self) -> None:
         while True:
@@ -498,7 +522,7 @@ class Link:
             except queue.Empty:
                 return
             if waiter is None:
-                self._transport.write(self._session.unsolicited(msg))
+                self._write_unsolicited(msg)
                 continue
             try:
                 txn, wire = self._session.request(msg, self._clock.monotonic())

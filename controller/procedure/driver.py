@@ -184,7 +184,6 @@ class Procedure:
         self._intents: queue.Queue[tuple[str, _ArmWaiter | None]] = queue.Queue(maxsize=MAX_INTENTS)
         self._stop_unrecorded = threading.Event()  # STOP was pressed and the loop has not fed it to the core yet
         self._lesion_recorded = threading.Event()
-        self._last_heartbeat = 0.0  # host clock of the last heartbeat this procedure sent
         self._stop_sent_at = 0.0  # host clock of the last STOP sent to the device
         self._step = threading.RLock()  # one thread at a time drives the core (the loop; or arm() before any loop runs)
         self._loop_thread: int | None = None
@@ -327,14 +326,14 @@ class Procedure:
         """One loop iteration: heartbeat, intents, device events, telemetry, timers; then publish the view."""
         with self._step:
             self._loop_thread = threading.get_ident()
-            self._heartbeat()
+            self._keep_alive()
             self._drain_intents()
             self._resend_stop_if_unanswered()
             if self.link is not None:
                 item = self.link.next_event(self.link.heartbeat_period_s)
                 handled = 0
                 while item is not None:
-                    self._heartbeat_if_due()
+                    self._keep_alive()
                     self._on_link_event(item)
                     handled += 1
                     item = self.link.next_event(0) if handled < EVENTS_PER_TICK else None
@@ -420,7 +419,7 @@ class Procedure:
         unsaved = False
         try:
             for effect in out.effects:
-                self._heartbeat_if_due()  # a lesion's end is a chain of durable writes: the device hears from us between them
+                self._keep_alive()  # a lesion's end is a chain of durable writes: the lease outlives each of them
                 if isinstance(effect, Record):
                     unsaved = not self._append(effect) or unsaved
                 elif isinstance(effect, CheckCartridge | Reserve | Commit | Release):
@@ -452,25 +451,20 @@ class Procedure:
         self._failure = self._failure or exc
         self._feed(RecordFailed(str(exc)))
 
-    def _heartbeat(self) -> None:
+    def _keep_alive(self) -> None:
+        """Renew the link's heartbeat lease: its thread feeds the device while this loop is alive."""
         if self.link is not None:
-            self._last_heartbeat = self.clock.monotonic()
             with contextlib.suppress(BridgeError):  # the link's loss arrives as an event
-                self.link.heartbeat(list(State).index(self.core.state))
-
-    def _heartbeat_if_due(self) -> None:
-        """A heartbeat when a heartbeat period has passed since the last one (within a long loop turn)."""
-        if self.link is not None and self.clock.monotonic() - self._last_heartbeat >= self.clock.wall(self.link.heartbeat_period_s):
-            self._heartbeat()
+                self.link.keep_alive(list(State).index(self.core.state))
 
     def _while_heartbeating(self, read: Callable[[], T]) -> T:
         """A read that scans the store (the ledger reads every event until the records issue gives it a
-        projection) runs on a worker thread while this loop keeps heartbeating: a slow store never
-        starves the device's watchdog."""
+        projection) runs on a worker thread while this loop keeps renewing the heartbeat lease: a slow
+        store never starves the device's watchdog."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="givre-store-read") as pool:
             future = pool.submit(read)
             while True:
-                self._heartbeat()
+                self._keep_alive()
                 try:
                     return future.result(timeout=self.clock.real_seconds(self.link.heartbeat_period_s) if self.link else None)
                 except concurrent.futures.TimeoutError:

@@ -66,7 +66,7 @@ class Supervisor:
                 self._stopping.wait(0.2)
 
     def _idle_tick(self, link: Link) -> None:
-        link.heartbeat(0)
+        link.keep_alive(0)
         item = link.next_event(link.heartbeat_period_s)
         if isinstance(item, LinkDown):
             self.alarms.raise_("link_lost", item.error.problem)

@@ -14,6 +14,7 @@ keep each screen's meaning (escape closes a pop-up, space types a space).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -74,6 +75,10 @@ class GivreApp(App[None]):
             self.push_screen(SessionScreen())
         else:
             self.push_screen(ConnectScreen())
+        # The widget tree and every library loaded so far live as long as the app: out of the
+        # collector's generations, a full collection no longer pauses every thread (the link
+        # thread's heartbeats too) for tens of milliseconds.
+        self.call_after_refresh(gc.freeze)
 
     # ---- STOP ----------------------------------------------------------------------------------
 

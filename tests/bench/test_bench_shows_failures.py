@@ -50,9 +50,11 @@ def test_the_true_freeze_error_shows_a_valve_that_closes_late_when_the_device_fi
 @pytest.mark.pty
 @pytest.mark.slow
 def test_the_heartbeat_gap_shows_a_loop_that_falls_silent() -> None:
+    lease_s = 0.25  # the link thread beats on for one watchdog period after the loop's last renewal
+
     def silent_host(clinic: Clinic) -> None:
-        with clinic.measuring():  # the supervisor stands aside: no heartbeat leaves the host meanwhile
-            time.sleep(INJECTED_S)
+        with clinic.measuring():  # the supervisor stands aside: it renews no lease meanwhile
+            time.sleep(lease_s + INJECTED_S)
 
     figures = heartbeat_gaps(1, between=silent_host)
     assert figures.lesions_completed == 1

@@ -61,12 +61,13 @@ class RigFactory:
         self._opened: list[Rig] = []
 
     def __call__(
-        self, kind: str = "spray", scale: float = 1.0, tcp: bool = False, cartridge: str | None = "23g", **device_options: Any
+        self, kind: str = "spray", scale: float = 1.0, tcp: bool = False, cartridge: str | None = "23g",
+        watchdog_ms: int = TEST_WATCHDOG_MS, **device_options: Any
     ) -> Rig:
         clock = Clock(scale)
         device = SimulatedDevice(kind=kind, clock=clock, **device_options)
         url = device.serve_tcp() if tcp else device.serve_pty()
-        link = Link.open(url, clock=clock, watchdog_ms=scaled_watchdog_ms(scale, TEST_WATCHDOG_MS))
+        link = Link.open(url, clock=clock, watchdog_ms=scaled_watchdog_ms(scale, watchdog_ms))
         link.wait_for_telemetry()
         store = RecordStore(self._directory / f"records-{len(self._opened)}.sqlite", clock=clock)
         rig = Rig(device, link, store, clock)
