@@ -102,6 +102,9 @@ class DeviceIdentity:
 
     @classmethod
     def from_hello_ack(cls, port: str, ack: HelloAck) -> DeviceIdentity:
+        """The device as its HELLO_ACK describes it; NotAGivreDevice if its text (the serial, the one
+        text field) is not printable ASCII."""
+        _require_printable(port, "serial number", ack.serial)
         return cls(
             port=port,
             kind=ack.kind,
@@ -117,6 +120,16 @@ class DeviceIdentity:
             device_session=ack.host_nonce,
             session_minor=ack.proto_minor,  # the device answers in the negotiated minor (§3.2)
         )
+
+
+def _require_printable(port: str, field: str, text: str) -> None:
+    """A device's text reaches terminals, the record, CSV files and FHIR: printable ASCII only. One with
+    control bytes (a terminal escape, a NUL) is faulty or hostile, and is refused rather than cleaned,
+    so the record never holds a serial other than the one the device says; nothing is recorded for it."""
+    bad = sorted({f"0x{ord(c):02x}" for c in text if not " " <= c <= "~"})
+    if bad:
+        raise NotAGivreDevice(port, f"its {field} {text!a} holds bytes that are not printable ASCII ({', '.join(bad)})",
+                              "Do not use this device: have its firmware checked by its maker (a serial is printable ASCII)")
 
 
 @dataclass(frozen=True, slots=True)
