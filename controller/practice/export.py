@@ -27,6 +27,8 @@ CSV_COLUMNS = (
     "cartridge_seconds", "result_at",
 )
 FORMATS = ("fhir", "csv", "json")
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection): = + - @, and tab or CR before them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ExportRefused(RecordError):
@@ -78,8 +80,19 @@ def to_csv(sessions: list[SessionView], bom: bool = False) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for row in csv_rows(sessions):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return ("\ufeff" if bom else "") + out.getvalue()
+
+
+def csv_cell(value: object) -> object:
+    """One cell: empty for an unknown figure; a text that a spreadsheet would run as a formula (a
+    device serial '=HYPERLINK(...)', a site detail '@SUM(...)') behind a single quote, so it is shown
+    as text. Numbers stay numbers: a -89.5 °C tip is a figure, not a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def to_fhir(sessions: list[SessionView], table: CcamTable, photos_dir: Path | None, validate: bool = False,

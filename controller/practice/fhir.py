@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ class BundleBuilder:
         self.device = self._add(sid, "device", self._device(session))
         codes = self._ccam_by_lesion(session)
         self.time_note = [{"text": time_scale_note(session)}] if session.scaled else []
+        self.time_scale = session.time_scale
         for lesion in session.lesions:
             self._lesion(sid, lesion, codes.get(lesion.lesion_id))
         return {"resourceType": "Bundle", "type": "collection", "timestamp": session.ended or session.started,
@@ -155,7 +157,7 @@ class BundleBuilder:
         if reason_code is not None:
             reason["coding"] = [{"system": self.terms.snomed_system, "code": reason_code.code, "display": reason_code.display}]
         body_site = self._body_site(lesion)
-        period = {"start": lesion.first_freeze_at or lesion.recorded_at} | ({"end": lesion.ended_at} if lesion.ended_at else {})
+        period = performed_period(lesion, self.time_scale)
         notes = [{"text": f"lesion {lesion.lesion_id}, profile {lesion.profile_id}: {lesion.description}".rstrip(": ")},
                  {"text": cycles_note(lesion)}]
         if not lesion.reimbursable:
@@ -225,6 +227,20 @@ class BundleBuilder:
         return {"resourceType": "Media", "status": "completed", "subject": self.patient, "partOf": [procedure],
                 "bodySite": body_site, "createdDateTime": lesion.recorded_at, "content": content,
                 "note": [{"text": f"SHA-256 at capture: {lesion.photo['sha256']}"}]}
+
+
+def performed_period(lesion: LesionView, time_scale: float) -> dict[str, str]:
+    """From the first freeze request (or the lesion's recording) to the end of its protocol. The start is
+    the recorded wall time; the end is that start plus the time the host's monotonic clock measured
+    between the two events (wall seconds: virtual time divided by the scale), so a wall clock stepped
+    back in between (daylight saving, NTP) can never end a lesion before it started."""
+    start = lesion.first_freeze_at or lesion.recorded_at
+    start_mono_ms = lesion.first_freeze_mono_ms if lesion.first_freeze_at else lesion.recorded_mono_ms
+    if lesion.ended_mono_ms is None or start_mono_ms is None:
+        return {"start": start}
+    elapsed_s = max(0.0, lesion.ended_mono_ms - start_mono_ms) / 1000 / time_scale
+    end = datetime.fromisoformat(start) + timedelta(seconds=elapsed_s)
+    return {"start": start, "end": end.isoformat(timespec="milliseconds")}
 
 
 def time_scale_note(session: SessionView) -> str:

@@ -70,6 +70,10 @@ class LesionView:
     cycles: list[CycleView] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    # The host's monotonic clock (ms) at the same events: durations that a wall clock stepped back cannot reverse.
+    recorded_mono_ms: float = 0.0
+    first_freeze_mono_ms: float | None = None
+    ended_mono_ms: float | None = None
 
     @property
     def completed(self) -> bool:
@@ -158,7 +162,7 @@ def _apply(session: SessionView, event: StoredEvent) -> None:
         session.lesions.append(LesionView(
             p["lesion_id"], event.ts_utc, profile["id"], profile["name_fr"], profile.get("name_en"), profile.get("family"),
             profile.get("indication", "cryotherapy"), p["site"], p["zone"], p.get("size_mm"), p.get("description", ""),
-            p.get("photo"), p.get("reimbursable", True)))
+            p.get("photo"), p.get("reimbursable", True), recorded_mono_ms=event.mono_ms))
     elif event.kind in SESSION_EVENTS:
         _apply_to_session(session, lesion, event)
     elif lesion is not None:
@@ -187,7 +191,7 @@ def _apply_to_session(session: SessionView, lesion: LesionView | None, event: St
 def _apply_to_lesion(lesion: LesionView, event: StoredEvent) -> None:
     p = event.payload
     if event.kind == "freeze_requested" and lesion.first_freeze_at is None:
-        lesion.first_freeze_at = event.ts_utc
+        lesion.first_freeze_at, lesion.first_freeze_mono_ms = event.ts_utc, event.mono_ms
     elif event.kind == "freeze_result":
         cycle = CycleView(
             p["cycle"], p.get("freeze_ms_requested"), p.get("freeze_ms_effective"), p.get("freeze_ms_device"),
@@ -200,7 +204,7 @@ def _apply_to_lesion(lesion: LesionView, event: StoredEvent) -> None:
             if c.cycle == p["cycle"]:
                 c.thaw_ms = p["thaw_ms"]
     elif event.kind == "lesion_ended":
-        lesion.status, lesion.ended_at = str(p["status"]).lower(), event.ts_utc
+        lesion.status, lesion.ended_at, lesion.ended_mono_ms = str(p["status"]).lower(), event.ts_utc, event.mono_ms
     elif event.kind in ("start_refused", "freeze_refused", "fire_refused"):
         lesion.refused.extend(p.get("reasons") or [p.get("reason", "")])
 
