@@ -64,6 +64,7 @@ class Clinic:
     selftest_lines: list[str] = field(default_factory=list)
     billing_table: CcamTable = field(default_factory=load_table)
     simulator_factory: SimulatorFactory | None = None  # offers the embedded simulator on the connect screen
+    notices: list[str] = field(default_factory=list)  # warnings the UI shows once it opens (a store folder others can write)
 
     _open_by_device_session: dict[int, str] = field(default_factory=dict, init=False)
 

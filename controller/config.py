@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.errors import GivreError
 from profiles.schema import HARD_MAX_FREEZE_S
@@ -18,6 +19,12 @@ class ConfigError(GivreError):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+# A pseudonymous id's shape: letters, digits, '.', '_', '-', 1-40 long, never a space. A clinic may
+# narrow it (e.g. its own patient numbers, "^P-[0-9]{4,6}$"); the built-in refusals of
+# records/pseudonym.py (e-mail, social-security number, name with a birth date) apply whatever it says.
+PSEUDONYM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$"
+MAX_PHOTO_MB = 100  # the most a clinic may allow; the record store never takes a larger photo
 
 
 class CartridgeSpec(BaseModel):
@@ -49,6 +56,23 @@ class Config(BaseModel):
     halo_spray_cap_s: float = Field(default=HARD_MAX_FREEZE_S, gt=0, le=HARD_MAX_FREEZE_S)
     # A newer CCAM table replacing the shipped one (tariffs change); relative to the config file.
     billing_table: Path | None = None
+    # The regex every patient and operator id must match (re.fullmatch), besides the built-in refusals.
+    pseudonym_pattern: str = PSEUDONYM_PATTERN
+    # A lesion photo larger than this is refused (a phone's full-size JPEG is 3-12 MB).
+    max_photo_mb: float = Field(default=20, gt=0, le=MAX_PHOTO_MB)
+
+    @field_validator("pseudonym_pattern")
+    @classmethod
+    def _a_regex(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc}); e.g. '^P-[0-9]{{4,6}}$'") from None
+        return pattern
+
+    @property
+    def max_photo_bytes(self) -> int:
+        return int(self.max_photo_mb * 1_000_000)
 
 
 def default_data_dir() -> Path:

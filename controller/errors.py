@@ -7,7 +7,10 @@ profiles' ProfileError) to print it as one line.
     ├── RecordError        the record store (records/store.py)
     │   ├── StoreUnavailable, RecordNotSaved
     │   ├── ChainBroken    (records/history.py: verified_sessions)
+    │   ├── PhotoRefused   (records/photo.py: a symlink, a pipe, too large, not an image)
     │   └── ExportRefused  (practice/export.py)
+    ├── PseudonymRefused   an id that looks like personal data (records/pseudonym.py)
+    ├── UnsafeTarget       a health-data file's target is a symlink (records/private_files.py)
     ├── LedgerError        the cartridge ledger (records/ledger.py)
     ├── ProcedureError     a lesion's procedure (procedure/driver.py)
     │   └── StartRefused

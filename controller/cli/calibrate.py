@@ -8,11 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-from controller.cli.options import add_db, add_json, add_port
-from controller.config import default_db
+from controller.cli.options import add_db, add_json, add_port, open_store
 from controller.device import calibration
 from controller.procedure.recovery import connect_and_recover
-from controller.records.store import RecordStore, write_private
+from controller.records.private_files import write_private
 from firmware_bridge.link import Link
 
 HELP = "technician calibration, one step: timer, valve, flow or thermocouple"
@@ -41,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         points = [_point(text) for text in args.point]
-        with RecordStore(args.db or default_db()) as store:
+        with open_store(args.db) as store:
             link, recovered = connect_and_recover(args.port, store)
             for report in recovered:
                 print(report.line(), file=sys.stderr)

@@ -7,10 +7,10 @@ import dataclasses
 import enum
 import json
 
-from controller.cli.options import add_db, add_json, add_port
-from controller.config import default_db
+from controller.cli.options import add_db, add_json, add_port, open_store
 from controller.procedure.recovery import connect, recover
-from controller.records.store import RecordStore, StoreUnavailable
+from controller.records.store import StoreUnavailable
+from controller.records.text import printable
 
 HELP = "connect to a device and show its identity, counters and calibration"
 
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     settled from it (a record store another Givre is writing is left alone, and said so)."""
     with connect(args.port) as link:
         try:
-            with RecordStore(args.db or default_db()) as store:
+            with open_store(args.db) as store:
                 recovered = [r.line() for r in recover(store, link)]
         except StoreUnavailable as exc:
             recovered = [f"not settled here: {exc}"]
@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**report, "recovered": recovered}, sort_keys=True))
     else:
         for line in recovered:
-            print(line)
+            print(printable(line))
         for section, values in report.items():
             print(f"[{section}]")
             for key, value in values.items():
-                print(f"  {key:24} {value}")
+                print(printable(f"  {key:24} {value}"))
     return 0
 
 

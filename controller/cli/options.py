@@ -4,17 +4,21 @@ default and help wherever it appears (flags are a contract with scripts and the 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from controller.config import default_db
 from controller.errors import GivreError
 from controller.procedure.recovery import MIN_VIRTUAL_SCALE
+from controller.records.private_files import folder_warning
+from controller.records.store import RecordStore
+from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.messages import TriggerMode
 from profiles.library import default_clinic_dir
 
 TRIGGERS = {"host": TriggerMode.HOST, "trigger": TriggerMode.TRIGGER_START, "dead-man": TriggerMode.DEAD_MAN}
-PSEUDONYMOUS_ID = "Use letters, digits, '.', '_' or '-' (no spaces), never a name"
 
 
 class UsageError(GivreError):
@@ -29,6 +33,22 @@ def add_port(parser: argparse._ActionsContainer, *, required: bool = True, note:
 def add_db(parser: argparse.ArgumentParser, purpose: str = "", default: str = "") -> None:
     """--db: the record store; `default` says what happens without it when that is not default_db()."""
     parser.add_argument("--db", type=Path, help=f"record store{purpose} (default: {default or default_db()})")
+
+
+def open_store(db: Path | None, *, writer: bool = True, clock: Clock = SYSTEM_CLOCK,
+               warn: Callable[[str], None] | None = None) -> RecordStore:
+    """The record store a command or the UI opens (--db, else the default): all of them open it here,
+    so a store folder other accounts can write is said once, in one line: on stderr, or to ``warn``
+    (the UI, whose screen hides stderr). Looked at before RecordStore creates a missing folder 0700."""
+    path = db or default_db()
+    warning = folder_warning(path.parent)
+    if warning is not None:
+        (warn or _to_stderr)(warning)
+    return RecordStore(path, clock=clock, writer=writer)
+
+
+def _to_stderr(line: str) -> None:
+    print(f"givre: {line}", file=sys.stderr)
 
 
 def add_config(parser: argparse.ArgumentParser, purpose: str = "") -> None:

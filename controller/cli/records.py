@@ -9,16 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from controller.cli.options import PSEUDONYMOUS_ID, add_config, add_db, add_json, local_day
-from controller.config import ConfigError, default_db, load_config
+from controller.cli.options import add_config, add_db, add_json, local_day, open_store
+from controller.config import ConfigError, load_config
 from controller.practice.billing import BillingError, acts_of, confirm, load_table, parse_choice, propose
 from controller.practice.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json
 from controller.practice.fhir import FhirError
 from controller.records.history import load_sessions
-from controller.records.lesion import SessionInfo
-from controller.records.store import RecordError, RecordStore, write_private
+from controller.records.private_files import write_private
+from controller.records.pseudonym import PseudonymRefused, check_pseudonym
+from controller.records.store import RecordError, RecordStore
+from controller.records.text import printable
 
 HELP = "sessions in the record store: list, show, verify, export, bill"
 
@@ -58,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
     except ExportRefused as exc:
         print(f"givre records: {exc}", file=sys.stderr)
         return 1
-    except (RecordError, ConfigError, BillingError, FhirError, OSError) as exc:
+    except (RecordError, ConfigError, BillingError, FhirError, PseudonymRefused, OSError) as exc:
         print(f"givre records: {exc}", file=sys.stderr)
         return 2
 
 
 def _reader(args: argparse.Namespace) -> RecordStore:
-    return RecordStore(args.db or default_db(), writer=False)
+    return open_store(args.db, writer=False)
 
 
 def summarise(store: RecordStore) -> dict[str, dict[str, Any]]:
@@ -86,8 +86,8 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(list(sessions.values()), ensure_ascii=False))
         return 0
     for s in sessions.values():
-        print(f"{s['session_id']}  {s['started'][:19]}  {s['status']:11} patient {s['patient']:12} "
-              f"{', '.join(s['lesions']) or '-'} ({s['cycles']} cycles) device {s['device'] or 'manual'}")
+        print(printable(f"{s['session_id']}  {s['started'][:19]}  {s['status']:11} patient {s['patient']:12} "
+                        f"{', '.join(s['lesions']) or '-'} ({s['cycles']} cycles) device {s['device'] or 'manual'}"))
     return 0
 
 
@@ -106,7 +106,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"session {args.session_id}: time_scale {scale:g}"
           + (" (virtual time: recorded against a simulator, not a clinical session)" if scale != 1 else " (real time)"))
     for e in events:
-        print(f"{e.seq:6} {e.ts_utc}  {e.kind:22} {json.dumps(e.payload, ensure_ascii=False)}")
+        print(printable(f"{e.seq:6} {e.ts_utc}  {e.kind:22} {json.dumps(e.payload, ensure_ascii=False)}"))
     return 0
 
 
@@ -147,7 +147,9 @@ def _bill(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     table = load_table(config.billing_table)
     writing = bool(args.accept or args.code or args.no_billing)
-    with RecordStore(args.db or default_db(), writer=writing) as store:
+    if writing and (warning := check_pseudonym("--by", args.by, "operator", config.pseudonym_pattern)) is not None:
+        print(f"givre records: warning: {warning}", file=sys.stderr)
+    with open_store(args.db, writer=writing) as store:
         views = load_sessions(store, args.session_id)
         if not views:
             raise ExportRefused(f"{store.path}: no session {args.session_id!r}", "See `givre records list`")
@@ -155,10 +157,6 @@ def _bill(args: argparse.Namespace) -> int:
         proposal = propose(acts_of(view), table)
         recorded = view.billing
         if writing:
-            try:
-                SessionInfo(operator=args.by, patient=view.patient)  # the same pseudonymous-id rule as the operator's
-            except ValidationError:
-                raise BillingError(f"--by {args.by!r}: not a pseudonymous id", PSEUDONYMOUS_ID) from None
             chosen = None if args.accept else ([] if args.no_billing else parse_choice(args.code, table))
             recorded = confirm(store, view.session_id, proposal, chosen, table, by=args.by)
     if args.json:
@@ -174,7 +172,7 @@ def _bill(args: argparse.Namespace) -> int:
     else:
         acts = ", ".join(a["code"] + (f" (assoc. {a['association_code']})" if a["association_code"] else "") for a in recorded["chosen"])
         changed = " (changed from the proposal)" if recorded["changed"] else ""
-        print(f"  confirmed by {recorded['by']}: {acts or 'nothing billed'}{changed}")
+        print(printable(f"  confirmed by {recorded['by']}: {acts or 'nothing billed'}{changed}"))
     return 0
 
 

@@ -8,12 +8,14 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from controller.cli.options import add_config, add_db, add_json, local_day
-from controller.config import ConfigError, default_db, load_config
+from controller.cli.options import add_config, add_db, add_json, local_day, open_store
+from controller.config import ConfigError, load_config
 from controller.practice.billing import BillingError, load_table
 from controller.practice.report import build_report, report_html, report_text
 from controller.records.history import ChainBroken
-from controller.records.store import RecordError, RecordStore, write_private
+from controller.records.private_files import write_private
+from controller.records.store import RecordError
+from controller.records.text import printable
 
 HELP = "the day report: sessions, acts and codes, cartridge use and cost, alarms, devices (--html FILE)"
 
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         table = load_table(load_config(args.config).billing_table)
-        with RecordStore(args.db or default_db(), writer=False) as store:
+        with open_store(args.db, writer=False) as store:
             report = build_report(store, args.date or date.today(), table)
         if args.html is not None:
             write_private(args.html, report_html(report).encode("utf-8"))
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False, sort_keys=True))
     else:
-        sys.stdout.write(report_text(report))
+        sys.stdout.write(printable(report_text(report), keep_newlines=True))
         if args.html is not None:
             print(f"web page: {args.html}")
     return 0

@@ -20,7 +20,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.cli.options import (
-    PSEUDONYMOUS_ID,
     TRIGGERS,
     UsageError,
     add_config,
@@ -31,8 +30,9 @@ from controller.cli.options import (
     add_scale,
     add_trigger,
     check_scale,
+    open_store,
 )
-from controller.config import Config, ConfigError, default_db, load_config
+from controller.config import Config, ConfigError, load_config
 from controller.practice.billing import BillingError, CcamTable, acts_of, load_table, propose
 from controller.procedure.dose import BelowMinimumOverride
 from controller.procedure.driver import Procedure, StartRefused
@@ -40,7 +40,10 @@ from controller.procedure.recovery import Recovered, TimeScaleMismatch, connect,
 from controller.procedure.treatment import Treatment
 from controller.records.history import view_of
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
+from controller.records.photo import load_photo
+from controller.records.pseudonym import PseudonymRefused, Role, check_pseudonym
 from controller.records.store import RecordError, RecordStore
+from controller.records.text import printable
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import LoadedProfile, ProfileError, load_library
@@ -60,6 +63,7 @@ class Plan:
     profile: LoadedProfile
     lesion: Lesion
     info: SessionInfo
+    warnings: list[str]  # ids that look like a surname: said on stderr, not refused
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side", choices=["left", "right", "midline"])
     parser.add_argument("--site-detail", default="", help="free text, e.g. 'second metatarsal head'")
     parser.add_argument("--description", default=None, help="short description (the record needs it or a photo)")
-    parser.add_argument("--photo", type=Path, help="photo file, copied into the record store with its SHA-256")
+    parser.add_argument("--photo", type=Path, help="photo file (JPEG, PNG, WebP, TIFF), taken into the record store without its "
+                                                   "EXIF/GPS, with its SHA-256")
     parser.add_argument("--size-mm", type=float)
     parser.add_argument("--patient", default="anonymous", help="pseudonymous patient id (never a name)")
     parser.add_argument("--operator", default="operator", help="pseudonymous operator id")
@@ -95,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (UsageError, ConfigError, ProfileError, RecordError, BillingError, TimeScaleMismatch) as exc:
+    except (UsageError, ConfigError, ProfileError, RecordError, BillingError, TimeScaleMismatch, PseudonymRefused) as exc:
         print(f"givre run: {exc}", file=sys.stderr)
         return 2
 
@@ -108,8 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--scale {args.scale:g} with --manual: a cotton-tip applicator is timed on real time, never scaled",
                          "Leave --scale out in manual mode; virtual time is only for a simulator running at that scale (--port)")
     plan = _plan(args)
+    for warning in plan.warnings:
+        print(f"givre run: warning: {warning}", file=sys.stderr)
     clock = Clock(args.scale)
-    with RecordStore(args.db or default_db(), clock=clock) as store:
+    with open_store(args.db, clock=clock) as store:
         link, recovered = (None, recover(store, None)) if args.manual else connect_and_recover(args.port, store, clock)
         try:
             return _treat(args, plan, store, link, recovered)
@@ -121,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> Plan:
     config = load_config(args.config)
     table = load_table(config.billing_table)  # a bad table is reported before anything freezes
+    ids: tuple[tuple[str, str, Role], ...] = (("--operator", args.operator, "operator"), ("--patient", args.patient, "patient"))
+    warnings = [warning for flag, value, role in ids if (warning := check_pseudonym(flag, value, role, config.pseudonym_pattern))]
     library = load_library(args.profiles)
     loaded = library.get(args.profile)
     try:
@@ -131,7 +140,9 @@ def _plan(args: argparse.Namespace) -> Plan:
         info = SessionInfo(operator=args.operator, patient=args.patient)
     except ValidationError as exc:
         raise _input_error(exc) from None
-    return Plan(config, table, loaded, lesion, info)
+    if lesion.photo is not None:
+        load_photo(lesion.photo, config.max_photo_bytes)  # refused here, before anything is recorded; stored by the treatment
+    return Plan(config, table, loaded, lesion, info, warnings)
 
 
 def _input_error(exc: ValidationError) -> UsageError:
@@ -142,8 +153,9 @@ def _input_error(exc: ValidationError) -> UsageError:
     value = f" {first.get('input')!r}" if name else ""
     if name == "region":
         return UsageError(f"{flag}{value}: not a body region", f"Allowed: {REGIONS}")
-    if name in ("patient", "operator"):
-        return UsageError(f"{flag}{value}: not a pseudonymous id", PSEUDONYMOUS_ID)
+    if name in ("patient", "operator"):  # never the value: it may be a name (check_pseudonym said the rest)
+        return UsageError(f"{flag}: not a pseudonymous id: letters, digits, '.', '_' or '-' (1-40, no spaces)",
+                          f"Use the practice's pseudonymous {name} number")
     return UsageError(f"{flag}{value}: {str(first['msg']).removeprefix('Value error, ')}", "See `givre run --help`")
 
 
@@ -208,26 +220,23 @@ def _result(treatment: Treatment, procedure: Procedure, recovered: list[Recovere
 
 
 def _print_human(result: dict[str, Any]) -> None:
-    for line in result["recovered"]:
-        print(line)
+    """The result for a person; every line through printable(): a device's or the record's text is data, never terminal commands."""
     device = result["device"]
-    print(f"session {result['session_id']}: {result['status'].upper()} ({result['profile']}"
-          f"{', device ' + device['serial'] if device else ', manual'})")
+    lines = [*result["recovered"], f"session {result['session_id']}: {result['status'].upper()} ({result['profile']}"
+                                   f"{', device ' + device['serial'] if device else ', manual'})"]
     if result["time_scale"] != 1:
-        print(f"  time scale: virtual time x{result['time_scale']:g} (a simulator; recorded as such, not a clinical session)")
-    for reason in result["refused"]:
-        print(f"  refused: {reason}")
-    for warning in result["warnings"]:
-        print(f"  warning: {warning}")
-    for c in result["cycles"]:
-        print(f"  cycle {c['cycle']}: requested {c['freeze_ms_requested']} ms (limited by {c['limited_by']}), "
+        lines.append(f"  time scale: virtual time x{result['time_scale']:g} (a simulator; recorded as such, not a clinical session)")
+    lines += [f"  refused: {reason}" for reason in result["refused"]]
+    lines += [f"  warning: {warning}" for warning in result["warnings"]]
+    lines += [f"  cycle {c['cycle']}: requested {c['freeze_ms_requested']} ms (limited by {c['limited_by']}), "
               f"{'device' if c['measured_by'] == 'device' else 'host'} measured {c['freeze_ms_device']} ms, "
-              f"ended {c['end_reason']}, thaw {'-' if c['thaw_ms'] is None else c['thaw_ms']} ms")
-    for alarm in result["alarms"]:
-        print(f"  alarm {alarm['priority']}: {alarm['text']}")
+              f"ended {c['end_reason']}, thaw {'-' if c['thaw_ms'] is None else c['thaw_ms']} ms" for c in result["cycles"]]
+    lines += [f"  alarm {alarm['priority']}: {alarm['text']}" for alarm in result["alarms"]]
     billing = result["billing"]
-    print(f"  proposed billing: {', '.join(a['code'] for a in billing['acts']) or 'none'}"
-          f"{' (aesthetic act: not reimbursable)' if billing['aesthetic_lesions'] else ''}; "
-          f"confirm with `givre records bill {result['session_id']} --accept`")
-    print(f"  cartridge seconds used: {result['cartridge_seconds_used']}; record {result['record']['db']} "
-          f"({result['record']['events']} events, head {result['record']['head'][:16]})")
+    lines.append(f"  proposed billing: {', '.join(a['code'] for a in billing['acts']) or 'none'}"
+                 f"{' (aesthetic act: not reimbursable)' if billing['aesthetic_lesions'] else ''}; "
+                 f"confirm with `givre records bill {result['session_id']} --accept`")
+    lines.append(f"  cartridge seconds used: {result['cartridge_seconds_used']}; record {result['record']['db']} "
+                 f"({result['record']['events']} events, head {result['record']['head'][:16]})")
+    for line in lines:
+        print(printable(line))

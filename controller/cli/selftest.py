@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from controller.cli.options import add_db, add_json, add_port
-from controller.config import default_db
+from controller.cli.options import add_db, add_json, add_port, open_store
 from controller.device.selftest import Verdict, overall, run_selftest
 from controller.procedure.recovery import connect_and_recover
-from controller.records.store import RecordStore
+from controller.records.text import printable
 
 HELP = "pre-use self-test of a device: PASS / WARN / FAIL with the fix"
 
@@ -22,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 1 on any FAIL; what an earlier host left open on this device is settled first."""
-    with RecordStore(args.db or default_db()) as store:
+    with open_store(args.db) as store:
         link, recovered = connect_and_recover(args.port, store)
         with link:
             checks = run_selftest(link, store)
@@ -33,9 +32,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"device": serial, "result": verdict.value, "checks": [c.as_dict() for c in checks],
                           "recovered": [r.line() for r in recovered]}))
     else:
-        for report in recovered:
-            print(report.line())
-        for check in checks:
-            print(check.line())
-        print(f"self-test {verdict.value} for device {serial}")
+        for line in (*(r.line() for r in recovered), *(c.line() for c in checks), f"self-test {verdict.value} for device {serial}"):
+            print(printable(line))
     return 1 if verdict is Verdict.FAIL else 0

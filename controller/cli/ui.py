@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from controller.cli.options import TRIGGERS, add_config, add_db, add_port, add_profiles, add_trigger
+from controller.cli.options import TRIGGERS, add_config, add_db, add_port, add_profiles, add_trigger, open_store
 from controller.clinic import Clinic, Simulator
-from controller.config import default_db, load_config
+from controller.config import load_config
 from controller.practice.billing import load_table
 from controller.procedure.recovery import connect
-from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from profiles.library import load_library
 from sim.device import SimulatedDevice
@@ -37,7 +36,8 @@ def build_clinic(args: argparse.Namespace, *, device: Simulator | None = None, u
     config = load_config(getattr(args, "config", None))
     table = load_table(config.billing_table)  # a bad clinic table is one line before the UI opens
     library = load_library(getattr(args, "profiles", None))
-    store = RecordStore(getattr(args, "db", None) or default_db(), clock=clock)
+    notices: list[str] = []
+    store = open_store(getattr(args, "db", None), clock=clock, warn=notices.append)
     port = url or getattr(args, "port", None)
     link = None
     try:
@@ -48,7 +48,7 @@ def build_clinic(args: argparse.Namespace, *, device: Simulator | None = None, u
         raise
     return Clinic(store, config, library, link, clock, device, TRIGGERS[getattr(args, "trigger", "host")],
                   not getattr(args, "no_bell", False), billing_table=table,
-                  simulator_factory=embedded_simulator)
+                  simulator_factory=embedded_simulator, notices=notices)
 
 
 def embedded_simulator(kind: str, clock: Clock) -> Simulator:

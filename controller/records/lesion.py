@@ -1,4 +1,8 @@
-"""What the clinician records about a session and a lesion: validated input, pseudonymous ids only."""
+"""What the clinician records about a session and a lesion: validated input, pseudonymous ids only.
+
+The photo is judged by its content where it is read (records/photo.py: a regular file under the
+clinic's size limit that decodes as an image), not by its name here.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,23 @@ import enum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".heic", ".webp", ".tif", ".tiff")
-MAX_PHOTO_BYTES = 50 * 1024 * 1024
+from controller.config import PSEUDONYM_PATTERN
+from controller.records.pseudonym import personal_data_kind
 
-# A pseudonymous identifier: letters, digits, '-', '_', '.'; never a name with spaces.
-PseudoId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
+
+def _names_no_one(value: object) -> object:
+    """The built-in refusals of records/pseudonym.py, so no path records an e-mail or a NIR as an id
+    (before the shape, so the refusal says what the value looks like)."""
+    kind = personal_data_kind(value) if isinstance(value, str) else None
+    if kind is not None:
+        raise ValueError(kind)
+    return value
+
+
+# A pseudonymous identifier: letters, digits, '-', '_', '.'; never a name with spaces, never personal data.
+PseudoId = Annotated[str, StringConstraints(pattern=PSEUDONYM_PATTERN), BeforeValidator(_names_no_one)]
 
 
 class Zone(enum.StrEnum):
@@ -80,19 +94,6 @@ class Lesion(BaseModel):
     photo: Path | None = None
     # False for an aesthetic act: not reimbursable, no 'remboursement demandé' (the practice sheet)
     reimbursable: bool = True
-
-    @field_validator("photo")
-    @classmethod
-    def _photo_readable(cls, photo: Path | None) -> Path | None:
-        if photo is None:
-            return None
-        if photo.suffix.lower() not in PHOTO_SUFFIXES:
-            raise ValueError(f"{photo}: not a photo file; allowed: {', '.join(PHOTO_SUFFIXES)}")
-        if not photo.is_file():
-            raise ValueError(f"{photo}: no such file")
-        if photo.stat().st_size > MAX_PHOTO_BYTES:
-            raise ValueError(f"{photo}: larger than {MAX_PHOTO_BYTES // 1024 // 1024} MB")
-        return photo
 
     @model_validator(mode="after")
     def _photo_or_description(self) -> Lesion:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
@@ -22,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.config import MAX_PHOTO_MB
 from controller.errors import GivreError
+from controller.records.private_files import write_private
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 
 GENESIS = "0" * 64
@@ -201,14 +202,16 @@ class RecordStore:
         return event
 
     def store_photo(self, source: Path) -> tuple[str, str]:
-        """Copy a photo into the store (0600); returns (sha256, stored file name)."""
-        data = source.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        """Take a photo into the store without its metadata (records/photo.py: EXIF and GPS stripped,
+        a symlink, a pipe, an oversize file or a non-image refused), 0600; returns (sha256 of what is
+        stored, stored file name). The clinic's own size limit is checked where the photo is given."""
+        from controller.records.photo import load_photo  # noqa: PLC0415 - photo.py imports this module (PhotoRefused is a RecordError)
+
+        photo = load_photo(source, MAX_PHOTO_MB * 1_000_000)
+        digest = hashlib.sha256(photo.data).hexdigest()
         self.photos_dir.mkdir(mode=0o700, exist_ok=True)
-        name = f"{digest}{source.suffix.lower()}"
-        target = self.photos_dir / name
-        if not target.exists():
-            write_private(target, data)
+        name = f"{digest}{photo.suffix}"
+        write_private(self.photos_dir / name, photo.data)  # the same bytes again if already there; a planted symlink is refused
         return digest, name
 
     # ---- reading -------------------------------------------------------------------------------
@@ -240,23 +243,3 @@ class RecordStore:
             prev, expected_seq = digest, seq + 1
         return None
 
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file holding health data (photo, export, report, certificate): 0600, on disk, and
-    complete or not there at all (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def file_mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)

@@ -68,6 +68,8 @@ class GivreApp(App[None]):
         self.clinic = clinic
 
     def on_mount(self) -> None:
+        for notice in self.clinic.notices:
+            self.notify(notice, severity="warning", timeout=30, markup=False)
         self.set_interval(FOLLOW_S, self._follow_freeze)
         self.clinic.supervisor.start()
         if self.clinic.link is not None:

@@ -15,6 +15,7 @@ from textual.widgets.option_list import Option
 from controller.clinic import Clinic
 from controller.procedure.dose import limit_chain
 from controller.records.lesion import FACE_REGIONS, Lesion, Region, Site
+from controller.records.photo import PhotoRefused, load_photo
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.procedure import ProcedureScreen
 from controller.tui.widgets.title_bar import TitleBar
@@ -101,7 +102,13 @@ class LesionScreen(GivreScreen):
             error.update(f"✗ {where}: {str(first['msg']).removeprefix('Value error, ')}{hint}")
             return
         assert clinic.treatment is not None  # the session screen opened it before pushing this one
-        procedure = clinic.treatment.lesion(lesion, clinic.library.get(highlighted.id), trigger=clinic.trigger)
+        try:
+            if lesion.photo is not None:
+                load_photo(lesion.photo, clinic.config.max_photo_bytes)  # the clinic's limit; the treatment stores it
+            procedure = clinic.treatment.lesion(lesion, clinic.library.get(highlighted.id), trigger=clinic.trigger)
+        except PhotoRefused as exc:
+            error.update(f"✗ {exc}")
+            return
         clinic.procedure = procedure
         clinic.supervisor.attach(procedure)
         self.app.push_screen(ProcedureScreen())

@@ -12,6 +12,7 @@ from textual.widgets import Button, Footer, Input, Label, Static
 
 from controller.procedure.treatment import Treatment
 from controller.records.lesion import SessionInfo
+from controller.records.pseudonym import PseudonymRefused, Role, check_pseudonym
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.lesion import LesionScreen
 from controller.tui.text import device_line
@@ -34,7 +35,7 @@ class SessionScreen(GivreScreen):
             for line in clinic.recovered:
                 yield Static(f"! {line}", classes="warning", markup=False)
             yield Label("Operator (pseudonymous id)")
-            yield Input(placeholder="e.g. dr-martin", id="operator")
+            yield Input(placeholder="e.g. dr-07", id="operator")
             yield Label("Patient (pseudonymous id: never a name)")
             yield Input(placeholder="e.g. P-0042", id="patient")
             yield Static("", id="error", classes="error", markup=False)
@@ -56,16 +57,25 @@ class SessionScreen(GivreScreen):
         self.action_start()
 
     def action_start(self) -> None:
+        """Both ids through the clinic's pseudonym rule: a refusal stays on this screen in one line; a
+        warning (an id that looks like a surname) is shown and the session starts."""
         clinic = self.app.clinic
+        ids: dict[Role, str] = {role: self.query_one(f"#{role}", Input).value.strip() for role in ("operator", "patient")}
         try:
-            info = SessionInfo(operator=self.query_one("#operator", Input).value.strip(),
-                               patient=self.query_one("#patient", Input).value.strip())
+            warnings = [check_pseudonym(role, value, role, clinic.config.pseudonym_pattern) for role, value in ids.items()]
+            info = SessionInfo(operator=ids["operator"], patient=ids["patient"])
+        except PseudonymRefused as exc:
+            self.query_one("#error", Static).update(f"✗ {exc}")
+            return
         except ValidationError as exc:
             field_name = str(exc.errors()[0]["loc"][0])
             self.query_one("#error", Static).update(
                 f"✗ {field_name}: letters, digits, '.', '_' or '-' (1-40, no spaces; a pseudonymous id, never a name)"
             )
             return
+        for warning in warnings:
+            if warning is not None:
+                self.app.notify(warning, severity="warning", timeout=15, markup=False)
         clinic.treatment = Treatment(clinic.store, clinic.config, clinic.clock, info, clinic.link)
         clinic.treatment.start()
         self.app.push_screen(LesionScreen())

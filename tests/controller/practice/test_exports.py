@@ -27,16 +27,16 @@ from controller.practice.export import CSV_COLUMNS
 from controller.procedure.treatment import Treatment
 from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
-from controller.records.store import RecordStore, file_mode
+from controller.records.private_files import file_mode
+from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice
+from tests.support.images import png
 from tests.support.rig import Rig
 
 pytestmark = pytest.mark.pty
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8cfc0f01f0005000201"
-                    "a5f1d8f40000000049454e44ae426082")
 LESIONS = [  # profile, region, aesthetic
     ("actinic-keratosis", Region.CHEEK, False),
     ("actinic-keratosis", Region.NOSE, False),
@@ -54,8 +54,7 @@ class Recorded:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     folder = tmp_path_factory.mktemp("exports")
-    photo = folder / "lesion.png"
-    photo.write_bytes(PNG)
+    photo = png(folder / "lesion.png")
     clock = Clock(50)
     library = load_builtins()
     with SimulatedDevice(clock=clock, serial="SIM-EXPORT") as device:
@@ -179,7 +178,8 @@ def test_the_fhir_export_validates_and_carries_the_codes_with_their_systems(
     assert [o["valueQuantity"]["value"] for o in freezes] == measured
     assert {(o["valueQuantity"]["system"], o["valueQuantity"]["code"]) for o in freezes} == {("http://unitsofmeasure.org", "s")}
     media = next(r for r in resources if r["resourceType"] == "Media")
-    assert media["content"]["contentType"] == "image/png" and media["content"]["size"] == len(PNG)
+    stored = recorded.db.parent / "records-photos" / media["content"]["url"]
+    assert media["content"]["contentType"] == "image/png" and media["content"]["size"] == stored.stat().st_size
     # The same record exports to the same Bundle (deterministic ids).
     assert _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id)[1] == \
         out_file.read_text(encoding="utf-8")

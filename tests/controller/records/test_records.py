@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from controller.cli.main import main
-from controller.records.store import RecordStore, StoreUnavailable, file_mode
+from controller.records.private_files import file_mode
+from controller.records.store import RecordStore, StoreUnavailable
+from tests.support.images import jpeg_with_gps
 
 
 def test_events_are_chained_and_verified(tmp_path: Path) -> None:
@@ -65,9 +67,7 @@ def test_files_are_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "r.sqlite"
     with RecordStore(path) as store:
         store.append("note", {}, None)
-        photo = tmp_path / "lesion.jpg"
-        photo.write_bytes(b"\xff\xd8fake jpeg")
-        digest, name = store.store_photo(photo)
+        digest, name = store.store_photo(jpeg_with_gps(tmp_path / "lesion.jpg"))
         assert file_mode(path) == 0o600
         assert file_mode(store.photos_dir / name) == 0o600 and file_mode(store.photos_dir) == 0o700
         assert len(digest) == 64

@@ -206,7 +206,7 @@ def test_form_validation_is_inline_and_writes_nothing(harness: Harness) -> None:
             await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
             await pilot.press(*"Jean Dupont", "tab", *"P-1", "enter")
             assert isinstance(app.screen, SessionScreen)
-            assert "pseudonymous id, never a name" in _rendered(app, "#error")
+            assert "operator: the operator id has a space (a name?)" in _rendered(app, "#error")
             app.screen.query_one("#operator", Input).value = "dr-a"
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, LesionScreen), what="lesion screen")
