@@ -15,7 +15,7 @@ from controller.practice.billing import CcamTable, load_table
 from controller.procedure.alarms import AlarmManager, Mode
 from controller.procedure.driver import Procedure
 from controller.procedure.gates import kind_name
-from controller.procedure.recovery import connect, file_device_event, recover, unfinished_sessions
+from controller.procedure.recovery import connect, file_device_event, open_owner, recover
 from controller.procedure.supervisor import Supervisor
 from controller.procedure.treatment import Treatment, calibration_record
 from controller.records.store import RecordStore
@@ -66,8 +66,6 @@ class Clinic:
     simulator_factory: SimulatorFactory | None = None  # offers the embedded simulator on the connect screen
     notices: list[str] = field(default_factory=list)  # warnings the UI shows once it opens (a store folder others can write)
 
-    _open_by_device_session: dict[int, str] = field(default_factory=dict, init=False)
-
     def __post_init__(self) -> None:
         self.alarms = AlarmManager(self._record_alarm, Mode.TREATMENT)
         self.supervisor = Supervisor(self.link, self.alarms, self._file_earlier)
@@ -82,15 +80,12 @@ class Clinic:
         self.link = link
         self.supervisor.link = link
         self.recovered = [r.line() for r in recover(self.store, link, early_events_s=0)]
-        still_open, by_device_session = unfinished_sessions(self.store)
-        self._open_by_device_session = {ds: sid for ds, sid in by_device_session.items() if sid in still_open}
         cal = calibration_record(link.read_calibration())
         self.calibration_status = f"{cal['status']}" + (f", due {cal['due_on']}" if cal["due_on"] else "")
 
     def _file_earlier(self, item: DeviceEventReceived) -> None:
         """Under the session it was raised in while that session is still open (its recovery can use it)."""
-        owner = self._open_by_device_session.get(item.device_session or 0)
-        file_device_event(self.store, item, self.link.identity if self.link else None, owner)
+        file_device_event(self.store, item, self.link.identity if self.link else None, open_owner(self.store, item.device_session))
 
     @property
     def device_busy(self) -> bool:

@@ -7,10 +7,10 @@ import json
 import sys
 from datetime import date
 
-from controller.cli.options import add_config, add_db, add_json, local_day
-from controller.config import ConfigError, default_db, load_config
+from controller.cli.options import add_config, add_db, add_json, local_day, open_store
+from controller.config import ConfigError, load_config
 from controller.records.ledger import CartridgeLedger, LedgerError
-from controller.records.store import RecordError, RecordStore
+from controller.records.store import RecordError
 
 HELP = "the gas cartridge: load, status"
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        with RecordStore(args.db or default_db()) as store:
+        with open_store(args.db, writer=args.action == "load") as store:  # status reads while the UI writes
             ledger = CartridgeLedger(store, config)
             status = ledger.load(args.size, args.opened or date.today()) if args.action == "load" else ledger.status()
     except (RecordError, ConfigError, LedgerError) as exc:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import html
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from controller.practice.billing import CcamTable, acts_of, propose
-from controller.records.history import SessionView, local_time, verified_sessions
+from controller.records.history import SessionView, local_time, utc_window, verified_sessions
 from controller.records.store import RecordStore
 
 
@@ -61,15 +61,18 @@ class DayReport:
     calibrations: list[dict[str, Any]] = field(default_factory=list)
     unconfirmed_sessions: int = 0
     scaled_sessions: int = 0  # recorded on virtual time (a simulator)
+    sealed_epoch: int | None = None  # the newest seal's epoch; None: the store is not sealed
+    sealed_to_seq: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
-    sessions = [s for s in verified_sessions(store) if s.local_day() == day]
+    sessions = verified_sessions(store, since=day, until=day + timedelta(days=1))
     count, head = store.head()
     report = DayReport(day.isoformat(), count, head)
+    report.sealed_epoch, report.sealed_to_seq = _last_seal(store)
     cost_per_s = _cartridge_costs(store)
     amount = Decimal("0")
     lesion_total = 0
@@ -101,8 +104,8 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
             device["sessions"] += 1
             due = f", due {s.calibration['due_on']}" if s.calibration.get("due_on") else ""
             device["calibration"] = s.calibration.get("status", "unknown") + due
-    for event in store.events():  # raw events: those recorded outside any session are in no view of history
-        if event.session_id is None and local_time(event.ts_utc).date() == day:
+    for event in store.unsessioned_events(*utc_window(day, day + timedelta(days=1))):  # outside any session: in no view of history
+        if local_time(event.ts_utc).date() == day:
             if event.kind == "alarm_raised":
                 _count_alarm(report, event.payload)
             elif event.kind == "calibration_certificate":
@@ -121,11 +124,17 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
     return report
 
 
+def _last_seal(store: RecordStore) -> tuple[int | None, int | None]:
+    """(epoch, last event) of the newest seal, for the checkpoint; (None, None) on an unsealed store."""
+    last = store.last_seal()
+    return (None, None) if last is None else (last.epoch, last.last_seq)
+
+
 def _cartridge_costs(store: RecordStore) -> dict[str, float]:
     """EUR per second of gas, per cartridge: its price over its nominal seconds (the ledger's basis
-    when no calibrated flow is known), from the raw cartridge_loaded events."""
-    return {e.payload["cartridge_id"]: e.payload["price_eur"] / e.payload["nominal_s"]
-            for e in store.events() if e.kind == "cartridge_loaded" and e.payload.get("nominal_s")}
+    when no calibrated flow is known), from the cartridges' load facts."""
+    return {c["cartridge_id"]: c["price_eur"] / c["nominal_s"] for c in store.cartridges_loaded() if c.get("nominal_s")}
+
 
 
 def _session_line(s: SessionView, table: CcamTable, cost_per_s: dict[str, float]) -> SessionLine:
@@ -195,7 +204,16 @@ def report_text(r: DayReport) -> str:
     for c in r.calibrations:
         lines.append(f"  calibration of {c['device']} by {c['technician']}: {'PASS' if c['passed'] else 'FAIL'} ({', '.join(c['steps'])}), "
                      f"next due {c['next_due']}")
+    lines.append(checkpoint_text(r))
     return "\n".join(lines) + "\n"
+
+
+def checkpoint_text(r: DayReport) -> str:
+    """The record's checkpoint, to copy or send off the machine: a later verify must show at least
+    this many events with this head in its chain, or the record was cut back (docs/records.md, Sealing)."""
+    sealed = (f"last seal epoch {r.sealed_epoch} (to event {r.sealed_to_seq})" if r.sealed_epoch is not None
+              else "not sealed (set it up: givre records setup-keys)")
+    return f"Checkpoint (keep a copy off this machine): {r.events} events, head {r.head}, {sealed}"
 
 
 def cartridge_svg(r: DayReport, width: int = 640, height: int = 220) -> str:

@@ -15,14 +15,12 @@ straight to the device from the caller's thread, the fastest path there is, and 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import TypeVar
 
 from controller.config import Config
 from controller.procedure.alarms import AlarmManager
@@ -105,7 +103,6 @@ __all__ = [
 ]
 
 MANUAL_TICK_S = 0.05
-T = TypeVar("T")
 STOP_RESEND_S = 0.5  # STOP again this often until the device reports the freeze's end
 EVENTS_PER_TICK = 32  # device events handled per loop turn: the heartbeat and STOP never wait behind a flood
 MAX_INTENTS = 64  # intents queued for the loop; past it an intent is dropped (and counted): STOP never queues
@@ -457,28 +454,15 @@ class Procedure:
             with contextlib.suppress(BridgeError):  # the link's loss arrives as an event
                 self.link.keep_alive(list(State).index(self.core.state))
 
-    def _while_heartbeating(self, read: Callable[[], T]) -> T:
-        """A read that scans the store (the ledger reads every event until the records issue gives it a
-        projection) runs on a worker thread while this loop keeps renewing the heartbeat lease: a slow
-        store never starves the device's watchdog."""
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="givre-store-read") as pool:
-            future = pool.submit(read)
-            while True:
-                self._keep_alive()
-                try:
-                    return future.result(timeout=self.clock.real_seconds(self.link.heartbeat_period_s) if self.link else None)
-                except concurrent.futures.TimeoutError:
-                    continue
-
     def _ledger(self, op: LedgerOp) -> None:
         if isinstance(op, CheckCartridge):
             try:
-                self._feed(CartridgeChecked(self._while_heartbeating(lambda: self.ledger.status(op.flow_mg_per_s, op.today))))
+                self._feed(CartridgeChecked(self.ledger.status(op.flow_mg_per_s, op.today)))  # one indexed read (the projection)
             except LedgerError as exc:
                 self._feed(CartridgeRefused(str(exc)))
         elif isinstance(op, Reserve):
             try:
-                status = self._while_heartbeating(lambda: self.ledger.reserve(self.session_id, op.seconds, op.flow_mg_per_s))
+                status = self.ledger.reserve(self.session_id, op.seconds, op.flow_mg_per_s)
             except (LedgerError, RecordNotSaved) as exc:  # a reservation that could not be written reserves nothing
                 self._feed(CartridgeRefused(str(exc)))
             else:

@@ -179,23 +179,14 @@ def connect_and_recover(url: str, store: RecordStore, clock: Clock = SYSTEM_CLOC
         raise
 
 
-def unfinished_sessions(store: RecordStore) -> tuple[dict[str, list[StoredEvent]], dict[int, str]]:
-    """Sessions never ended, with their events; and every record session by its device session id."""
-    sessions: dict[str, list[StoredEvent]] = {}
-    by_device_session: dict[int, str] = {}
-    for event in store.events():
-        if event.session_id is None:
-            continue
-        if event.kind == "session_started":
-            sessions[event.session_id] = [event]
-            device_session = (event.payload.get("device") or {}).get("device_session")
-            if device_session:
-                by_device_session[device_session] = event.session_id
-        elif event.session_id in sessions:
-            sessions[event.session_id].append(event)
-            if event.kind == "session_ended":
-                del sessions[event.session_id]
-    return sessions, by_device_session
+def unfinished_sessions(store: RecordStore) -> dict[str, list[StoredEvent]]:
+    """Sessions never ended, with their events: found by the store's index, never by reading the log."""
+    return {sid: list(store.events(sid)) for sid in store.unfinished_session_ids()}
+
+
+def open_owner(store: RecordStore, device_session: int | None) -> str | None:
+    """The unfinished record session a device event of this device session belongs to, if any."""
+    return store.open_session_of_device_session(device_session) if device_session else None
 
 
 def recover(store: RecordStore, link: Link | None, early_events_s: float = EARLY_EVENTS_S) -> list[Recovered]:
@@ -205,15 +196,13 @@ def recover(store: RecordStore, link: Link | None, early_events_s: float = EARLY
     ``early_events_s``: how long to collect the events that come with the handshake. The UI passes
     0 (its controller loop files later ones as they come) so that it opens at once."""
     early = _early_events(link, early_events_s)
-    open_sessions, by_device_session = unfinished_sessions(store)
     for item in early:  # under its session while that session is open; a closed record is never appended to
-        owner = by_device_session.get(item.device_session or 0)
-        file_device_event(store, item, link.identity if link else None, owner if owner in open_sessions else None)
+        file_device_event(store, item, link.identity if link else None, open_owner(store, item.device_session))
     reports: list[Recovered] = []
     awaiting: set[str] = set()
     settled_here: str | None = None  # the last session of the connected device closed now: its host went silent
     serial = link.identity.serial if link is not None and link.identity is not None else None
-    for session_id, events in unfinished_sessions(store)[0].items():
+    for session_id, events in unfinished_sessions(store).items():
         report = _settle(store, link, session_id, events)
         reports.append(report)
         session_serial = str((events[0].payload.get("device") or {}).get("serial"))

@@ -109,6 +109,7 @@ class Treatment:
         count, head = self.store.head()
         self.store.append("session_ended", {"status": status, "lesions": len(self.procedures), "events_before": count,
                                             "head_before": head}, self.session_id)
+        self.store.seal()  # a finished session is sealed at once: its record can no longer be rewritten unnoticed
         return status
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -209,10 +209,34 @@ def _apply_to_lesion(lesion: LesionView, event: StoredEvent) -> None:
         lesion.refused.extend(p.get("reasons") or [p.get("reason", "")])
 
 
-def load_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
-    """Sessions in the order they started; one session, or those started on or after a local day."""
-    views = build_sessions(store.events(session_id))
-    return [v for v in views.values() if since is None or v.local_day() >= since]
+def load_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None,
+                  until: date | None = None) -> list[SessionView]:
+    """Sessions in the order they started: one session, or those started on local days in
+    [since, until). A bounded period reads only its sessions' events (found by the sessions index)."""
+    if session_id is not None:
+        events: Iterable[StoredEvent] = store.events(session_id)
+    elif since is None and until is None:
+        events = store.events()
+    else:
+        events = store.session_events(store.session_ids(*utc_window(since, until)))
+    views = build_sessions(events)
+    return [v for v in views.values() if (since is None or v.local_day() >= since) and (until is None or v.local_day() < until)]
+
+
+def utc_window(since: date | None, until: date | None) -> tuple[str | None, str | None]:
+    """Local days [since, until) in the store's UTC timestamp spelling, a day wider each side (zone
+    changes); None: unbounded. It narrows an indexed read; the reader still filters on the local day."""
+    return _utc_bound(since, -1), _utc_bound(until, +1)
+
+
+def _utc_bound(day: date | None, slack_days: int) -> str | None:
+    if day is None:
+        return None
+    try:
+        bound = datetime.combine(day, time.min).astimezone().astimezone(UTC) + timedelta(days=slack_days)
+    except (OverflowError, ValueError):
+        return None
+    return bound.isoformat(timespec="milliseconds")
 
 
 class ChainBroken(RecordError):
@@ -226,12 +250,14 @@ class ChainBroken(RecordError):
         super().__init__(f"{path}: {self.finding}", "Run `givre records verify` and restore the store from a backup")
 
 
-def verified_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None) -> list[SessionView]:
-    """``load_sessions`` once the whole chain has verified (exports, the day report); raises ChainBroken otherwise."""
-    bad = store.verify()
+def verified_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None,
+                      until: date | None = None) -> list[SessionView]:
+    """``load_sessions`` once the chain has verified from the last seal on (exports, the day report:
+    store.verify_since_checkpoint; the whole chain when nothing is sealed); raises ChainBroken otherwise."""
+    bad = store.verify_since_checkpoint()
     if bad is not None:
         raise ChainBroken(store.path, bad)
-    return load_sessions(store, session_id, since)
+    return load_sessions(store, session_id, since, until)
 
 
 def view_of(store: RecordStore, session_id: str) -> SessionView:

@@ -1,5 +1,6 @@
-"""The cartridge ledger, derived from the record's events (never a mutable counter). It reads the
-raw cartridge_* events, not history's session views: a cartridge outlives the sessions it serves.
+"""The cartridge ledger, derived from the record's events (never a mutable counter): the store's
+cartridges projection sums the cartridge_* events as they are appended (a cartridge outlives the
+sessions it serves, so it is not read from history's session views).
 
 Seconds are consumed from the device-reported valve-open times, not the plan: a protocol reserves
 its planned seconds before it starts, commits what the device measured, and releases the rest.
@@ -70,29 +71,11 @@ class CartridgeLedger:
         return status
 
     def status(self, flow_mg_per_s: int = 0, today: date | None = None) -> CartridgeStatus | None:
-        loaded = None
-        used = reserved = 0.0
-        lesions = 0
-        open_reservations: dict[str, float] = {}
-        for event in self.store.events():
-            p = event.payload
-            if event.kind == "cartridge_loaded":
-                loaded, used, lesions, open_reservations = p, 0.0, 0, {}
-            elif loaded is None or p.get("cartridge_id") != loaded["cartridge_id"]:
-                continue
-            elif event.kind == "cartridge_reserved":
-                open_reservations[str(event.session_id)] = open_reservations.get(str(event.session_id), 0.0) + p["seconds"]
-            elif event.kind == "cartridge_used":
-                used += p["seconds"]
-                lesions += int(p.get("lesion_done", 0))
-                key = str(event.session_id)
-                if key in open_reservations:
-                    open_reservations[key] = max(0.0, open_reservations[key] - p["seconds"])
-            elif event.kind == "cartridge_released":
-                open_reservations.pop(str(event.session_id), None)
-        if loaded is None:
+        """The cartridge in use, from the cartridges projection (one indexed read, whatever the log's size)."""
+        row = self.store.current_cartridge()
+        if row is None:
             return None
-        reserved = sum(open_reservations.values())
+        loaded, used, lesions, reserved = row.loaded, row.used_s, row.lesions, row.reserved_s
         if flow_mg_per_s > 0:
             capacity, basis = loaded["size_g"] * 1000 / flow_mg_per_s, "calibrated flow"
         else:

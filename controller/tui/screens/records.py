@@ -1,20 +1,26 @@
-"""The record: every session in one table, and the hash chain's check."""
+"""The record: the latest sessions in one table, and the hash chain's check.
+
+The table reads the store's sessions projection (a few indexed reads, whatever the record's age);
+the chain's check walks every event, so it runs in a worker thread, never on the UI's.
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from controller.records.history import load_sessions
 from controller.tui.screens.base import GivreModalScreen
+
+LATEST_SESSIONS = 200  # the screen is a glance; `givre records list` has them all
 
 
 class RecordsScreen(GivreModalScreen):
-    """Sessions as the record's read-back view gives them; v verifies the chain."""
+    """The latest sessions as the record's projections give them; v verifies the chain."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "Close", show=True),
                                              Binding("v", "verify", "Verify chain", show=True)]
@@ -23,16 +29,20 @@ class RecordsScreen(GivreModalScreen):
         with Vertical(id="dialog"):
             table: DataTable[str] = DataTable(id="sessions")
             table.add_columns("session", "started", "status", "patient", "lesions", "billing")
-            for s in load_sessions(self.app.clinic.store):
-                billing = "-" if s.billing is None else (", ".join(a["code"] for a in s.billing["chosen"]) or "none billed")
-                table.add_row(s.session_id, s.started[:19], s.status, s.patient, ", ".join(lesion.profile_id for lesion in s.lesions),
-                              billing)
+            for s in self.app.clinic.store.session_summaries(latest=LATEST_SESSIONS).values():
+                billing = "-" if s["billed"] is None else (", ".join(s["billed"]) or "none billed")
+                table.add_row(s["session_id"], s["started"][:19], s["status"], s["patient"], ", ".join(s["lesions"]), billing)
             yield table
             yield Static("", id="verify", markup=False)
 
     def action_verify(self) -> None:
+        self.query_one("#verify", Static).update("verifying the chain…")
+        self._verify()
+
+    @work(thread=True, exclusive=True, name="verify chain")
+    def _verify(self) -> None:
         store = self.app.clinic.store
         bad = store.verify()
         count, head = store.head()
-        self.query_one("#verify", Static).update(
-            f"✓ chain intact: {count} events, head {head[:16]}" if bad is None else f"✗ TAMPERED from event {bad.seq} ({bad.kind})")
+        text = f"✓ chain intact: {count} events, head {head[:16]}" if bad is None else f"✗ TAMPERED from event {bad.seq} ({bad.kind})"
+        self.app.call_from_thread(self.query_one("#verify", Static).update, text)

@@ -286,9 +286,9 @@ def test_a_latched_device_fault_blocks_arming(make_rig: Callable[..., Rig]) -> N
 def test_unfinished_session_is_found(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     treatment = rig.start()
-    assert treatment.session_id in unfinished_sessions(rig.store)[0]
+    assert treatment.session_id in unfinished_sessions(rig.store)
     treatment.end()
-    assert treatment.session_id not in unfinished_sessions(rig.store)[0]
+    assert treatment.session_id not in unfinished_sessions(rig.store)
 
 
 def published(procedure: Procedure) -> ProcedureView:
