@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.clinic_day import clinic_day
 from bench.load import busy_load
 from bench.loop import gaps_ms, heartbeat_gaps
+from bench.store import measure_stores
 from bench.tui import measure_tui
 from controller.practice.billing import load_table
 from controller.practice.export import checked_sessions, to_csv, to_fhir
@@ -51,10 +52,13 @@ WATCHDOG_MS = 250
 HOST_TIMED_CAP_MS = 30_000  # the device's own cap on a host-timed freeze: far past any duration the host sleeps
 
 
-def measure(quick: bool = False, load: int = 0) -> dict[str, object]:
-    """Every figure, with ``load`` busy processes competing for the cores the whole time."""
+def measure(quick: bool = False, load: int = 0, store_events: list[int] | None = None, store_only: bool = False) -> dict[str, object]:
+    """Every figure, with ``load`` busy processes competing for the cores the whole time; with
+    ``store_events``, the aged stores' figures too (bench/store.py), under the key "store"."""
     with busy_load(load):
-        results = _measure(quick)
+        results: dict[str, object] = {"machine": _machine()} if store_only else _measure(quick)
+        if store_events:
+            results["store"] = measure_stores(store_events)
     results["load_processes"] = load
     return results
 
@@ -93,6 +97,9 @@ def _measure(quick: bool) -> dict[str, object]:
     results["heartbeat_gap_ms_p99"] = _percentiles("gap", loop.gaps_ms + tui_gaps)["gap_p99"]
     results["loop_heartbeat_gap_ms_max"] = _max(loop.gaps_ms)  # the clinic's loop alone, lesions with freezes
     results["tui_heartbeat_gap_ms_max"] = _max(tui_gaps)  # the same loop beside the UI, STOP keys mid-freeze
+    # The same run's gaps as the host wrote them: the device-side figure above also holds the
+    # simulator thread's own delays (it shares this process), this one only the host's.
+    results["tui_host_heartbeat_gap_ms_max"] = round(tui.host_heartbeat_gap_ms_max, 3)
     results["heartbeat_watchdog_trips"] = loop.watchdog_trips + tui.watchdog_trips
     results["incidents"] = loop.incidents + tui.incidents  # lesions or samples that went wrong (the bench went on)
     results["clinic_day"] = {"sessions": day.sessions, "completed": day.completed, "freezes": day.freezes_recorded,

@@ -52,6 +52,7 @@ class TuiFigures:
     valve_close_latency_ms: float = 0.0
     heartbeat_arrivals: list[float] = field(default_factory=list)  # every heartbeat the simulator received meanwhile
     watchdog_trips: int = 0  # the device's own count over the session
+    host_heartbeat_gap_ms_max: float = 0.0  # the same gaps as the host's link thread wrote them (LinkStats)
 
 
 def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | None = None) -> TuiFigures:
@@ -67,6 +68,8 @@ def measure_tui(samples: int, before_key: Callable[[SimulatedDevice], None] | No
         finally:
             device.on_host_frame = None
         figures.watchdog_trips = device.firmware.watchdog_trips - trips_before
+        if clinic.link is not None:
+            figures.host_heartbeat_gap_ms_max = clinic.link.stats().heartbeat_gap_max_s * 1000
     return figures
 
 

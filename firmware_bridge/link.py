@@ -148,6 +148,7 @@ class LinkStats:
     decoder: DecoderStats
     session: SessionStats
     events_dropped: int = 0  # device events past MAX_PENDING_EVENTS, dropped so a flooding device cannot exhaust memory
+    heartbeat_gap_max_s: float = 0.0  # the longest the host went between two HEARTBEATs while a lease ran (host clock)
 
 
 MAX_PENDING_EVENTS = 512  # a device raises a handful per freeze; more than this unread is a flood
@@ -238,6 +239,8 @@ class Link:
         self._closing = threading.Event()
         self._lease: tuple[float, int] = (0.0, 0)  # (host clock until which the link thread heartbeats, host_state)
         self._last_beat = 0.0  # host clock of the last heartbeat written
+        self._lease_since = 0.0  # host clock when the running lease was granted after a lapse (gaps count from there)
+        self._beat_gap_max = 0.0
         self.identity: DeviceIdentity | None = None
         self.on_telemetry: Callable[[TelemetryReceived], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"givre-link {self.port}", daemon=True)
@@ -336,7 +339,10 @@ class Link:
         beats stop and the device's watchdog closes the valve one watchdog period later."""
         if self._lost is not None:
             raise self._lost
-        self._lease = (self._clock.monotonic() + self.heartbeat_period_s * HEARTBEATS_PER_WATCHDOG, host_state)
+        now = self._clock.monotonic()
+        if now >= self._lease[0]:
+            self._lease_since = now
+        self._lease = (now + self.heartbeat_period_s * HEARTBEATS_PER_WATCHDOG, host_state)
 
     def freeze(self, duration_ms: int, mode: FreezeMode = FreezeMode.TIMED, trigger: TriggerMode = TriggerMode.HOST) -> int:
         """Ask the device to time a freeze; returns its txn once the device has accepted it.
@@ -413,7 +419,7 @@ class Link:
 
     def stats(self) -> LinkStats:
         return LinkStats(self._bytes_received, dataclasses.replace(self._decoder.stats), dataclasses.replace(self._session.stats),
-                         self._events.dropped)
+                         self._events.dropped, self._beat_gap_max)
 
     @property
     def lost(self) -> bool:
@@ -525,7 +531,10 @@ class Link:
 
     def _write_unsolicited(self, msg: Message) -> None:
         if isinstance(msg, Heartbeat):
-            self._last_beat = self._clock.monotonic()
+            now = self._clock.monotonic()
+            if self._last_beat >= self._lease_since:
+                self._beat_gap_max = max(self._beat_gap_max, now - self._last_beat)
+            self._last_beat = now
         self._transport.write(self._session.unsolicited(msg))
 
     def _drain_outbox(self) -> None:
