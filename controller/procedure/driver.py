@@ -272,10 +272,11 @@ class Procedure:
 
     def acknowledge_alarms(self) -> None:
         """Queued for the loop; once the lesion's end is recorded no loop runs it any more, so the
-        acknowledgement is done at once by the caller and the view republished."""
+        caller feeds it to the core itself: recorded (alarm_acknowledged) and the view republished."""
         if self.finished:
-            self.alarms.acknowledge_all()
-            self._publish()
+            with self._step:
+                self._feed(Acknowledge())
+                self._publish()
             return
         self._queue("ack")
 

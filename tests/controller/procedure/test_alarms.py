@@ -60,6 +60,17 @@ def test_a_device_fault_raises_its_alarm_and_the_record_keeps_it(
     assert not rig.device.model.valve_commanded
 
 
+def test_an_alarm_acknowledged_after_the_lesion_ended_is_recorded(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    treatment, procedure = start_freezing(rig)
+    rig.device.empty_cartridge()
+    procedure.run()
+    assert procedure.finished and procedure.alarms.latched["cartridge_empty"].priority is Priority.HIGH
+    procedure.acknowledge_alarms()  # no loop runs any more: the caller's thread records it
+    acknowledged = [e.payload["code"] for e in rig.store.events(treatment.session_id) if e.kind == "alarm_acknowledged"]
+    assert "cartridge_empty" in acknowledged and procedure.alarms.latched["cartridge_empty"].acknowledged
+
+
 def test_valve_stuck_open_tells_the_clinician_to_shut_the_cartridge(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     treatment, procedure = start_freezing(rig)
