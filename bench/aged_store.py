@@ -5,7 +5,9 @@ yesterday), so a store of a million events is about four years of one GP's days 
 a day's worth of it, as in a real practice.
 
 The replay goes through the store's own append path (chain, projections) in batches, one
-transaction each: what it builds is what years of appends would have built. The store is then
+transaction each: what it builds is what years of appends would have built (the personal fields
+read in clear from the template and encrypted again under the aged store's own patient keys, bound
+to the new session ids, as records/personal.py would have). The store is then
 sealed (records/seal.py) under a verification key the bench throws away, as a clinic's would be.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.clinic_day import clinic_day
+from controller.records.history import revealed
 from controller.records.seal import new_verification_key
 from controller.records.store import RecordStore, StoredEvent
 
@@ -40,7 +43,7 @@ def template_day(db: Path, sessions: int = 40) -> list[StoredEvent]:
     """A clinic day recorded by the real procedure against the simulator: the replay's template."""
     clinic_day(db, sessions=sessions, corrupt_pct=0.0)
     with RecordStore(db, writer=False) as store:
-        return list(store.events())
+        return list(revealed(store, store.events()))  # personal fields in clear: the replay encrypts them for its own sessions
 
 
 def build_aged_store(db: Path, events: int, template: list[StoredEvent]) -> AgedStore:
@@ -51,9 +54,14 @@ def build_aged_store(db: Path, events: int, template: list[StoredEvent]) -> Aged
     stamps = (first_day + timedelta(days=day) + step * i for day in range(days) for i in range(len(template)))
     with RecordStore(db, wall=_replay_wall(stamps)) as store:
         batch: list[tuple[str, dict[str, Any], str | None]] = []
+        keys: dict[str, str] = {}  # session -> its patient's key
         for _ in range(days):
-            for item in _renamed_day(template):
-                batch.append(item)
+            for kind, clear, session_id in _renamed_day(template):
+                if session_id is not None and kind == "session_started":
+                    keys[session_id] = store.patient_key(clear["patient"])
+                payload = clear if session_id is None or session_id not in keys else \
+                    store.personal.protect(kind, clear, session_id, keys[session_id])
+                batch.append((kind, payload, session_id))
                 if len(batch) >= BATCH:
                     store.append_many(batch)
                     batch.clear()

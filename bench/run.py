@@ -116,7 +116,7 @@ def _exports(db: Path) -> dict[str, float]:
     table = load_table()
     with RecordStore(db, writer=False) as store:
         return {
-            "export_fhir_ms": round(_timed(lambda: to_fhir(checked_sessions(store), table, store.photos_dir)), 1),
+            "export_fhir_ms": round(_timed(lambda: to_fhir(checked_sessions(store), table, store.read_photo)), 1),
             "export_csv_ms": round(_timed(lambda: to_csv(checked_sessions(store))), 1),
             "day_report_ms": round(_timed(lambda: build_report(store, date.today(), table)), 1),
         }

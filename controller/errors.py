@@ -6,11 +6,13 @@ profiles' ProfileError) to print it as one line.
     ├── ConfigError        the clinic config file (config.py)
     ├── RecordError        the record store (records/store.py)
     │   ├── StoreUnavailable, RecordNotSaved
+    │   ├── PatientUnknown no key for a patient id (records/store.py: givre records erase)
     │   ├── ChainBroken    (records/history.py: verified_sessions)
     │   ├── PhotoRefused   (records/photo.py: a symlink, a pipe, too large, not an image)
     │   └── ExportRefused  (practice/export.py)
     ├── PseudonymRefused   an id that looks like personal data (records/pseudonym.py)
     ├── UnsafeTarget       a health-data file's target is a symlink (records/private_files.py)
+    ├── KeyStoreError      the patients' key store beside the record (records/keystore.py)
     ├── LedgerError        the cartridge ledger (records/ledger.py)
     ├── ProcedureError     a lesion's procedure (procedure/driver.py)
     │   └── StartRefused

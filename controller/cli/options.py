@@ -44,7 +44,10 @@ def open_store(db: Path | None, *, writer: bool = True, clock: Clock = SYSTEM_CL
     warning = folder_warning(path.parent)
     if warning is not None:
         (warn or _to_stderr)(warning)
-    return RecordStore(path, clock=clock, writer=writer)
+    store = RecordStore(path, clock=clock, writer=writer)
+    if (missing := store.key_store_warning()) is not None:  # the patients' fields read as unreadable: said once, here
+        (warn or _to_stderr)(missing)
+    return store
 
 
 def _to_stderr(line: str) -> None:

@@ -12,11 +12,10 @@ import csv
 import io
 import json
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from controller.practice.billing import CcamTable
-from controller.practice.fhir import BundleBuilder, validate_bundle
+from controller.practice.fhir import BundleBuilder, PhotoReader, validate_bundle
 from controller.records.history import ChainBroken, SessionView, verified_sessions
 from controller.records.store import RecordError, RecordStore
 
@@ -95,11 +94,11 @@ def csv_cell(value: object) -> object:
     return value
 
 
-def to_fhir(sessions: list[SessionView], table: CcamTable, photos_dir: Path | None, validate: bool = False,
+def to_fhir(sessions: list[SessionView], table: CcamTable, photos: PhotoReader | None, validate: bool = False,
             single: bool = False) -> str:
     """single (--session): the Bundle as one JSON document. Otherwise one Bundle per line (NDJSON, as
     FHIR bulk data), however many sessions there are, so scripts read one shape."""
-    builder = BundleBuilder(table, photos_dir)
+    builder = BundleBuilder(table, photos)
     bundles = [builder.bundle(s) for s in sessions]
     if validate:
         for bundle in bundles:

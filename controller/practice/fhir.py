@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ from controller.records.lesion import FACE_REGIONS, Region
 UCUM = "http://unitsofmeasure.org"
 SECURITY = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+PhotoReader = Callable[[str], bytes | None]  # a stored photo's file name -> its image bytes, None if gone or erased
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:givre:fhir-export")
 PHOTO_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".heic": "image/heic", ".webp": "image/webp",
                ".tif": "image/tiff", ".tiff": "image/tiff"}
@@ -77,11 +79,11 @@ def _seconds(ms: int) -> float:
 
 
 class BundleBuilder:
-    """Builds one session's Bundle; the photos directory is read to hash the files it references."""
+    """Builds one session's Bundle; the photos are read (RecordStore.read_photo: decrypted) to hash the files referenced."""
 
-    def __init__(self, table: CcamTable, photos_dir: Path | None = None, terminology: Terminology | None = None) -> None:
+    def __init__(self, table: CcamTable, photos: PhotoReader | None = None, terminology: Terminology | None = None) -> None:
         self.table = table
-        self.photos_dir = photos_dir
+        self.photos = photos
         self.terms = terminology or load_terminology()
 
     def bundle(self, session: SessionView) -> dict[str, Any]:
@@ -217,11 +219,10 @@ class BundleBuilder:
         name = lesion.photo["file"]
         content: dict[str, Any] = {"contentType": PHOTO_TYPES.get(Path(name).suffix.lower(), "application/octet-stream"),
                                    "url": name, "title": f"lesion {lesion.lesion_id} ({lesion.site_text})"}
-        path = self.photos_dir / name if self.photos_dir is not None else None
-        if path is not None and path.is_file():
-            data = path.read_bytes()
+        data = self.photos(name) if self.photos is not None else None
+        if data is not None:
             if hashlib.sha256(data).hexdigest() != lesion.photo["sha256"]:
-                raise FhirError(f"{path}: the photo no longer matches the SHA-256 recorded at capture; restore it from a backup")
+                raise FhirError(f"photo {name}: no longer matches the SHA-256 recorded at capture; restore it from a backup")
             content["size"] = len(data)
             content["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")  # FHIR asks for SHA-1 here
         return {"resourceType": "Media", "status": "completed", "subject": self.patient, "partOf": [procedure],

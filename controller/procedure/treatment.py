@@ -58,6 +58,7 @@ class Treatment:
         self.session_id = new_session_id()
         self.calibration = link.read_calibration() if link is not None else None
         self.procedures: list[Procedure] = []
+        self.patient_key: str | None = None  # the patient's key id in the store's key store, from start()
 
     def start(self) -> None:
         """Record the session's start: who, the device, its calibration, and the time scale the host
@@ -69,20 +70,22 @@ class Treatment:
             device = {"serial": ident.serial, "kind": kind_name(ident.kind), "firmware": ident.firmware, "protocol": ident.protocol,
                       "cryogen": ident.cryogen.name, "boot_count": ident.boot_count, "max_freeze_ms": ident.max_freeze_ms,
                       "watchdog_ms": ident.watchdog_ms, "port": ident.port, "device_session": ident.device_session}
+        self.patient_key = self.store.patient_key(self.info.patient)  # personal fields are stored encrypted under it
         self.store.append(
             "session_started",
             {"operator": self.info.operator, "patient": self.info.patient, "mode": "device" if device else "manual",
              "device": device, "calibration": calibration_record(self.calibration), "time_scale": self.clock.scale},
-            self.session_id,
+            self.session_id, patient_key=self.patient_key,
         )
 
     def lesion(self, lesion: Lesion, profile: LoadedProfile, *, reconnect: Callable[[], Link] | None = None,
                reconnect_window_s: float = RECONNECT_WINDOW_S, **choice: Unpack[ChoiceOptions]) -> Procedure:
         """Record the lesion, then return its procedure (not yet armed)."""
         lesion_id = f"L{len(self.procedures) + 1}"
+        key = self.patient_key or self.store.patient_key(self.info.patient)
         photo = None
         if lesion.photo is not None:
-            digest, name = self.store.store_photo(lesion.photo)
+            digest, name = self.store.store_photo(lesion.photo, key)
             photo = {"sha256": digest, "file": name}
         p = profile.profile
         self.store.append(
@@ -92,7 +95,7 @@ class Treatment:
                                                  "indication": p.indication.value},
              "site": lesion.site.model_dump(mode="json"), "zone": lesion.site.zone.value, "size_mm": lesion.size_mm,
              "description": lesion.description, "photo": photo, "reimbursable": lesion.reimbursable},
-            self.session_id,
+            self.session_id, patient_key=key,
         )
         procedure = Procedure(Recording(self.store, self.session_id, lesion_id),
                               DeviceAccess(self.link, self.calibration, reconnect, reconnect_window_s),

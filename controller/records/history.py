@@ -19,8 +19,8 @@ A few readers walk the raw events instead, for facts this view does not keep:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ class LesionView:
 class SessionView:
     session_id: str
     started: str
-    patient: str  # pseudonymous id: the only patient identifier Givre holds
+    patient: str  # pseudonymous id: the only patient identifier Givre holds ('erased' once its key is destroyed)
     operator: str
     mode: str
     device: dict[str, Any] | None
@@ -219,8 +219,15 @@ def load_sessions(store: RecordStore, session_id: str | None = None, since: date
         events = store.events()
     else:
         events = store.session_events(store.session_ids(*utc_window(since, until)))
-    views = build_sessions(events)
+    views = build_sessions(revealed(store, events))
     return [v for v in views.values() if (since is None or v.local_day() >= since) and (until is None or v.local_day() < until)]
+
+
+def revealed(store: RecordStore, events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
+    """The events with their personal fields in clear, 'erased' or 'unreadable: ...' (records/personal.py)."""
+    for event in events:
+        shown = store.reveal(event)
+        yield event if shown is event.payload else replace(event, payload=shown)
 
 
 def utc_window(since: date | None, until: date | None) -> tuple[str | None, str | None]:

@@ -111,8 +111,8 @@ def _apply_to_session(db: sqlite3.Connection, event: Folded, session_id: str) ->
     if kind == "session_started":
         device = payload.get("device") or {}
         db.execute("INSERT OR IGNORE INTO sessions VALUES (?,?,?,?,NULL,'in progress',?,NULL,?,?,?,?,NULL)",
-                   (session_id, seq, ts_utc, seq, device.get("device_session") or None, str(payload["patient"]), str(payload["operator"]),
-                    device.get("serial"), float(payload.get("time_scale", 1))))
+                   (session_id, seq, ts_utc, seq, device.get("device_session") or None, _patient(payload["patient"]),
+                    str(payload["operator"]), device.get("serial"), float(payload.get("time_scale", 1))))
         return
     if kind == "session_ended":
         db.execute("UPDATE sessions SET last_seq = ?, ended_seq = ?, ended_ts = ?, status = ? WHERE session_id = ?",
@@ -129,6 +129,12 @@ def _apply_to_session(db: sqlite3.Connection, event: Folded, session_id: str) ->
                    (session_id, str(payload["lesion_id"]), seq, str(payload["profile"]["id"])))
     elif kind == "freeze_result":
         db.execute("INSERT OR REPLACE INTO cycles VALUES (?,?,?,?)", (session_id, str(payload["lesion_id"]), int(payload["cycle"]), seq))
+
+
+def _patient(value: object) -> str:
+    """The patient as the column holds it: a plaintext id (records before encryption) or the
+    envelope's JSON, never the id in clear (records/personal.py decrypts it when read)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
 
 
 def _apply_to_cartridge(db: sqlite3.Connection, event: Folded) -> None:

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,8 @@ from controller.config import MAX_PHOTO_MB
 from controller.errors import GivreError
 from controller.records import projections
 from controller.records import seal as sealing
+from controller.records.keystore import KeyStoreError
+from controller.records.personal import PersonalFields
 from controller.records.private_files import write_private
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 
@@ -85,6 +88,10 @@ class RecordNotSaved(RecordError):
     """An event could not be committed (disk full, read-only, I/O error): it is NOT recorded."""
 
 
+class PatientUnknown(RecordError):
+    """No key for this patient id: never recorded by a Givre that encrypts, or already erased."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """One row of the record as committed, with its place in the chain (not the device's wire
@@ -123,6 +130,17 @@ def chain_hash(prev_hash: str, fields: ChainedFields) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+def stored_patient(column: str) -> dict[str, Any] | None:
+    """The sessions projection's patient column as an envelope (JSON), or None for a plaintext id."""
+    if not column.startswith("{"):
+        return None
+    try:
+        value = json.loads(column)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def filesystem_type(path: Path) -> str | None:
     """The type of the filesystem holding ``path``, from /proc/mounts (Linux); None if unknown."""
     try:
@@ -151,6 +169,7 @@ class RecordStore:
         self.clock = clock
         self._wall = wall  # the events' UTC timestamps (the bench ages a store on a wall clock of its own)
         self.photos_dir = path.parent / f"{path.stem}-photos"
+        self.personal = PersonalFields(path, writer)  # the patients' keys, beside the store (records/personal.py)
         self._lock_fd: int | None = None
         self._db_lock = threading.RLock()  # the UI and the controller loop share one connection
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -237,6 +256,7 @@ class RecordStore:
 
     def close(self) -> None:
         self._seal_before_close()
+        self.personal.close()
         db = getattr(self, "_db", None)  # absent when connecting failed; closing twice is harmless
         if db is not None:
             db.close()
@@ -252,8 +272,12 @@ class RecordStore:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None) -> StoredEvent:
-        """Commit one event durably and return it; raises RecordNotSaved if it is not on disk."""
+    def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None, *,
+               patient_key: str | None = None) -> StoredEvent:
+        """Commit one event durably and return it; raises RecordNotSaved if it is not on disk. With
+        ``patient_key`` (patient_key()), its personal fields are stored encrypted under that key."""
+        if patient_key is not None and session_id is not None:
+            payload = self.personal.protect(kind, payload, session_id, patient_key)
         with self._db_lock:
             event = self._append(kind, payload, session_id)
             self._seal_if_due()
@@ -302,18 +326,79 @@ class RecordStore:
         self._last_seq, self._last_hash = seq, digest
         return event
 
-    def store_photo(self, source: Path) -> tuple[str, str]:
+    def store_photo(self, source: Path, patient_key: str) -> tuple[str, str]:
         """Take a photo into the store without its metadata (records/photo.py: EXIF and GPS stripped,
-        a symlink, a pipe, an oversize file or a non-image refused), 0600; returns (sha256 of what is
-        stored, stored file name). The clinic's own size limit is checked where the photo is given."""
+        a symlink, a pipe, an oversize file or a non-image refused), encrypted under the patient's key,
+        0600; returns (sha256 of the image, stored file name: random, so it says nothing of the image).
+        The clinic's own size limit is checked where the photo is given."""
         from controller.records.photo import load_photo  # noqa: PLC0415 - photo.py imports this module (PhotoRefused is a RecordError)
 
         photo = load_photo(source, MAX_PHOTO_MB * 1_000_000)
         digest = hashlib.sha256(photo.data).hexdigest()
         self.photos_dir.mkdir(mode=0o700, exist_ok=True)
-        name = f"{digest}{photo.suffix}"
-        write_private(self.photos_dir / name, photo.data)  # the same bytes again if already there; a planted symlink is refused
+        name = f"{secrets.token_hex(16)}{photo.suffix}"
+        write_private(self.photos_dir / name, self.personal.encrypt_photo(patient_key, name, photo.data))  # a planted symlink is refused
         return digest, name
+
+    def read_photo(self, name: str) -> bytes | None:
+        """A stored photo's image bytes (decrypted); None if the file is gone or its key erased."""
+        try:
+            stored = (self.photos_dir / Path(name).name).read_bytes()
+        except OSError:
+            return None
+        return self.personal.photo_bytes(Path(name).name, stored)
+
+    # ---- personal fields and erasure (records/personal.py, records/keystore.py) -------------------
+
+    def patient_key(self, patient: str) -> str:
+        """The patient's key id (made the first time): a session's personal fields are encrypted under it."""
+        return self.personal.patient_key(patient, records_encrypted=self._holds_encrypted())
+
+    def _holds_encrypted(self) -> bool:
+        """Some session's patient is an envelope (the sessions projection stores it as JSON)."""
+        with self._db_lock:
+            return self._db.execute("SELECT 1 FROM sessions WHERE patient LIKE '{%' LIMIT 1").fetchone() is not None
+
+    def key_store_warning(self) -> str | None:
+        """One line when the record holds encrypted fields and the key store beside it is missing."""
+        if self.personal.path.exists() or not self._holds_encrypted():
+            return None
+        return (f"warning: {self.personal.path}: key store missing; the patients' ids, descriptions, site details and "
+                "photos read as 'unreadable: key store missing'. Restore it from the backup made with the store")
+
+    def reveal(self, event: StoredEvent) -> dict[str, Any]:
+        """An event's payload with its personal fields in clear, 'erased' or 'unreadable: ...'."""
+        return self.personal.reveal(event.kind, event.payload, event.session_id)
+
+    def patient_sessions(self, patient: str) -> tuple[str, list[str]]:
+        """(key id, session ids) of the patient whose key the lookup hash finds; PatientUnknown if none."""
+        keys = self.personal.keys()
+        key_id = keys.find(patient) if keys is not None else None
+        if key_id is None:
+            raise PatientUnknown(f"{self.path}: no key for that patient id in {self.personal.path.name} (never recorded by "
+                                 "this version, mistyped, or already erased)", "Check the id; nothing was erased")
+        with self._db_lock:
+            rows = self._db.execute("SELECT session_id, patient FROM sessions WHERE patient LIKE '{%' ORDER BY started_seq").fetchall()
+        return key_id, [sid for sid, stored in rows if (value := stored_patient(stored)) is not None and value.get("key") == key_id]
+
+    def erase_patient(self, patient: str, why: str, by: str) -> list[str]:
+        """Erase one patient: their photo files removed, their key destroyed, then ``patient_erased``
+        (key id, why, by, sessions; never the patient id) recorded. The chain and the seals stay whole:
+        the ciphertexts remain, unreadable. Returns the sessions erased."""
+        key_id, sessions = self.patient_sessions(patient)
+        for event in self.session_events(sessions):
+            if event.kind == "lesion_recorded" and (photo := self.reveal(event)["photo"]) is not None:
+                (self.photos_dir / Path(photo["file"]).name).unlink(missing_ok=True)
+        keys = self.personal.keys()
+        if keys is None:
+            raise KeyStoreError(f"{self.personal.path}: key store missing", "Restore it from the backup made with the store")
+        keys.erase(key_id)
+        try:
+            self.append("patient_erased", {"key": key_id, "why": why, "by": by, "sessions": sessions})
+        except RecordNotSaved as exc:
+            raise RecordNotSaved(f"{self.path}: the patient's key {key_id} is destroyed (erased), but the erasure could not be "
+                                 f"recorded ({exc.problem})", "Note it in the practice's register; the record cannot say it") from exc
+        return sessions
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -383,7 +468,8 @@ class RecordStore:
             cycles = dict(self._db.execute(f"SELECT session_id, count(*) FROM cycles{where} GROUP BY session_id", params).fetchall())
         summaries: dict[str, dict[str, Any]] = {}
         for sid, started, patient, operator, serial, status, scale, ended, billing in rows:
-            summaries[sid] = {"session_id": sid, "started": started, "patient": patient, "operator": operator, "device": serial,
+            shown = self.personal.text(stored_patient(patient) or patient, sid, "patient")
+            summaries[sid] = {"session_id": sid, "started": started, "patient": shown, "operator": operator, "device": serial,
                               "status": status, "lesions": [], "cycles": cycles.get(sid, 0), "time_scale": scale,
                               "billed": None if billing is None else json.loads(billing), **({"ended": ended} if ended else {})}
         for sid, profile_id in lesions:

@@ -33,7 +33,11 @@ ALLOWED: dict[str, set[str]] = {
     "profiles": set(),
     "controller.errors": set(),
     "controller.config": {"controller.errors", "profiles.schema"},
-    "controller.records": {"controller.errors", "controller.config", "firmware_bridge", "profiles"},
+    "controller.records": {"controller.errors", "controller.config", "firmware_bridge", "profiles", "controller.records.keystore",
+                           "controller.records.personal"},
+    # The patients' keys and the personal fields' crypto know nothing of the record they protect.
+    "controller.records.keystore": {"controller.errors"},
+    "controller.records.personal": {"controller.records.keystore"},
     "controller.procedure": {"controller.errors", "controller.config", "controller.records", "firmware_bridge", "profiles"},
     "controller.practice": {"controller.errors", "controller.config", "controller.records", "profiles"},
     "controller.device": {"controller.errors", "controller.config", "controller.records", "controller.procedure", "firmware_bridge",

@@ -167,8 +167,11 @@ def test_a_photo_is_taken_into_the_store_with_its_hash(tmp_path: Path, capsys: p
     events = json.loads(capsys.readouterr().out)["events"]
     recorded = next(e for e in events if e["kind"] == "lesion_recorded")["payload"]
     stored = tmp_path / "r-photos" / recorded["photo"]["file"]
-    digest = hashlib.sha256(stored.read_bytes()).hexdigest()  # what is stored: the photo without its EXIF (test_input_hygiene)
-    assert recorded["photo"] == {"sha256": digest, "file": f"{digest}.jpg"} and recorded["zone"] == "face"
+    with RecordStore(db, writer=False) as store:
+        image = store.read_photo(recorded["photo"]["file"])  # the file holds it encrypted under the patient's key
+    assert image is not None and image not in stored.read_bytes()
+    digest = hashlib.sha256(image).hexdigest()  # what is stored: the photo without its EXIF (test_input_hygiene)
+    assert recorded["photo"]["sha256"] == digest and recorded["photo"]["file"].endswith(".jpg") and recorded["zone"] == "face"
     assert oct(stored.stat().st_mode & 0o777) == "0o600"
 
 

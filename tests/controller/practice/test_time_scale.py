@@ -39,7 +39,7 @@ def test_a_record_without_the_field_reads_as_real_time_everywhere(tmp_path: Path
         assert view.time_scale == 1 and not view.scaled and view.as_dict()["time_scale"] == 1
         (row,) = csv.DictReader(io.StringIO(to_csv([view])))
         assert row["time_scale"] == "1" and [r["time_scale"] for r in csv_rows([view])] == ["1"]
-        fhir = to_fhir([view], load_table(None), store.photos_dir, single=True)
+        fhir = to_fhir([view], load_table(None), store.read_photo, single=True)
         assert "time_scale" not in fhir and "virtual time" not in fhir
         day = local_time(view.started).date()
         report = build_report(store, day, load_table(None))

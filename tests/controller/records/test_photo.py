@@ -23,9 +23,9 @@ def test_a_phones_jpeg_is_stored_without_its_exif_and_upright(tmp_path: Path) ->
     source = jpeg_with_gps(tmp_path / "wart.jpg", size=(40, 30))
     assert Image.open(source).getexif().get_ifd(GPS_IFD)  # the test photo does carry a position
     with RecordStore(tmp_path / "r.sqlite") as store:
-        _digest, name = store.store_photo(source)
-        stored = store.photos_dir / name
-    data = stored.read_bytes()
+        _digest, name = store.store_photo(source, store.patient_key("P-0001"))
+        data = store.read_photo(name)  # decrypted: the file itself holds the image encrypted under the patient's key
+    assert data is not None
     image = Image.open(io.BytesIO(data))
     assert image.format == "JPEG" and name.endswith(".jpg")
     assert not image.getexif() and not image.getexif().get_ifd(GPS_IFD) and "exif" not in image.info

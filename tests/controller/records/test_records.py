@@ -67,8 +67,8 @@ def test_files_are_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "r.sqlite"
     with RecordStore(path) as store:
         store.append("note", {}, None)
-        digest, name = store.store_photo(jpeg_with_gps(tmp_path / "lesion.jpg"))
-        assert file_mode(path) == 0o600
+        digest, name = store.store_photo(jpeg_with_gps(tmp_path / "lesion.jpg"), store.patient_key("P-0001"))
+        assert file_mode(path) == 0o600 and file_mode(store.personal.path) == 0o600
         assert file_mode(store.photos_dir / name) == 0o600 and file_mode(store.photos_dir) == 0o700
         assert len(digest) == 64
     assert file_mode(path.parent) == 0o700
