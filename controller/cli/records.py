@@ -1,4 +1,5 @@
-"""`givre records list|show|verify|setup-keys|export|bill|rebuild`: the record store read back, exported and billed."""
+"""`givre records list|show|verify|setup-keys|export|bill|rebuild|erase`: the record store read back, exported,
+billed, and one patient erased (their key destroyed: docs/records.md, "Erasure and encryption at rest")."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controller.cli import sealing
-from controller.cli.options import add_config, add_db, add_json, local_day, open_store
+from controller.cli.options import UsageError, add_config, add_db, add_json, local_day, open_store
 from controller.config import ConfigError, load_config
 from controller.practice.billing import BillingError, acts_of, confirm, load_table, parse_choice, propose
 from controller.practice.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json
 from controller.practice.fhir import FhirError
-from controller.records.history import load_sessions
+from controller.records.history import load_sessions, revealed
 from controller.records.private_files import write_private
-from controller.records.pseudonym import PseudonymRefused, check_pseudonym
+from controller.records.pseudonym import PseudonymRefused, check_pseudonym, personal_data_kind
 from controller.records.seal import SealKeyError
 from controller.records.store import RecordError, RecordStore
 from controller.records.text import printable
 
-HELP = "sessions in the record store: list, show, verify, setup-keys, export, bill, rebuild"
+HELP = "sessions in the record store: list, show, verify, setup-keys, export, bill, rebuild, erase"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--no-billing", action="store_true", help="record that nothing is billed for this session")
     bill.add_argument("--by", default="operator", help="pseudonymous id of the clinician confirming")
     add_config(bill)
-    for sub in (listing, show, verify, export, bill, rebuild):
+    erase = actions.add_parser("erase", help="erase one patient: destroy their key, so their id, descriptions, site details and "
+                                             "photos read 'erased'; recorded in the chain, which stays whole")
+    erase.add_argument("--patient", required=True, metavar="ID", help="the patient's pseudonymous id, as typed at their sessions")
+    erase.add_argument("--why", required=True, metavar="TEXT",
+                       help="the ground, recorded in clear (e.g. 'GDPR art. 17 request', 'retention period over'); never who")
+    erase.add_argument("--by", default="operator", help="pseudonymous id of the clinician erasing")
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_config(erase, ": its pseudonym pattern checks --by")
+    for sub in (listing, show, verify, export, bill, rebuild, erase):
         add_db(sub)
     add_json(listing, "print a JSON list")
     for sub in (show, verify, bill, rebuild):
@@ -88,7 +97,7 @@ def _show(args: argparse.Namespace) -> int:
         if args.session_id not in sessions:
             print(f"givre records: no session {args.session_id!r} in {store.path}; see `givre records list`", file=sys.stderr)
             return 1
-        events = list(store.events(args.session_id))
+        events = list(revealed(store, store.events(args.session_id)))
     if args.json:
         print(json.dumps({"session": sessions[args.session_id], "events": [
             {"seq": e.seq, "ts_utc": e.ts_utc, "kind": e.kind, "payload": e.payload} for e in events]}, ensure_ascii=False))
@@ -110,7 +119,7 @@ def _export(args: argparse.Namespace) -> int:
             text = to_json(sessions, store)
         else:
             table = load_table(load_config(args.config).billing_table)
-            text = to_fhir(sessions, table, store.photos_dir, validate=args.validate, single=args.session is not None)
+            text = to_fhir(sessions, table, store.read_photo, validate=args.validate, single=args.session is not None)
     if args.out is None:
         sys.stdout.write(text)
     else:
@@ -168,7 +177,35 @@ def _rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _erase(args: argparse.Namespace) -> int:
+    """Destroy one patient's key (and photos) and record it; asks first unless --yes. The patient id
+    is never printed: it is what is being erased."""
+    config = load_config(args.config)
+    if (warning := check_pseudonym("--by", args.by, "operator", config.pseudonym_pattern)) is not None:
+        print(f"givre records: warning: {warning}", file=sys.stderr)
+    if not args.why.strip() or (kind := personal_data_kind(args.why)) is not None:
+        raise UsageError(f"--why: the reason {'is empty' if not args.why.strip() else kind}; allowed: the ground for the "
+                         "erasure, recorded in clear", "Say why, never who: e.g. 'GDPR art. 17 request' or 'retention period over'")
+    with open_store(args.db) as store:
+        key_id, sessions = store.patient_sessions(args.patient)
+        if not args.yes and not _confirmed(f"Erase this patient for good: {len(sessions)} session(s); their id, descriptions, "
+                                           "site details and photos become unreadable? [y/N] "):
+            print("givre records: nothing erased", file=sys.stderr)
+            return 1
+        store.erase_patient(args.patient, args.why.strip(), args.by)
+    print(f"erased: key {key_id}, {len(sessions)} session(s) {' '.join(sessions) or '-'}; recorded as patient_erased. "
+          f"Backups of {store.personal.path.name} made before now still hold the key: apply the same erasure to them")
+    return 0
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:  # no terminal to answer: not confirmed
+        return False
+
+
 ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": _list, "show": _show, "verify": sealing.verify, "setup-keys": sealing.setup_keys, "export": _export, "bill": _bill,
-    "rebuild": _rebuild,
+    "rebuild": _rebuild, "erase": _erase,
 }
