@@ -39,10 +39,10 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (its directory entry is only on disk once the folder is synced)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -21,12 +21,12 @@ import hmac
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controller.errors import GivreError
+from controller.records.private_files import sync_folder, write_private
 
 KEY_BYTES = 32
 EVOLVE_PREFIX = b"givre-seal-evolve\0"
@@ -187,36 +187,17 @@ def create_key_state(path: Path, state: KeyState) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         raise SealKeyError(f"{path}: a key state is already there", "Keep it; `givre records setup-keys --force` replaces it") from None
-    _write_fsynced(fd, state.to_json())
-    _fsync_folder(path.parent)
+    with os.fdopen(fd, "wb") as out:
+        out.write(state.to_json())
+        out.flush()
+        os.fsync(out.fileno())
+    sync_folder(path.parent)
 
 
 def replace_key_state(path: Path, state: KeyState) -> None:
-    """Replace the key state atomically (a 0600 temporary file renamed over it): after a crash the
-    file holds the old state or the new one, never a mix; the old key is then gone from the file."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        _write_fsynced(fd, state.to_json())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _write_fsynced(fd: int, data: bytes) -> None:
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Replace the key state atomically (write_private: a 0600 temporary file renamed over it): after
+    a crash the file holds the old state or the new one, never a mix; the old key is then gone from the file."""
+    write_private(path, state.to_json())
 
 
 def state_problem(state: KeyState, seals: Sequence[Seal]) -> str | None:
