@@ -213,8 +213,11 @@ class RecordStore:
             self._check_seals_on_open()
 
     def _projections_current(self) -> bool:
-        present = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()[0]
-        return bool(present) and projections.version(self._db) == projections.PROJECTION_VERSION
+        return self._has_table("meta") and projections.version(self._db) == projections.PROJECTION_VERSION
+
+    def _has_table(self, name: str) -> bool:
+        """A table an older Givre did not create (a read-only open cannot create it)."""
+        return bool(self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()[0])
 
     def _bring_projections_up_to_date(self) -> None:
         """A store written before the projections existed (or by an older projection version) has
@@ -551,7 +554,7 @@ class RecordStore:
     def seals(self) -> list[sealing.Seal]:
         """Every seal, in the order written; none in a store no writer of this version has opened."""
         with self._db_lock:
-            if self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'seals'").fetchone()[0] == 0:
+            if not self._has_table("seals"):
                 return []
             rows = self._db.execute("SELECT store_id, epoch, last_seq, head_hash, ts_utc, mac FROM seals ORDER BY rowid").fetchall()
         return [sealing.Seal(*row) for row in rows]
