@@ -21,10 +21,11 @@ def test_one_durable_write_slower_than_the_watchdog_does_not_trip_it(make_rig: C
     rig = make_rig(watchdog_ms=250)
     append = rig.store.append
 
-    def slow_freeze_result(kind: str, payload: dict[str, Any], session_id: str | None = None) -> StoredEvent:
+    def slow_freeze_result(kind: str, payload: dict[str, Any], session_id: str | None = None, *,
+                           patient_key: str | None = None) -> StoredEvent:
         if kind == "freeze_result":
             time.sleep(0.35)  # the slow seam (an fsync on a loaded laptop): past the 250 ms watchdog, within lease + watchdog
-        return append(kind, payload, session_id)
+        return append(kind, payload, session_id, patient_key=patient_key)
 
     mocker.patch.object(rig.store, "append", side_effect=slow_freeze_result)
     _, procedure = rig.procedure("molluscum-contagiosum")
