@@ -60,17 +60,17 @@ class RigFactory:
         self._directory = directory
         self._opened: list[Rig] = []
 
-    def __call__(
+    def __call__(  # noqa: PLR0913 - every knob a test turns, each defaulted; the last two keyword-only
         self, kind: str = "spray", scale: float = 1.0, tcp: bool = False, cartridge: str | None = "23g",
-        watchdog_ms: int = TEST_WATCHDOG_MS, **device_options: Any
+        *, watchdog_ms: int = TEST_WATCHDOG_MS, store: Path | None = None, **device_options: Any
     ) -> Rig:
         clock = Clock(scale)
         device = SimulatedDevice(kind=kind, clock=clock, **device_options)
         url = device.serve_tcp() if tcp else device.serve_pty()
         link = Link.open(url, clock=clock, watchdog_ms=scaled_watchdog_ms(scale, watchdog_ms))
         link.wait_for_telemetry()
-        store = RecordStore(self._directory / f"records-{len(self._opened)}.sqlite", clock=clock)
-        rig = Rig(device, link, store, clock)
+        records = RecordStore(store or self._directory / f"records-{len(self._opened)}.sqlite", clock=clock)
+        rig = Rig(device, link, records, clock)
         self._opened.append(rig)
         if cartridge and kind == "spray":
             rig.load_cartridge(cartridge)

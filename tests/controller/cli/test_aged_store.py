@@ -10,22 +10,14 @@ from datetime import date, timedelta
 
 import pytest
 
-from bench.aged_store import AgedStore, build_aged_store, template_day
+from bench.aged_store import AgedStore
 from controller.cli.main import main
 from sim.device import SimulatedDevice
 
-AGED_EVENTS = 40_000
-
-
-@pytest.fixture(scope="module")
-def aged(tmp_path_factory: pytest.TempPathFactory) -> AgedStore:
-    folder = tmp_path_factory.mktemp("aged")
-    return build_aged_store(folder / "aged.sqlite", AGED_EVENTS, template_day(folder / "day.sqlite", sessions=12))
-
 
 @pytest.mark.pty
-def test_givre_run_on_an_aged_store_completes_without_a_watchdog_trip(aged: AgedStore, capsys: pytest.CaptureFixture[str]) -> None:
-    db = str(aged.path)
+def test_givre_run_on_an_aged_store_completes_without_a_watchdog_trip(aged_store: AgedStore, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(aged_store.path)
     assert main(["cartridge", "load", "--size", "23g", "--db", db]) == 0
     with SimulatedDevice() as device:
         code = main(["run", "--port", device.serve_pty(), "--profile", "solar-lentigo", "--site", "hand", "--db", db, "--yes", "--json"])
@@ -35,11 +27,11 @@ def test_givre_run_on_an_aged_store_completes_without_a_watchdog_trip(aged: Aged
     assert trips == 0  # the default 250 ms watchdog: no read on the way to the FREEZE starved it
 
 
-def test_the_readers_answer_on_an_aged_store(aged: AgedStore, capsys: pytest.CaptureFixture[str]) -> None:
-    db = str(aged.path)
+def test_the_readers_answer_on_an_aged_store(aged_store: AgedStore, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(aged_store.path)
     assert main(["records", "list", "--db", db, "--json"]) == 0
     sessions = json.loads(capsys.readouterr().out)
-    assert len(sessions) >= aged.days * 12 and all(s["status"] for s in sessions)
+    assert len(sessions) >= aged_store.days * 12 and all(s["status"] for s in sessions)
     last = sessions[-1]["session_id"]
     assert main(["records", "show", last, "--db", db, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["session"]["session_id"] == last
