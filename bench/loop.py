@@ -70,11 +70,13 @@ def bench_profile() -> LoadedProfile:
 
 
 @contextmanager
-def bench_clinic(device: SimulatedDevice, scratch: Path, watchdog_ms: int = 0, *, connect: bool = True) -> Iterator[Clinic]:
-    """A Clinic on the simulator as the UI builds it (link opened, a 23 g cartridge in the ledger, no
-    self-test, clinic.connect unless the caller's app does it on mount); its supervisor is not
-    started. Everything is closed on leaving."""
-    link = Link.open(device.serve_pty(), watchdog_ms=watchdog_ms)
+def bench_clinic(url: str, scratch: Path, watchdog_ms: int = 0, *, connect: bool = True,
+                 device: SimulatedDevice | None = None) -> Iterator[Clinic]:
+    """A Clinic on the simulator at ``url`` as the UI builds it (link opened, a 23 g cartridge in the
+    ledger, no self-test, clinic.connect unless the caller's app does it on mount; ``device`` for the
+    fault panel when it runs in this process); its supervisor is not started. Everything is closed
+    on leaving."""
+    link = Link.open(url, watchdog_ms=watchdog_ms)
     store = RecordStore(scratch / "bench.sqlite")
     try:
         link.wait_for_telemetry()
@@ -104,7 +106,7 @@ def heartbeat_gaps(lesions: int, *, watchdog_ms: int = 0, between: Callable[[Cli
     the time each host frame arrived. ``between`` runs after each lesion (a test's slow host)."""
     arrivals: list[float] = []
     with tempfile.TemporaryDirectory() as scratch, SimulatedDevice() as device, \
-            bench_clinic(device, Path(scratch), watchdog_ms) as clinic:
+            bench_clinic(device.serve_pty(), Path(scratch), watchdog_ms, device=device) as clinic:
         treatment = start_session(clinic)
         profile = bench_profile()
         trips_before = device.firmware.watchdog_trips

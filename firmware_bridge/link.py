@@ -532,7 +532,7 @@ class Link:
     def _write_unsolicited(self, msg: Message) -> None:
         if isinstance(msg, Heartbeat):
             now = self._clock.monotonic()
-            if self._last_beat >= self._lease_since:
+            if self._lease_since and self._last_beat >= self._lease_since:  # both within one running lease
                 self._beat_gap_max = max(self._beat_gap_max, now - self._last_beat)
             self._last_beat = now
         self._transport.write(self._session.unsolicited(msg))

@@ -11,6 +11,7 @@ import pytest
 
 from bench.load import busy_load
 from bench.loop import heartbeat_gaps
+from bench.remote_device import RemoteDevice
 from bench.run import device_timed_freeze, host_timed_freeze, valve_open_ms
 from bench.tui import measure_tui
 from controller.clinic import Clinic
@@ -66,7 +67,7 @@ def test_the_heartbeat_gap_shows_a_loop_that_falls_silent() -> None:
 @pytest.mark.pty
 @pytest.mark.slow
 def test_the_stop_key_figure_shows_a_device_that_reads_its_port_late() -> None:
-    def stalled(device: SimulatedDevice) -> None:
+    def stalled(device: RemoteDevice) -> None:
         device.stall(INJECTED_S)
         time.sleep(0.05)  # the device thread may be waiting on the port already: past its next turn, the stall holds
 
