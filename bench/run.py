@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.clinic_day import clinic_day
 from bench.load import busy_load
 from bench.loop import gaps_ms, heartbeat_gaps
-from bench.store import measure_stores
+from bench.store import bench_event, measure_stores
 from bench.tui import measure_tui
 from controller.practice.billing import load_table
 from controller.practice.export import checked_sessions, to_csv, to_fhir
@@ -125,7 +125,7 @@ def _exports(db: Path) -> dict[str, float]:
 def _record_appends(db: Path, n: int) -> list[float]:
     """Durable appends (WAL, synchronous=FULL): each returns only once the event is on disk."""
     with RecordStore(db) as store:
-        return [_timed(functools.partial(store.append, "bench", {"i": i, "text": "x" * 200}, "S-bench")) for i in range(n)]
+        return [_timed(functools.partial(store.append, *bench_event(i), "S-bench")) for i in range(n)]
 
 
 def _machine() -> str:

@@ -4,8 +4,9 @@ profiles' ProfileError) to print it as one line.
 
     GivreError
     ├── ConfigError        the clinic config file (config.py)
-    ├── RecordError        the record store (records/store.py)
+    ├── RecordError        the record (records/store.py)
     │   ├── StoreUnavailable, RecordNotSaved
+    │   ├── EventInvalid   a payload that does not fit its kind (records/events.py)
     │   ├── PatientUnknown no key for a patient id (records/store.py: givre records erase)
     │   ├── ChainBroken    (records/history.py: verified_sessions)
     │   ├── PhotoRefused   (records/photo.py: a symlink, a pipe, too large, not an image)
@@ -33,3 +34,8 @@ class GivreError(Exception):
         self.problem = problem
         self.action = action
         super().__init__(f"{problem}. {action}" if action else problem)
+
+
+class RecordError(GivreError):
+    """Base of the record's errors (records/store.py, records/events.py and the readers'): here so
+    that the schema (records/events.py) and the store can both raise it without importing each other."""

@@ -9,8 +9,8 @@ from datetime import date
 
 from controller.cli.options import add_config, add_db, add_json, local_day, open_store
 from controller.config import ConfigError, load_config
+from controller.errors import RecordError
 from controller.records.ledger import CartridgeLedger, LedgerError
-from controller.records.store import RecordError
 
 HELP = "the gas cartridge: load, status"
 

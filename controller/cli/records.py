@@ -12,6 +12,7 @@ from pathlib import Path
 from controller.cli import sealing
 from controller.cli.options import UsageError, add_config, add_db, add_json, local_day, open_store
 from controller.config import ConfigError, load_config
+from controller.errors import RecordError
 from controller.practice.billing import BillingError, acts_of, confirm, load_table, parse_choice, propose
 from controller.practice.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json
 from controller.practice.fhir import FhirError
@@ -19,7 +20,7 @@ from controller.records.history import load_sessions, revealed
 from controller.records.private_files import write_private
 from controller.records.pseudonym import PseudonymRefused, check_pseudonym, personal_data_kind
 from controller.records.seal import SealKeyError
-from controller.records.store import RecordError, RecordStore
+from controller.records.store import RecordStore
 from controller.records.text import printable
 
 HELP = "sessions in the record store: list, show, verify, setup-keys, export, bill, rebuild, erase"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from controller.cli.options import add_config, add_db, add_json, local_day, open_store
 from controller.config import ConfigError, load_config
+from controller.errors import RecordError
 from controller.practice.billing import BillingError, load_table
 from controller.practice.report import build_report, report_html, report_text
 from controller.records.history import ChainBroken
 from controller.records.private_files import write_private
-from controller.records.store import RecordError
 from controller.records.text import printable
 
 HELP = "the day report: sessions, acts and codes, cartridge use and cost, alarms, devices (--html FILE)"

@@ -33,6 +33,7 @@ from controller.cli.options import (
     open_store,
 )
 from controller.config import Config, ConfigError, load_config
+from controller.errors import RecordError
 from controller.practice.billing import BillingError, CcamTable, acts_of, load_table, propose
 from controller.procedure.dose import BelowMinimumOverride
 from controller.procedure.driver import Procedure, StartRefused
@@ -42,7 +43,7 @@ from controller.records.history import view_of
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.photo import load_photo
 from controller.records.pseudonym import PseudonymRefused, Role, check_pseudonym
-from controller.records.store import RecordError, RecordStore
+from controller.records.store import RecordStore
 from controller.records.text import printable
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link

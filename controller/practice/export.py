@@ -14,10 +14,11 @@ import json
 from datetime import date
 from typing import Any
 
+from controller.errors import RecordError
 from controller.practice.billing import CcamTable
 from controller.practice.fhir import BundleBuilder, PhotoReader, validate_bundle
 from controller.records.history import ChainBroken, SessionView, verified_sessions
-from controller.records.store import RecordError, RecordStore
+from controller.records.store import RecordStore
 
 CSV_COLUMNS = (
     "session_id", "session_started", "patient", "operator", "device_serial", "time_scale", "lesion_id", "site", "zone", "profile",

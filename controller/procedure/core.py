@@ -969,7 +969,7 @@ class ProcedureCore:
     def _close_cycle_without_device_figures(self, cycle: CycleRecord, outcome: Outcome) -> None:
         """NOT_STARTED (0 ms, proven) or UNKNOWN (no figure): recorded as such, never resumed."""
         cycle.valve_open_ms, cycle.end_reason, cycle.certainty = outcome.valve_open_ms, outcome.end_reason, outcome.certainty
-        self._record("freeze_result", {**cycle.summary(), "txn": cycle.txn, "why": outcome.why,
+        self._record("freeze_result", {**cycle.summary(), "txn": cycle.txn, "why": outcome.why, "host_elapsed_ms": None,
                                        "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None,
                                        "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000})
         self._go("reconciled")

@@ -33,9 +33,10 @@ from typing import Any
 
 from controller.config import Config
 from controller.procedure.reconcile import DeviceReport, FreezeFacts, Outcome, read_and_reconcile
+from controller.records import events as schema
 from controller.records.certainty import Certainty
 from controller.records.ledger import CartridgeLedger
-from controller.records.store import RecordNotSaved, RecordStore, StoredEvent
+from controller.records.store import RecordNotSaved, RecordStore
 from firmware_bridge.clock import SYSTEM_CLOCK, Clock
 from firmware_bridge.errors import BridgeError, HandshakeError, NotAGivreDevice
 from firmware_bridge.link import DeviceIdentity, Link
@@ -179,9 +180,15 @@ def connect_and_recover(url: str, store: RecordStore, clock: Clock = SYSTEM_CLOC
         raise
 
 
-def unfinished_sessions(store: RecordStore) -> dict[str, list[StoredEvent]]:
-    """Sessions never ended, with their events: found by the store's index, never by reading the log."""
-    return {sid: list(store.events(sid)) for sid in store.unfinished_session_ids()}
+def unfinished_sessions(store: RecordStore) -> dict[str, list[schema.EventModel]]:
+    """Sessions never ended, with their events typed: found by the store's index, never by reading the log."""
+    return {sid: [schema.parse(e) for e in store.events(sid)] for sid in store.unfinished_session_ids()}
+
+
+def _device(events: list[schema.EventModel]) -> schema.Device | None:
+    """The device a session started on (None: a manual session)."""
+    started = events[0] if events else None
+    return started.device if isinstance(started, schema.SessionStarted) else None
 
 
 def open_owner(store: RecordStore, device_session: int | None) -> str | None:
@@ -199,13 +206,14 @@ def recover(store: RecordStore, link: Link | None, early_events_s: float = EARLY
     for item in early:  # under its session while that session is open; a closed record is never appended to
         file_device_event(store, item, link.identity if link else None, open_owner(store, item.device_session))
     reports: list[Recovered] = []
-    awaiting: set[str] = set()
+    awaiting: set[str | None] = set()
     settled_here: str | None = None  # the last session of the connected device closed now: its host went silent
     serial = link.identity.serial if link is not None and link.identity is not None else None
     for session_id, events in unfinished_sessions(store).items():
         report = _settle(store, link, session_id, events)
         reports.append(report)
-        session_serial = str((events[0].payload.get("device") or {}).get("serial"))
+        device = _device(events)
+        session_serial = device.serial if device is not None else None
         if not report.closed:
             awaiting.add(session_serial)
         elif session_serial == serial:
@@ -246,20 +254,20 @@ def file_device_event(store: RecordStore, item: DeviceEventReceived, identity: D
         store.append("device_event", device_event_record(item, identity), session_id)
 
 
-def _settle(store: RecordStore, link: Link | None, session_id: str, events: list[StoredEvent]) -> Recovered:
+def _settle(store: RecordStore, link: Link | None, session_id: str, events: list[schema.EventModel]) -> Recovered:
     """Give every freeze of the session that has no result the device's figures; close the session
     once none is left open (its cartridge reservation released, the gas the device measured charged)."""
-    device = events[0].payload.get("device")
-    open_freezes = _open_freezes(events)
+    device = _device(events)
     findings: list[str] = []
     still_open: list[str] = []
     ledger = CartridgeLedger(store, Config())
     cartridge_id = _cartridge_reserved(events)
-    for pending in open_freezes:
-        where = f"{pending['lesion_id']} cycle {pending['cycle']}"
+    for pending in _open_freezes(events):
+        asked = pending.asked
+        where = f"{asked.lesion_id} cycle {asked.cycle}"
         if device is None:
-            figures: dict[str, Any] = {"freeze_ms_device": None, "end_reason": None, "certainty": Certainty.UNKNOWN,
-                                       "measured_by": "host"}
+            figures: dict[str, Any] = {"freeze_ms_device": None, "halo_to_off_ms": None, "end_reason": None, "certainty": Certainty.UNKNOWN,
+                                       "measured_by": "host", "cartridge_seconds": 0.0}
             finding = f"{where}: the freeze was host-timed (manual); its duration is unknown"
         else:
             outcome = read_and_reconcile(link, _facts(device, pending))
@@ -267,14 +275,13 @@ def _settle(store: RecordStore, link: Link | None, session_id: str, events: list
                 still_open.append(f"{where}: {outcome.why}")
                 continue
             figures = _figures(outcome)
-            finding = f"{where} ({pending['effective_ms']} ms planned): {outcome.why}"
-        seconds = figures.get("cartridge_seconds", 0.0)
-        store.append("freeze_result", {**figures, "lesion_id": pending["lesion_id"], "cycle": pending["cycle"], "why": finding,
-                                       "freeze_ms_requested": pending["requested_ms"], "freeze_ms_effective": pending["effective_ms"],
-                                       "limited_by": pending["limited_by"], "txn": pending.get("txn"), "cartridge_id": cartridge_id,
-                                       "recovered": True}, session_id)
-        if cartridge_id is not None and seconds:
-            ledger.commit(session_id, cartridge_id, seconds, lesion_done=False)
+            finding = f"{where} ({asked.effective_ms} ms planned): {outcome.why}"
+        store.append("freeze_result", {  # the procedure's keys (records/events.py: FreezeResult), what this host never saw as None
+            **figures, "lesion_id": asked.lesion_id, "cycle": asked.cycle, "freeze_ms_requested": asked.requested_ms,
+            "freeze_ms_effective": asked.effective_ms, "thaw_ms": None, "limited_by": asked.limited_by, "min_tissue_c": None,
+            "txn": pending.txn, "host_elapsed_ms": None, "cartridge_id": cartridge_id, "why": finding, "recovered": True}, session_id)
+        if cartridge_id is not None and figures["cartridge_seconds"]:
+            ledger.commit(session_id, cartridge_id, figures["cartridge_seconds"], lesion_done=False)
         findings.append(finding)
     if still_open:
         return Recovered(session_id, "; ".join(still_open + findings), closed=False)
@@ -290,59 +297,71 @@ def _figures(outcome: Outcome) -> dict[str, Any]:
             "certainty": outcome.certainty, "measured_by": "device", "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000}
 
 
-def _open_freezes(events: list[StoredEvent]) -> list[dict[str, Any]]:
+@dataclass
+class _Pending:
+    """A freeze asked for with no result yet, and what the record says of it since."""
+
+    asked: schema.FreezeRequested
+    txn: int | None = None
+    accepted: bool = False
+    started_seen: bool = False  # the device reported its FREEZE_STARTED
+    reported: schema.DeviceEvent | None = None  # its FREEZE_DONE, maybe filed at a later connection
+
+
+def _open_freezes(events: list[schema.EventModel]) -> list[_Pending]:
     """Every freeze asked for that has no result yet, per lesion and cycle, with what the record knows."""
-    asked: dict[tuple[object, object], dict[str, Any]] = {}
-    started: set[tuple[object, object]] = set()  # (device session, txn) of each FREEZE_STARTED
-    reported: dict[tuple[object, object], dict[str, Any]] = {}  # FREEZE_DONE the device reported, maybe filed at a later connection
+    asked: dict[tuple[str, int], _Pending] = {}
+    started: set[tuple[int | None, int]] = set()  # (device session, txn) of each FREEZE_STARTED
+    reported: dict[tuple[int | None, int], schema.DeviceEvent] = {}
     for event in events:
-        p = event.payload
-        key = (p.get("lesion_id"), p.get("cycle"))
-        if event.kind == "freeze_requested":
-            asked[key] = dict(p)
-        elif event.kind == "device_event" and p.get("code") == "FREEZE_STARTED":
-            started.add((p.get("device_session"), p.get("txn")))
-        elif event.kind == "device_event" and p.get("code") == "FREEZE_DONE":
-            reported[(p.get("device_session"), p.get("txn"))] = p
-        elif key in asked and event.kind == "freeze_accepted":
-            asked[key] |= {"txn": p["txn"], "accepted": True}
-        elif key in asked and event.kind == "freeze_unanswered":
-            asked[key]["txn"] = p["txn"]
-        elif key in asked and event.kind == "freeze_result":
-            del asked[key]
+        if isinstance(event, schema.FreezeRequested):
+            asked[(event.lesion_id, event.cycle)] = _Pending(event)
+        elif isinstance(event, schema.DeviceEvent) and event.code == "FREEZE_STARTED":
+            started.add((event.device_session, event.txn))
+        elif isinstance(event, schema.DeviceEvent) and event.code == "FREEZE_DONE":
+            reported[(event.device_session, event.txn)] = event
+        elif isinstance(event, schema.FreezeAccepted | schema.FreezeUnanswered | schema.FreezeResult):
+            pending = asked.get((event.lesion_id, event.cycle))
+            if pending is None:
+                continue
+            if isinstance(event, schema.FreezeResult):
+                del asked[(event.lesion_id, event.cycle)]
+            else:
+                pending.txn, pending.accepted = event.txn, pending.accepted or isinstance(event, schema.FreezeAccepted)
     for pending in asked.values():
-        key = (pending.get("device_session"), pending.get("txn"))
-        pending["started_seen"] = key in started
-        pending["reported"] = reported.get(key)
+        if pending.txn is not None:
+            key = (pending.asked.device_session, pending.txn)
+            pending.started_seen, pending.reported = key in started, reported.get(key)
     return list(asked.values())
 
 
-def _cartridge_reserved(events: list[StoredEvent]) -> str | None:
-    reserved = [e.payload["cartridge_id"] for e in events if e.kind == "cartridge_reserved"]
+def _cartridge_reserved(events: list[schema.EventModel]) -> str | None:
+    reserved = [e.cartridge_id for e in events if isinstance(e, schema.CartridgeReserved)]
     return reserved[-1] if reserved else None
 
 
-def _reservation_open(events: list[StoredEvent], cartridge_id: str) -> bool:
+def _reservation_open(events: list[schema.EventModel], cartridge_id: str) -> bool:
     balance = 0
     for event in events:
-        if event.payload.get("cartridge_id") == cartridge_id:
-            balance += {"cartridge_reserved": 1, "cartridge_released": -1}.get(event.kind, 0)
+        if isinstance(event, schema.CartridgeReserved | schema.CartridgeReleased) and event.cartridge_id == cartridge_id:
+            balance += 1 if isinstance(event, schema.CartridgeReserved) else -1
     return balance > 0
 
 
-def _facts(device: dict[str, Any], pending: dict[str, Any]) -> FreezeFacts:
+def _facts(device: schema.Device, pending: _Pending) -> FreezeFacts:
+    asked = pending.asked
     return FreezeFacts(
-        serial=pending.get("serial") or device["serial"], boot_count=pending.get("boot_count", device.get("boot_count", -1)),
-        txn=pending.get("txn"), accepted=bool(pending.get("accepted")), started_seen=bool(pending.get("started_seen")),
-        freezes_started_before=pending.get("freezes_started_before"), last_txn_before=pending.get("last_txn_before"),
-        reported=_reported(pending.get("reported")),
+        serial=asked.serial or device.serial, boot_count=asked.boot_count if asked.boot_count is not None else device.boot_count,
+        txn=pending.txn, accepted=pending.accepted, started_seen=pending.started_seen,
+        freezes_started_before=asked.freezes_started_before, last_txn_before=asked.last_txn_before,
+        reported=_reported(pending.reported),
     )
 
 
-def _reported(done: dict[str, Any] | None) -> DeviceReport | None:
+def _reported(done: schema.DeviceEvent | None) -> DeviceReport | None:
     if done is None:
         return None
-    return DeviceReport(done["valve_open_ms"], done.get("halo_to_off_ms"), done["end_reason"])
+    return DeviceReport(done.valve_open_ms, done.halo_to_off_ms, done.end_reason)
 
 
 def _account_for_trip(store: RecordStore, link: Link, owner: str | None) -> list[Recovered]:

@@ -25,8 +25,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from controller.errors import RecordError
 from controller.records.certainty import Certainty
-from controller.records.store import RecordError, RecordStore, StoredEvent
+from controller.records.store import RecordStore, StoredEvent
 
 
 @dataclass

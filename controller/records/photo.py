@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from controller.records.store import RecordError
+from controller.errors import RecordError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")  # the decoders Pillow may use: what cameras and phones export, HEIC aside
 PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})

@@ -23,6 +23,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from controller.records import events
+
 PROJECTION_VERSION = 1  # bump when a projection changes: stores built by an older Givre are rebuilt on open
 
 SCHEMA = """
@@ -89,70 +91,70 @@ def version(db: sqlite3.Connection) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Folded:
-    """What a projection reads of an event."""
+    """What a projection reads of an event: its place, its payload as stored, and typed (records/events.py)."""
 
     seq: int
     ts_utc: str
     session_id: str | None
-    kind: str
     payload: dict[str, Any]
+    event: events.EventModel
 
 
-def apply(db: sqlite3.Connection, event: Folded) -> None:
+def apply(db: sqlite3.Connection, folded: Folded) -> None:
     """Fold one event into the projections (inside the append's transaction)."""
-    if event.session_id is not None:
-        _apply_to_session(db, event, event.session_id)
-    if event.kind.startswith("cartridge_"):
-        _apply_to_cartridge(db, event)
+    if folded.session_id is not None:
+        _apply_to_session(db, folded, folded.session_id)
+    event = folded.event
+    if isinstance(event, events.CartridgeLoaded | events.CartridgeReserved | events.CartridgeUsed | events.CartridgeReleased):
+        _apply_to_cartridge(db, folded, event)
 
 
-def _apply_to_session(db: sqlite3.Connection, event: Folded, session_id: str) -> None:
-    seq, ts_utc, kind, payload = event.seq, event.ts_utc, event.kind, event.payload
-    if kind == "session_started":
-        device = payload.get("device") or {}
+def _apply_to_session(db: sqlite3.Connection, folded: Folded, session_id: str) -> None:
+    seq, ts_utc, event = folded.seq, folded.ts_utc, folded.event
+    if isinstance(event, events.SessionStarted):
+        device = event.device
         db.execute("INSERT OR IGNORE INTO sessions VALUES (?,?,?,?,NULL,'in progress',?,NULL,?,?,?,?,NULL)",
-                   (session_id, seq, ts_utc, seq, device.get("device_session") or None, _patient(payload["patient"]),
-                    str(payload["operator"]), device.get("serial"), float(payload.get("time_scale", 1))))
+                   (session_id, seq, ts_utc, seq, device.device_session or None if device else None, _patient(event.patient),
+                    event.operator, device.serial if device else None, event.time_scale))
         return
-    if kind == "session_ended":
+    if isinstance(event, events.SessionEnded):
         db.execute("UPDATE sessions SET last_seq = ?, ended_seq = ?, ended_ts = ?, status = ? WHERE session_id = ?",
-                   (seq, seq, ts_utc, str(payload.get("status", "ended")), session_id))
-    elif kind == "billing_confirmed":
-        codes = [str(act["code"]) for act in payload.get("chosen") or []]
+                   (seq, seq, ts_utc, event.status, session_id))
+    elif isinstance(event, events.BillingConfirmed):
+        codes = [act.code for act in event.chosen]
         db.execute("UPDATE sessions SET last_seq = ?, billing = ? WHERE session_id = ?", (seq, json.dumps(codes), session_id))
-    elif kind == "freeze_unresolved":
+    elif isinstance(event, events.FreezeUnresolved):
         db.execute("UPDATE sessions SET last_seq = ?, status = 'unresolved' WHERE session_id = ?", (seq, session_id))
     else:
         db.execute("UPDATE sessions SET last_seq = ? WHERE session_id = ?", (seq, session_id))
-    if kind == "lesion_recorded":
-        db.execute("INSERT OR IGNORE INTO lesions VALUES (?,?,?,?)",
-                   (session_id, str(payload["lesion_id"]), seq, str(payload["profile"]["id"])))
-    elif kind == "freeze_result":
-        db.execute("INSERT OR REPLACE INTO cycles VALUES (?,?,?,?)", (session_id, str(payload["lesion_id"]), int(payload["cycle"]), seq))
+    if isinstance(event, events.LesionRecorded):
+        db.execute("INSERT OR IGNORE INTO lesions VALUES (?,?,?,?)", (session_id, event.lesion_id, seq, event.profile.id))
+    elif isinstance(event, events.FreezeResult):
+        db.execute("INSERT OR REPLACE INTO cycles VALUES (?,?,?,?)", (session_id, event.lesion_id, event.cycle, seq))
 
 
-def _patient(value: object) -> str:
+def _patient(value: events.Personal) -> str:
     """The patient as the column holds it: a plaintext id (records before encryption) or the
     envelope's JSON, never the id in clear (records/personal.py decrypts it when read)."""
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+    return json.dumps(value.model_dump(), sort_keys=True) if isinstance(value, events.Envelope) else value
 
 
-def _apply_to_cartridge(db: sqlite3.Connection, event: Folded) -> None:
-    seq, kind, payload = event.seq, event.kind, event.payload
-    cartridge_id = str(payload.get("cartridge_id"))
-    holder = event.session_id or ""
-    if kind == "cartridge_loaded":
-        db.execute("INSERT OR REPLACE INTO cartridges VALUES (?,?,?,0,0)", (cartridge_id, seq, json.dumps(payload, sort_keys=True)))
-    elif kind == "cartridge_reserved":
+def _apply_to_cartridge(db: sqlite3.Connection, folded: Folded,
+                        event: events.CartridgeLoaded | events.CartridgeReserved | events.CartridgeUsed | events.CartridgeReleased) -> None:
+    """The load facts are kept as stored (the column a rebuild must reproduce byte for byte)."""
+    cartridge_id, holder = event.cartridge_id, folded.session_id or ""
+    if isinstance(event, events.CartridgeLoaded):
+        db.execute("INSERT OR REPLACE INTO cartridges VALUES (?,?,?,0,0)",
+                   (cartridge_id, folded.seq, json.dumps(folded.payload, sort_keys=True)))
+    elif isinstance(event, events.CartridgeReserved):
         db.execute("INSERT INTO reservations VALUES (?,?,?) ON CONFLICT(cartridge_id, session_id) DO UPDATE SET seconds = seconds + ?",
-                   (cartridge_id, holder, float(payload["seconds"]), float(payload["seconds"])))
-    elif kind == "cartridge_used":
-        seconds = float(payload["seconds"])
+                   (cartridge_id, holder, event.seconds, event.seconds))
+    elif isinstance(event, events.CartridgeUsed):
         db.execute("UPDATE cartridges SET used_s = used_s + ?, lesions = lesions + ? WHERE cartridge_id = ?",
-                   (seconds, int(payload.get("lesion_done", 0)), cartridge_id))
+                   (event.seconds, event.lesion_done, cartridge_id))
         db.execute("UPDATE reservations SET seconds = MAX(0.0, seconds - ?) WHERE cartridge_id = ? AND session_id = ?",
-                   (seconds, cartridge_id, holder))
-    elif kind == "cartridge_released":
+                   (event.seconds, cartridge_id, holder))
+    else:
         db.execute("DELETE FROM reservations WHERE cartridge_id = ? AND session_id = ?", (cartridge_id, holder))
 
 
@@ -168,7 +170,8 @@ def rebuild(db: sqlite3.Connection, batch: int = 5000) -> int:
         if not rows:
             break
         for seq, ts_utc, session_id, kind, payload in rows:
-            apply(db, Folded(seq, ts_utc, session_id, kind, json.loads(payload)))
+            body = json.loads(payload)
+            apply(db, Folded(seq, ts_utc, session_id, body, events.parse_payload(kind, body)))
         count += len(rows)
         last = rows[-1][0]
     db.execute("INSERT OR REPLACE INTO meta VALUES ('projection_version', ?)", (str(PROJECTION_VERSION),))

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from controller.config import MAX_PHOTO_MB
-from controller.errors import GivreError
+from controller.errors import RecordError
+from controller.records import events as schema
 from controller.records import projections
 from controller.records import seal as sealing
 from controller.records.keystore import KeyStoreError
@@ -69,10 +70,6 @@ BEGIN SELECT RAISE(ABORT, 'seals are append-only'); END;
 SELECT_EVENTS = "SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events"
 T = TypeVar("T")
 READ_BATCH = 5000  # events per query when the whole log is read
-
-
-class RecordError(GivreError):
-    """Base of the record store's errors."""
 
 
 class StoreUnavailable(RecordError):
@@ -277,26 +274,31 @@ class RecordStore:
 
     def append(self, kind: str, payload: dict[str, Any], session_id: str | None = None, *,
                patient_key: str | None = None) -> StoredEvent:
-        """Commit one event durably and return it; raises RecordNotSaved if it is not on disk. With
-        ``patient_key`` (patient_key()), its personal fields are stored encrypted under that key."""
+        """Commit one event durably and return it; raises RecordNotSaved if it is not on disk, and
+        EventInvalid, with nothing written, if the payload does not fit its kind (records/events.py).
+        With ``patient_key`` (patient_key()), its personal fields are stored encrypted under that key."""
+        typed = schema.validate(kind, payload)
         if patient_key is not None and session_id is not None:
-            payload = self.personal.protect(kind, payload, session_id, patient_key)
+            stored = self.personal.protect(kind, payload, session_id, patient_key)
+            typed, payload = (typed, payload) if stored is payload else (schema.validate(kind, stored), stored)
         with self._db_lock:
-            event = self._append(kind, payload, session_id)
+            event = self._append(kind, payload, session_id, typed)
             self._seal_if_due()
             return event
 
     def append_many(self, items: Iterable[tuple[str, dict[str, Any], str | None]]) -> int:
         """Commit several events in one transaction, all or none (an import; the bench's aged stores);
-        returns how many. Raises RecordNotSaved, with nothing of them recorded, if it fails."""
+        returns how many. Raises RecordNotSaved, or EventInvalid for a payload that does not fit its
+        kind, with nothing of them recorded."""
+        checked = [(kind, payload, session_id, schema.validate(kind, payload)) for kind, payload, session_id in items]
         with self._db_lock:
             first = self._last_seq
-            self._transaction(lambda: [self._insert(kind, payload, session_id) for kind, payload, session_id in items], "a batch")
+            self._transaction(lambda: [self._insert(*item) for item in checked], "a batch")
             self._seal_if_due()
             return self._last_seq - first
 
-    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None) -> StoredEvent:
-        return self._transaction(lambda: self._insert(kind, payload, session_id), f"event '{kind}'")
+    def _append(self, kind: str, payload: dict[str, Any], session_id: str | None, typed: schema.EventModel) -> StoredEvent:
+        return self._transaction(lambda: self._insert(kind, payload, session_id, typed), f"event '{kind}'")
 
     def _transaction(self, write: Callable[[], T], what: str) -> T:
         """Run ``write`` in one durable transaction; on failure nothing of it is recorded, and the
@@ -313,8 +315,8 @@ class RecordStore:
             raise RecordNotSaved(f"{self.path}: {what} was NOT recorded ({exc}). Free disk space or fix the store") from exc
         return result
 
-    def _insert(self, kind: str, payload: dict[str, Any], session_id: str | None) -> StoredEvent:
-        """One event into the log and the projections, inside the caller's transaction."""
+    def _insert(self, kind: str, payload: dict[str, Any], session_id: str | None, typed: schema.EventModel) -> StoredEvent:
+        """One event (validated: ``typed`` is its model) into the log and the projections, inside the caller's transaction."""
         seq = self._last_seq + 1
         ts = self._wall().astimezone(UTC).isoformat(timespec="milliseconds")
         mono_ms = round(self.clock.monotonic() * 1000, 3)
@@ -324,7 +326,7 @@ class RecordStore:
             "INSERT INTO events(seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?)",
             (seq, session_id, ts, mono_ms, kind, body, self._last_hash, digest),
         )
-        projections.apply(self._db, projections.Folded(seq, ts, session_id, kind, payload))
+        projections.apply(self._db, projections.Folded(seq, ts, session_id, payload, typed))
         event = StoredEvent(seq, session_id, ts, mono_ms, kind, payload, self._last_hash, digest)
         self._last_seq, self._last_hash = seq, digest
         return event

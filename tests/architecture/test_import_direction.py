@@ -34,7 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "controller.errors": set(),
     "controller.config": {"controller.errors", "profiles.schema"},
     "controller.records": {"controller.errors", "controller.config", "firmware_bridge", "profiles", "controller.records.keystore",
-                           "controller.records.personal"},
+                           "controller.records.personal", "controller.records.events"},
+    "controller.records.events": {"controller.errors", "controller.records.certainty"},
     # The patients' keys and the personal fields' crypto know nothing of the record they protect.
     "controller.records.keystore": {"controller.errors"},
     "controller.records.personal": {"controller.records.keystore"},

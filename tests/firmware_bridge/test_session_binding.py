@@ -29,6 +29,7 @@ from firmware_bridge.messages import (
     Telemetry,
 )
 from sim.device import SimulatedDevice
+from tests.support.records import append_as_older_givre
 from tests.support.rig import TEST_WATCHDOG_MS, Rig
 from tests.support.waiting import wait_until
 
@@ -183,22 +184,26 @@ def test_recovery_settles_every_open_freeze_of_a_session_and_charges_the_cartrid
     record, then the session closes with the device's figure, the gas charged and the reservation released."""
     with RecordStore(tmp_path / "r.sqlite") as store:
         device = {"serial": "SIM-A", "boot_count": 3, "device_session": 11}
-        store.append("session_started", {"operator": "dr", "patient": "P-1", "mode": "device", "device": device, "calibration": {}}, "S1")
-        store.append("cartridge_reserved", {"cartridge_id": "C1", "seconds": 30}, "S1")
+        append_as_older_givre(store, "session_started", {"operator": "dr", "patient": "P-1", "mode": "device", "device": device,
+                                                         "calibration": {}}, "S1")
+        append_as_older_givre(store, "cartridge_reserved", {"cartridge_id": "C1", "seconds": 30}, "S1")
         for lesion, txn in (("L1", 500), ("L2", 501)):
-            store.append("freeze_requested", {"lesion_id": lesion, "cycle": 1, "requested_ms": 10_000, "effective_ms": 10_000,
+            append_as_older_givre(store, "freeze_requested", {"lesion_id": lesion, "cycle": 1, "requested_ms": 10_000,
+                                                              "effective_ms": 10_000,
                                               "limited_by": "requested", "serial": "SIM-A", "boot_count": 3,
                                               "freezes_started_before": 4, "last_txn_before": 499, "device_session": 11}, "S1")
-            store.append("freeze_accepted", {"lesion_id": lesion, "cycle": 1, "txn": txn, "device_ms": 10_000}, "S1")
-        store.append("freeze_result", {"lesion_id": "L2", "cycle": 1, "freeze_ms_device": 10_000, "end_reason": "COMPLETED"}, "S1")
+            append_as_older_givre(store, "freeze_accepted", {"lesion_id": lesion, "cycle": 1, "txn": txn, "device_ms": 10_000},
+                                  "S1")
+        append_as_older_givre(store, "freeze_result", {"lesion_id": "L2", "cycle": 1, "freeze_ms_device": 10_000,
+                                                       "end_reason": "COMPLETED"}, "S1")
         (waiting,) = recover(store, None)
         assert not waiting.closed and "L1 cycle 1: device SIM-A cannot be read now" in waiting.finding
         another_link = {"code": "FREEZE_DONE", "end_reason": "COMPLETED", "txn": 500, "fault_flags": 0, "valve_open_ms": 3_000,
                         "halo_to_off_ms": None, "device_session": 12, "serial": "SIM-A"}  # the same txn, drawn again by a later link
-        store.append("device_event", another_link, "S1")
+        append_as_older_givre(store, "device_event", another_link, "S1")
         (still,) = recover(store, None)
         assert not still.closed
-        store.append("device_event", {"code": "FREEZE_DONE", "end_reason": "COMPLETED", "txn": 500, "fault_flags": 0,
+        append_as_older_givre(store, "device_event", {"code": "FREEZE_DONE", "end_reason": "COMPLETED", "txn": 500, "fault_flags": 0,
                                       "valve_open_ms": 9_990, "halo_to_off_ms": None, "earlier_session": True, "device_session": 11,
                                       "serial": "SIM-A"}, "S1")
         (settled,) = recover(store, None)

@@ -29,7 +29,7 @@ def _set_up(db: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[
 def _store_with_events(db: Path) -> None:
     with RecordStore(db) as store:
         for i in range(3):
-            store.append("note", {"i": i}, "S1")
+            store.append("fire_refused", {"lesion_id": "L1", "reason": f"note {i}"}, "S1")
 
 
 def test_setup_keys_prints_the_key_its_fingerprint_and_a_qr_code_and_seals_what_is_there(
@@ -67,7 +67,7 @@ def test_verify_with_the_key_reports_what_is_sealed_and_what_is_not_yet(tmp_path
     _store_with_events(db)
     text, _out, _err = _set_up(db, capsys)
     store = RecordStore(db)
-    store.append("note", {"i": 3}, None)
+    store.append("fire_refused", {"lesion_id": "L1", "reason": "note 3"}, None)
     assert main(["records", "verify", "--db", str(db), "--verify-key", text.lower(), "--json"]) == 0
     store.close()
     report = json.loads(capsys.readouterr().out)

@@ -17,18 +17,19 @@ from controller.records.history import load_sessions, local_time
 from controller.records.lesion import SessionInfo
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
+from tests.support.records import append_as_older_givre
 
 
 def _old_session(store: RecordStore) -> str:
     """One manual lesion, as Givre recorded it before session_started carried time_scale."""
-    store.append("session_started", {"operator": "dr", "patient": "P-1", "mode": "manual", "device": None,
+    append_as_older_givre(store, "session_started", {"operator": "dr", "patient": "P-1", "mode": "manual", "device": None,
                                      "calibration": {"status": "not applicable (manual)"}}, "S-OLD")
-    store.append("lesion_recorded", {"lesion_id": "L1", "profile": {"id": "solar-lentigo", "name_fr": "Lentigo solaire"},
+    append_as_older_givre(store, "lesion_recorded", {"lesion_id": "L1", "profile": {"id": "solar-lentigo", "name_fr": "Lentigo solaire"},
                                      "site": {"region": "cheek"}, "zone": "face", "description": "old"}, "S-OLD")
-    store.append("freeze_result", {"lesion_id": "L1", "cycle": 1, "freeze_ms_requested": 5000, "freeze_ms_device": 5021,
+    append_as_older_givre(store, "freeze_result", {"lesion_id": "L1", "cycle": 1, "freeze_ms_requested": 5000, "freeze_ms_device": 5021,
                                    "measured_by": "host", "end_reason": "COMPLETED"}, "S-OLD")
-    store.append("lesion_ended", {"lesion_id": "L1", "status": "completed"}, "S-OLD")
-    store.append("session_ended", {"status": "completed"}, "S-OLD")
+    append_as_older_givre(store, "lesion_ended", {"lesion_id": "L1", "status": "completed"}, "S-OLD")
+    append_as_older_givre(store, "session_ended", {"status": "completed"}, "S-OLD")
     return "S-OLD"
 
 

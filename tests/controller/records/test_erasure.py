@@ -31,6 +31,7 @@ from firmware_bridge.link import Link
 from profiles.library import load_builtins
 from sim.device import SimulatedDevice
 from tests.support.images import png
+from tests.support.records import append_as_older_givre
 
 # Each patient's personal fields, distinctive enough to be grepped for in the files' bytes.
 PATIENTS = {
@@ -209,9 +210,9 @@ def test_a_ciphertext_moved_to_another_session_does_not_decrypt(copy: Recorded) 
 def test_a_plaintext_record_from_before_encryption_still_reads(tmp_path: Path) -> None:
     db = tmp_path / "old.sqlite"
     with RecordStore(db) as store:  # what an older Givre appended: the fields in clear
-        store.append("session_started", {"operator": "dr-a", "patient": "P-OLD-1", "mode": "manual", "device": None,
+        append_as_older_givre(store, "session_started", {"operator": "dr-a", "patient": "P-OLD-1", "mode": "manual", "device": None,
                                          "calibration": {}, "time_scale": 1}, "S-OLD")
-        store.append("lesion_recorded", {"lesion_id": "L1", "profile": {"id": "actinic-keratosis", "name_fr": "kératose"},
+        append_as_older_givre(store, "lesion_recorded", {"lesion_id": "L1", "profile": {"id": "actinic-keratosis", "name_fr": "kératose"},
                                          "site": {"region": "cheek", "side": None, "detail": "old detail"}, "zone": "face",
                                          "description": "old description", "photo": None}, "S-OLD")
     with RecordStore(db, writer=False) as store:

@@ -19,6 +19,7 @@ from controller.procedure.recovery import unfinished_sessions
 from controller.records.history import load_sessions
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordStore, StoreUnavailable
+from tests.support.records import append_as_older_givre
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +91,23 @@ def test_readers_never_scan_the_log(day_store: Path, mocker: MockerFixture) -> N
 def test_unfinished_sessions_are_found_by_index_and_leave_it_when_ended(tmp_path: Path) -> None:
     with RecordStore(tmp_path / "r.sqlite") as store:
         for sid in ("S1", "S2"):
-            store.append("session_started", {"patient": "P-1", "operator": "dr-a", "device": {"serial": "SIM", "device_session": 7}}, sid)
-        store.append("freeze_unresolved", {"lesion_id": "L1", "cycle": 1}, "S2")
-        store.append("session_ended", {"status": "completed"}, "S1")
+            append_as_older_givre(store, "session_started", {"patient": "P-1", "operator": "dr-a",
+                                                             "device": {"serial": "SIM", "device_session": 7}}, sid)
+        append_as_older_givre(store, "freeze_unresolved", {"lesion_id": "L1", "cycle": 1}, "S2")
+        append_as_older_givre(store, "session_ended", {"status": "completed"}, "S1")
         assert list(unfinished_sessions(store)) == ["S2"]
         assert store.open_session_of_device_session(7) == "S2"
         assert store.session_summaries()["S2"]["status"] == "unresolved"
-        store.append("session_ended", {"status": "aborted"}, "S2")
+        append_as_older_givre(store, "session_ended", {"status": "aborted"}, "S2")
         assert unfinished_sessions(store) == {} and store.open_session_of_device_session(7) is None
 
 
 def test_a_store_from_before_the_projections_is_indexed_by_its_first_writer(tmp_path: Path) -> None:
     db = tmp_path / "old.sqlite"
     with RecordStore(db) as store:
-        store.append("session_started", {"patient": "P-1", "operator": "dr-a"}, "S1")
-        store.append("cartridge_loaded", {"cartridge_id": "c1", "size": "23g", "size_g": 23, "nominal_s": 350, "price_eur": 20,
+        append_as_older_givre(store, "session_started", {"patient": "P-1", "operator": "dr-a"}, "S1")
+        append_as_older_givre(store, "cartridge_loaded", {"cartridge_id": "c1", "size": "23g", "size_g": 23, "nominal_s": 350,
+                                                          "price_eur": 20,
                                           "average_lesions": 40, "opened": "2026-11-01", "source": "sheet"})
     with sqlite3.connect(db) as raw:  # what an older Givre left: the log alone
         raw.executescript("DROP TABLE sessions; DROP TABLE lesions; DROP TABLE cycles; DROP TABLE cartridges; "

@@ -16,16 +16,16 @@ from tests.support.images import jpeg_with_gps
 def test_events_are_chained_and_verified(tmp_path: Path) -> None:
     with RecordStore(tmp_path / "r.sqlite") as store:
         for i in range(5):
-            store.append("note", {"i": i}, "S1")
+            store.append("fire_refused", {"lesion_id": "L1", "reason": f"note {i}"}, "S1")
         assert store.verify() is None
         count, head = store.head()
         assert count == 5 and len(head) == 64
-        assert [e.payload["i"] for e in store.events("S1")] == list(range(5))
+        assert [e.payload["reason"] for e in store.events("S1")] == [f"note {i}" for i in range(5)]
 
 
 def test_update_and_delete_are_refused_by_the_store_itself(tmp_path: Path) -> None:
     with RecordStore(tmp_path / "r.sqlite") as store:
-        store.append("note", {"i": 1}, "S1")
+        store.append("fire_refused", {"lesion_id": "L1", "reason": "note 1"}, "S1")
     db = sqlite3.connect(tmp_path / "r.sqlite")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.execute("UPDATE events SET payload = '{}'")
@@ -54,7 +54,7 @@ def test_a_tampered_store_names_the_first_bad_event(tmp_path: Path, sql: str, fi
     path = tmp_path / "r.sqlite"
     with RecordStore(path) as store:
         for i in range(6):
-            store.append("note", {"i": i}, "S1")
+            store.append("fire_refused", {"lesion_id": "L1", "reason": f"note {i}"}, "S1")
     _tamper(path, sql)
     with RecordStore(path, writer=False) as store:
         bad = store.verify()
@@ -66,7 +66,7 @@ def test_a_tampered_store_names_the_first_bad_event(tmp_path: Path, sql: str, fi
 def test_files_are_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "r.sqlite"
     with RecordStore(path) as store:
-        store.append("note", {}, None)
+        store.append("fire_refused", {"lesion_id": "L1", "reason": "note"}, None)
         digest, name = store.store_photo(jpeg_with_gps(tmp_path / "lesion.jpg"), store.patient_key("P-0001"))
         assert file_mode(path) == 0o600 and file_mode(store.personal.path) == 0o600
         assert file_mode(store.photos_dir / name) == 0o600 and file_mode(store.photos_dir) == 0o700

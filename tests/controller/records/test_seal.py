@@ -17,15 +17,16 @@ from controller.records import seal
 from controller.records.private_files import file_mode
 from controller.records.store import RecordStore, SealBroken
 from firmware_bridge.clock import Clock
+from tests.support.records import freeze_result
 
 GENESIS = "0" * 64
 
 
 def _record_session(store: RecordStore, session_id: str, patient: str) -> None:
     """A session as the procedure records it (the fields a forger would want), ending in its seal."""
-    store.append("session_started", {"patient": patient, "operator": "dr-a", "mode": "manual", "device": None, "calibration": {}},
-                 session_id)
-    store.append("freeze_result", {"lesion_id": "L1", "cycle": 1, "freeze_ms_device": 5000}, session_id)
+    store.append("session_started", {"patient": patient, "operator": "dr-a", "mode": "manual", "device": None, "calibration": {},
+                                     "time_scale": 1}, session_id)
+    store.append("freeze_result", freeze_result(), session_id)
     store.append("session_ended", {"status": "completed"}, session_id)
     store.seal()
 
@@ -71,7 +72,8 @@ def _rehash(db: sqlite3.Connection) -> None:
 def _append_and_crash(path: Path) -> None:
     """A Givre that records one event and is killed before it seals it."""
     script = ("import os, sys; from pathlib import Path; from controller.records.store import RecordStore; "
-              "store = RecordStore(Path(sys.argv[1])); store.append('note', {'i': 1}, None); os._exit(0)")
+              "store = RecordStore(Path(sys.argv[1])); "
+              "store.append('fire_refused', {'lesion_id': 'L1', 'reason': 'note 1'}, None); os._exit(0)")
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
 
 
@@ -92,8 +94,8 @@ def test_an_untouched_sealed_store_verifies_across_close_and_reopen(sealed_store
 def test_events_after_the_last_seal_are_counted_not_failed(sealed_store: tuple[Path, bytes], tmp_path: Path) -> None:
     path, key = sealed_store
     store = RecordStore(path)
-    store.append("note", {"text": "not sealed yet"}, None)
-    store.append("note", {"text": "nor this"}, None)
+    store.append("fire_refused", {"lesion_id": "L1", "reason": "not sealed yet"}, None)
+    store.append("fire_refused", {"lesion_id": "L1", "reason": "nor this"}, None)
     verdict = _verdict(path, key)  # read while the writer is still open
     store.close()
     assert verdict.ok and verdict.unsealed_events == 2 and verdict.sealed_to_seq == 6
@@ -232,12 +234,12 @@ def test_an_epoch_open_for_fifteen_minutes_is_sealed_at_the_next_append(sealed_s
     path, key = sealed_store
     clock = SteppedClock()
     with RecordStore(path, clock=clock) as store:
-        store.append("note", {"i": 1}, None)
+        store.append("fire_refused", {"lesion_id": "L1", "reason": "note 1"}, None)
         clock.now += seal.EPOCH_SECONDS - 1
-        store.append("note", {"i": 2}, None)
+        store.append("fire_refused", {"lesion_id": "L1", "reason": "note 2"}, None)
         assert len(store.seals()) == 2
         clock.now += 1
-        store.append("note", {"i": 3}, None)
+        store.append("fire_refused", {"lesion_id": "L1", "reason": "note 3"}, None)
         assert [s.last_seq for s in store.seals()] == [3, 6, 9]
     assert _verdict(path, key).ok
 

@@ -9,6 +9,7 @@ import pytest
 from controller.cli.main import main
 from controller.records.store import RecordStore
 from controller.records.text import printable
+from tests.support.records import append_as_older_givre
 
 HOSTILE_SERIAL = "SN\x1b[2J\x1b]0;pwned\x07=1+1\x9b"
 
@@ -22,7 +23,7 @@ def test_control_characters_are_escaped_and_the_rest_is_kept() -> None:
 
 def _store_with_hostile_serial(db: Path) -> None:
     with RecordStore(db) as store:
-        store.append("session_started", {"operator": "dr-07", "patient": "P-1", "mode": "device", "calibration": {},
+        append_as_older_givre(store, "session_started", {"operator": "dr-07", "patient": "P-1", "mode": "device", "calibration": {},
                                          "device": {"serial": HOSTILE_SERIAL, "kind": "spray", "firmware": "1.0.0"}}, "S1")
 
 
@@ -42,7 +43,7 @@ def test_the_day_report_escapes_the_device_serial(tmp_path: Path, capsys: pytest
     db = tmp_path / "r.sqlite"
     _store_with_hostile_serial(db)
     with RecordStore(db) as store:
-        store.append("session_ended", {"status": "aborted", "lesions": 0}, "S1")
+        append_as_older_givre(store, "session_ended", {"status": "aborted", "lesions": 0}, "S1")
     assert main(["report", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "SN\\x1b[2J\\x1b]0;pwned\\x07=1+1\\x9b" in out and "\x1b" not in out
