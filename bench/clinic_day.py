@@ -15,6 +15,7 @@ from pathlib import Path
 from controller.config import Config
 from controller.procedure.recovery import connect
 from controller.procedure.treatment import Treatment
+from controller.records import events as schema
 from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore
@@ -68,7 +69,8 @@ def clinic_day(db: Path, sessions: int = 40, corrupt_pct: float = 1.0, scale: fl
                 completed += treatment.end() == "completed"
             counters = link.counters()
         results = Counter(
-            (e.session_id, e.payload["lesion_id"], e.payload["cycle"]) for e in store.events() if e.kind == "freeze_result"
+            (e.session_id, result.lesion_id, result.cycle) for e in store.events()
+            if e.kind == "freeze_result" and isinstance(result := schema.parse(e), schema.FreezeResult)
         )
         audit = DayAudit(
             wall_s=round(time.perf_counter() - started, 3), sessions=sessions, completed=completed,

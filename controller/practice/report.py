@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from controller.practice.billing import CcamTable, acts_of, propose
+from controller.records import events as schema
 from controller.records.history import SessionView, local_time, utc_window, verified_sessions
 from controller.records.store import RecordStore
 
@@ -97,7 +98,7 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
             lesion_total += lesion.completed
             report.aesthetic_lesions += lesion.completed and not lesion.reimbursable
         for alarm in s.alarms:
-            _count_alarm(report, alarm)
+            _count_alarm(report, alarm["code"], alarm["priority"], alarm["text"])
         if s.device is not None:
             device = report.devices.setdefault(s.device["serial"], {"kind": s.device.get("kind"), "firmware": s.device.get("firmware"),
                                                                      "sessions": 0})
@@ -105,13 +106,14 @@ def build_report(store: RecordStore, day: date, table: CcamTable) -> DayReport:
             due = f", due {s.calibration['due_on']}" if s.calibration.get("due_on") else ""
             device["calibration"] = s.calibration.get("status", "unknown") + due
     for event in store.unsessioned_events(*utc_window(day, day + timedelta(days=1))):  # outside any session: in no view of history
-        if local_time(event.ts_utc).date() == day:
-            if event.kind == "alarm_raised":
-                _count_alarm(report, event.payload)
-            elif event.kind == "calibration_certificate":
-                p = event.payload
-                report.calibrations.append({"device": p["device"], "technician": p["technician"], "passed": p["passed"],
-                                            "next_due": p["next_due"], "steps": [st["step"] for st in p["steps"]]})
+        if local_time(event.ts_utc).date() != day or event.kind not in ("alarm_raised", "calibration_certificate"):
+            continue
+        typed = schema.parse(event)
+        if isinstance(typed, schema.AlarmRaised):
+            _count_alarm(report, typed.code, typed.priority, typed.text)
+        elif isinstance(typed, schema.CalibrationCertificate):
+            report.calibrations.append({"device": typed.device, "technician": typed.technician, "passed": typed.passed,
+                                        "next_due": typed.next_due, "steps": [step.step for step in typed.steps]})
     report.sessions_by_status = dict(Counter(line.status for line in report.sessions))
     report.amount_known_eur = str(amount.quantize(Decimal("0.01")))
     report.cartridge_seconds = round(sum(line.cartridge_seconds for line in report.sessions), 3)
@@ -133,7 +135,7 @@ def _last_seal(store: RecordStore) -> tuple[int | None, int | None]:
 def _cartridge_costs(store: RecordStore) -> dict[str, float]:
     """EUR per second of gas, per cartridge: its price over its nominal seconds (the ledger's basis
     when no calibrated flow is known), from the cartridges' load facts."""
-    return {c["cartridge_id"]: c["price_eur"] / c["nominal_s"] for c in store.cartridges_loaded() if c.get("nominal_s")}
+    return {c.cartridge_id: c.price_eur / c.nominal_s for c in store.cartridges_loaded() if c.nominal_s}
 
 
 
@@ -154,8 +156,8 @@ def _session_line(s: SessionView, table: CcamTable, cost_per_s: dict[str, float]
                        None if cost is None else round(cost, 2), acts, billing, s.time_scale)
 
 
-def _count_alarm(report: DayReport, alarm: dict[str, Any]) -> None:
-    entry = report.alarms.setdefault(alarm["code"], {"priority": alarm["priority"], "text": alarm["text"], "count": 0})
+def _count_alarm(report: DayReport, code: str, priority: str, text: str) -> None:
+    entry = report.alarms.setdefault(code, {"priority": priority, "text": text, "count": 0})
     entry["count"] += 1
 
 

@@ -17,7 +17,7 @@ default, list it in ``added_later``, and bump the kind's ``version``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -669,6 +669,16 @@ def parse_payload(kind: str, payload: Mapping[str, Any]) -> EventModel:
     except ValidationError as exc:
         raise EventInvalid(f"a recorded '{kind}' event does not read: {_first_problem(exc)}",
                            "Run `givre records verify`; report it with the event's number from `givre records show`") from None
+
+
+M = TypeVar("M", bound=EventModel)
+
+
+def parse_as(model: type[M], payload: Mapping[str, Any]) -> M:
+    """A payload stored as ``model``'s kind (a projection keeps some as they were recorded) as that model."""
+    event = parse_payload(model.kind, payload)
+    assert isinstance(event, model)  # a kind with a model reads as that model
+    return event
 
 
 class Stored(Protocol):

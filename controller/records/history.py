@@ -6,7 +6,7 @@ leaves the practice (exports, the day report) reads `verified_sessions`, after t
 Figures are the recorded ones: durations are the device's measurements (or flagged host-measured),
 never the plan.
 
-A few readers walk the raw events instead, for facts this view does not keep:
+A few readers walk the events themselves (typed, records/events.py), for facts this view does not keep:
 - records/ledger.py: the cartridge_* events (a cartridge outlives sessions: its state is summed
   across all of them);
 - procedure/recovery.py: an unfinished session's own events (the FREEZE's txn, device session and
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.errors import RecordError
+from controller.records import events as schema
 from controller.records.certainty import Certainty
 from controller.records.store import RecordStore, StoredEvent
 
@@ -136,78 +137,96 @@ def local_time(ts_utc: str) -> datetime:
 
 
 def build_sessions(events: Iterable[StoredEvent]) -> dict[str, SessionView]:
+    """The sessions the events make, from events revealed (records/personal.py) and then typed once
+    each (records/events.py); only the kinds history folds are parsed."""
     sessions: dict[str, SessionView] = {}
     for event in events:
         sid = event.session_id
         if sid is None:
             continue
-        if event.kind == "session_started":
-            p = event.payload
-            sessions[sid] = SessionView(sid, event.ts_utc, p["patient"], p["operator"], p.get("mode", "device"), p.get("device"),
-                                        p.get("calibration") or {}, time_scale=float(p.get("time_scale", 1)), first_seq=event.seq)
+        typed = schema.parse(event) if event.kind in FOLDED else None
+        if isinstance(typed, schema.SessionStarted):
+            sessions[sid] = SessionView(sid, event.ts_utc, _shown(typed.patient), typed.operator, typed.mode,
+                                        None if typed.device is None else _as_recorded(typed.device), _as_recorded(typed.calibration),
+                                        time_scale=typed.time_scale, first_seq=event.seq)
         if sid in sessions:
-            _apply(sessions[sid], event)
+            if typed is not None:
+                _apply(sessions[sid], typed, event)
             sessions[sid].last_seq = event.seq
     return sessions
 
 
 # Events that change the session as a whole (an alarm also goes to its lesion, when it names one).
-SESSION_EVENTS = frozenset({"freeze_unresolved", "alarm_raised", "billing_confirmed", "session_ended"})
+SessionEvent = schema.FreezeUnresolved | schema.AlarmRaised | schema.BillingConfirmed | schema.SessionEnded
+# The kinds history reads; every other kind only moves a session's last_seq.
+FOLDED = frozenset({"session_started", "lesion_recorded", "freeze_unresolved", "alarm_raised", "billing_confirmed", "session_ended",
+                    "freeze_requested", "freeze_result", "thaw_done", "lesion_ended", "start_refused", "freeze_refused", "fire_refused"})
 
 
-def _apply(session: SessionView, event: StoredEvent) -> None:
-    p = event.payload
-    lesion = session.lesion(p["lesion_id"]) if isinstance(p.get("lesion_id"), str) else None
-    if event.kind == "lesion_recorded":
-        profile = p["profile"]
+def _apply(session: SessionView, typed: schema.EventModel, event: StoredEvent) -> None:
+    if isinstance(typed, schema.LesionRecorded):
+        profile = typed.profile
         session.lesions.append(LesionView(
-            p["lesion_id"], event.ts_utc, profile["id"], profile["name_fr"], profile.get("name_en"), profile.get("family"),
-            profile.get("indication", "cryotherapy"), p["site"], p["zone"], p.get("size_mm"), p.get("description", ""),
-            p.get("photo"), p.get("reimbursable", True), recorded_mono_ms=event.mono_ms))
-    elif event.kind in SESSION_EVENTS:
-        _apply_to_session(session, lesion, event)
-    elif lesion is not None:
-        _apply_to_lesion(lesion, event)
+            typed.lesion_id, event.ts_utc, profile.id, profile.name_fr, profile.name_en, profile.family, profile.indication,
+            _as_recorded(typed.site), typed.zone, typed.size_mm, _shown(typed.description),
+            None if typed.photo is None else _as_recorded(typed.photo), typed.reimbursable, recorded_mono_ms=event.mono_ms))
+    elif isinstance(typed, SessionEvent):
+        _apply_to_session(session, typed, event)
+    elif isinstance(typed, schema.LesionEvent) and (lesion := session.lesion(typed.lesion_id)) is not None:
+        _apply_to_lesion(lesion, typed, event)
 
 
-def _apply_to_session(session: SessionView, lesion: LesionView | None, event: StoredEvent) -> None:
-    p = event.payload
-    if event.kind == "freeze_unresolved":
+def _apply_to_session(session: SessionView, typed: SessionEvent, event: StoredEvent) -> None:
+    if isinstance(typed, schema.FreezeUnresolved):
         session.status = "unresolved"  # open until its device (the session's) is read at a connection
-    elif event.kind == "alarm_raised":
-        alarm = {"code": p["code"], "priority": p["priority"], "text": p["text"], "detail": p.get("detail", ""), "at": event.ts_utc,
-                 "lesion_id": p.get("lesion_id")}
+    elif isinstance(typed, schema.AlarmRaised):
+        alarm = {"code": typed.code, "priority": typed.priority, "text": typed.text, "detail": typed.detail, "at": event.ts_utc,
+                 "lesion_id": typed.lesion_id}
         session.alarms.append(alarm)
+        lesion = None if typed.lesion_id is None else session.lesion(typed.lesion_id)
         if lesion is not None:
             lesion.alarms.append(alarm)
-    elif event.kind == "billing_confirmed":
-        session.billing = p
-    elif event.kind == "session_ended":
-        session.status, session.ended, session.recovered = p["status"], event.ts_utc, bool(p.get("recovered"))
+    elif isinstance(typed, schema.BillingConfirmed):
+        session.billing = _as_recorded(typed)
+    else:
+        session.status, session.ended, session.recovered = typed.status, event.ts_utc, typed.recovered
         for open_lesion in session.lesions:
             if open_lesion.ended_at is None:
                 open_lesion.status = session.status
 
 
-def _apply_to_lesion(lesion: LesionView, event: StoredEvent) -> None:
-    p = event.payload
-    if event.kind == "freeze_requested" and lesion.first_freeze_at is None:
+def _apply_to_lesion(lesion: LesionView, typed: schema.LesionEvent, event: StoredEvent) -> None:
+    if isinstance(typed, schema.FreezeRequested) and lesion.first_freeze_at is None:
         lesion.first_freeze_at, lesion.first_freeze_mono_ms = event.ts_utc, event.mono_ms
-    elif event.kind == "freeze_result":
+    elif isinstance(typed, schema.FreezeResult):
         cycle = CycleView(
-            p["cycle"], p.get("freeze_ms_requested"), p.get("freeze_ms_effective"), p.get("freeze_ms_device"),
-            p.get("measured_by", "device"), _certainty(p.get("certainty")), p.get("end_reason"), p.get("limited_by"),
-            p.get("halo_to_off_ms"), p.get("min_tissue_c"), p.get("cartridge_id"), float(p.get("cartridge_seconds") or 0.0), event.ts_utc,
-            recovered=bool(p.get("recovered")))
+            typed.cycle, typed.freeze_ms_requested, typed.freeze_ms_effective, typed.freeze_ms_device, typed.measured_by,
+            typed.certainty, typed.end_reason, typed.limited_by, typed.halo_to_off_ms, typed.min_tissue_c, typed.cartridge_id,
+            typed.cartridge_seconds, event.ts_utc, recovered=typed.recovered)
         lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
-    elif event.kind == "thaw_done":
+    elif isinstance(typed, schema.ThawDone):
         for c in lesion.cycles:
-            if c.cycle == p["cycle"]:
-                c.thaw_ms = p["thaw_ms"]
-    elif event.kind == "lesion_ended":
-        lesion.status, lesion.ended_at, lesion.ended_mono_ms = str(p["status"]).lower(), event.ts_utc, event.mono_ms
-    elif event.kind in ("start_refused", "freeze_refused", "fire_refused"):
-        lesion.refused.extend(p.get("reasons") or [p.get("reason", "")])
+            if c.cycle == typed.cycle:
+                c.thaw_ms = typed.thaw_ms
+    elif isinstance(typed, schema.LesionEnded):
+        lesion.status, lesion.ended_at, lesion.ended_mono_ms = typed.status.lower(), event.ts_utc, event.mono_ms
+    elif isinstance(typed, schema.StartRefused):
+        lesion.refused.extend(typed.reasons)
+    elif isinstance(typed, schema.FreezeRefused | schema.FireRefused):
+        lesion.refused.append(typed.reason)
+
+
+def _shown(value: schema.Personal) -> str:
+    """A personal field as history holds it: revealed (clear, 'erased' or 'unreadable: ...') before it was typed."""
+    if isinstance(value, schema.Envelope):
+        raise RecordError("history read a personal field still encrypted", "Read the events through history.revealed")
+    return value
+
+
+def _as_recorded(part: schema.Part) -> dict[str, Any]:
+    """A nested structure the view keeps as recorded (the exports write it as it is): the fields the
+    record holds, without the defaults an older record lacks."""
+    return part.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def load_sessions(store: RecordStore, session_id: str | None = None, since: date | None = None,
@@ -272,7 +291,3 @@ def view_of(store: RecordStore, session_id: str) -> SessionView:
     """One session's view; the session must exist (callers hold its id from the record)."""
     (view,) = load_sessions(store, session_id)
     return view
-
-
-def _certainty(recorded: str | None) -> Certainty | None:
-    return None if recorded is None else Certainty(recorded)

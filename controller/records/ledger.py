@@ -77,20 +77,20 @@ class CartridgeLedger:
             return None
         loaded, used, lesions, reserved = row.loaded, row.used_s, row.lesions, row.reserved_s
         if flow_mg_per_s > 0:
-            capacity, basis = loaded["size_g"] * 1000 / flow_mg_per_s, "calibrated flow"
+            capacity, basis = loaded.size_g * 1000 / flow_mg_per_s, "calibrated flow"
         else:
-            capacity, basis = loaded["nominal_s"], "nominal (practice sheet)"
+            capacity, basis = loaded.nominal_s, "nominal (practice sheet)"
         today = today or date.today()
-        age = (today - date.fromisoformat(loaded["opened"])).days
+        age = (today - date.fromisoformat(loaded.opened)).days
         remaining = max(0.0, capacity - used - reserved)
-        per_lesion = used / lesions if lesions else capacity / loaded["average_lesions"]
+        per_lesion = used / lesions if lesions else capacity / loaded.average_lesions
         return CartridgeStatus(
-            cartridge_id=loaded["cartridge_id"], size=loaded["size"], opened=loaded["opened"], age_days=age,
+            cartridge_id=loaded.cartridge_id, size=loaded.size, opened=loaded.opened, age_days=age,
             keeping_days=self.config.cartridge_keeping_days, past_keeping_time=age > self.config.cartridge_keeping_days,
             capacity_s=round(capacity, 3), capacity_basis=basis, used_s=round(used, 3), reserved_s=round(reserved, 3),
             remaining_s=round(remaining, 3), lesions_treated=lesions,
             estimated_lesions_left=int(remaining // per_lesion) if per_lesion > 0 else 0,
-            cost_per_lesion_eur=round(loaded["price_eur"] * per_lesion / capacity, 2), price_eur=loaded["price_eur"],
+            cost_per_lesion_eur=round(loaded.price_eur * per_lesion / capacity, 2), price_eur=loaded.price_eur,
             reminder=STORAGE_REMINDER,
         )
 

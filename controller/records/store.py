@@ -108,7 +108,7 @@ class StoredEvent:
 class CartridgeRow:
     """The cartridges projection's row for one cartridge: its cartridge_loaded facts and its sums."""
 
-    loaded: dict[str, Any]
+    loaded: schema.CartridgeLoaded
     used_s: float
     lesions: int
     reserved_s: float
@@ -136,6 +136,11 @@ def stored_patient(column: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _loaded(column: str) -> schema.CartridgeLoaded:
+    """The cartridges projection's load facts: the cartridge_loaded payload as stored (JSON), typed."""
+    return schema.parse_as(schema.CartridgeLoaded, json.loads(column))
 
 
 def filesystem_type(path: Path) -> str | None:
@@ -504,13 +509,13 @@ class RecordStore:
                 return None
             reserved = self._db.execute(
                 "SELECT COALESCE(SUM(seconds), 0) FROM reservations WHERE cartridge_id = ?", (row[0],)).fetchone()[0]
-        return CartridgeRow(json.loads(row[1]), float(row[2]), int(row[3]), float(reserved))
+        return CartridgeRow(_loaded(row[1]), float(row[2]), int(row[3]), float(reserved))
 
-    def cartridges_loaded(self) -> list[dict[str, Any]]:
+    def cartridges_loaded(self) -> list[schema.CartridgeLoaded]:
         """Every cartridge_loaded event's facts, in load order (prices, sizes)."""
         with self._db_lock:
             rows = self._db.execute("SELECT loaded FROM cartridges ORDER BY loaded_seq").fetchall()
-        return [json.loads(row[0]) for row in rows]
+        return [_loaded(row[0]) for row in rows]
 
     def head(self) -> tuple[int, str]:
         """(event count, head hash): print these in reports so a truncated store can be caught."""

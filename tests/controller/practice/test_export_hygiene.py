@@ -26,7 +26,7 @@ def _session(serial: str, detail: str, times: list[tuple[str, float]], min_tissu
                              "device": {"serial": serial, "kind": "spray", "firmware": "1.0.0", "cryogen": "N2O"}}),
         ("lesion_recorded", {"lesion_id": "L1", "profile": {"id": "common-wart", "name_fr": "Verrue", "name_en": "Common wart"},
                              "site": {"region": "hand", "side": "left", "detail": detail}, "zone": "body", "description": "wart"}),
-        ("freeze_requested", {"lesion_id": "L1", "cycle": 1}),
+        ("freeze_requested", {"lesion_id": "L1", "cycle": 1, "requested_ms": 10_000, "effective_ms": 10_000, "limited_by": "profile"}),
         ("freeze_result", {"lesion_id": "L1", "cycle": 1, "freeze_ms_requested": 10_000, "freeze_ms_effective": 10_000,
                            "freeze_ms_device": 10_004, "measured_by": "device", "certainty": "device_reported",
                            "end_reason": "completed", "limited_by": "profile", "min_tissue_c": min_tissue_c}),
