@@ -81,29 +81,33 @@ def _reader(args: argparse.Namespace) -> RecordStore:
 
 
 def _list(args: argparse.Namespace) -> int:
+    """Each session printed as the store reads it, page by page (a large record is never held whole);
+    --json writes the array as it goes, the same bytes as one json.dumps of the list."""
     with _reader(args) as store:
-        sessions = store.session_summaries()
-    if args.json:
-        print(json.dumps(list(sessions.values()), ensure_ascii=False))
-        return 0
-    for s in sessions.values():
-        print(printable(f"{s['session_id']}  {s['started'][:19]}  {s['status']:11} patient {s['patient']:12} "
-                        f"{', '.join(s['lesions']) or '-'} ({s['cycles']} cycles) device {s['device'] or 'manual'}"))
+        if args.json:
+            sys.stdout.write("[")
+            for n, s in enumerate(store.session_summaries()):
+                sys.stdout.write((", " if n else "") + json.dumps(s, ensure_ascii=False))
+            sys.stdout.write("]\n")
+            return 0
+        for s in store.session_summaries():
+            print(printable(f"{s['session_id']}  {s['started'][:19]}  {s['status']:11} patient {s['patient']:12} "
+                            f"{', '.join(s['lesions']) or '-'} ({s['cycles']} cycles) device {s['device'] or 'manual'}"))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     with _reader(args) as store:
-        sessions = store.session_summaries(args.session_id)
-        if args.session_id not in sessions:
+        session = next(store.session_summaries(args.session_id), None)
+        if session is None:
             print(f"givre records: no session {args.session_id!r} in {store.path}; see `givre records list`", file=sys.stderr)
             return 1
         events = list(revealed(store, store.events(args.session_id)))
     if args.json:
-        print(json.dumps({"session": sessions[args.session_id], "events": [
+        print(json.dumps({"session": session, "events": [
             {"seq": e.seq, "ts_utc": e.ts_utc, "kind": e.kind, "payload": e.payload} for e in events]}, ensure_ascii=False))
         return 0
-    scale = sessions[args.session_id]["time_scale"]
+    scale = session["time_scale"]
     print(f"session {args.session_id}: time_scale {scale:g}"
           + (" (virtual time: recorded against a simulator, not a clinical session)" if scale != 1 else " (real time)"))
     for e in events:

@@ -70,6 +70,7 @@ BEGIN SELECT RAISE(ABORT, 'seals are append-only'); END;
 SELECT_EVENTS = "SELECT seq, session_id, ts_utc, mono_ms, kind, payload, prev_hash, hash FROM events"
 T = TypeVar("T")
 READ_BATCH = 5000  # events per query when the whole log is read
+SUMMARY_PAGE = 1000  # sessions per query when every session's summary is listed
 
 
 class StoreUnavailable(RecordError):
@@ -458,34 +459,50 @@ class RecordStore:
             rows = self._db.execute(f"SELECT session_id FROM sessions{clause} ORDER BY started_seq", params).fetchall()
         return [row[0] for row in rows]
 
-    def session_summaries(self, session_id: str | None = None, latest: int | None = None) -> dict[str, dict[str, Any]]:
-        """One line of facts per session (`records list`), oldest first, from the projections: three
-        indexed reads whatever the log's size; one session, or the ``latest`` N. Keys: session_id,
-        started, patient, operator, device, status, lesions (profile ids), cycles, time_scale,
-        billed (the codes confirmed, None before), and ended once it has."""
-        params: tuple[object, ...] = ()
-        where = ""
+    def session_summaries(self, session_id: str | None = None, latest: int | None = None) -> Iterator[dict[str, Any]]:
+        """One line of facts per session (`records list`), oldest first, from the projections: one
+        session, the ``latest`` N, or all of them read SUMMARY_PAGE sessions at a time (three indexed
+        reads a page), so memory stays flat whatever the log's size. Keys: session_id, started, patient,
+        operator, device, status, lesions (profile ids), cycles, time_scale, billed (the codes
+        confirmed, None before), and ended once it has."""
         if session_id is not None:
-            where, params = " WHERE session_id = ?", (session_id,)
-        elif latest is not None:
-            where = " WHERE session_id IN (SELECT session_id FROM sessions ORDER BY started_seq DESC LIMIT ?)"
-            params = (latest,)
+            yield from (summary for _, summary in self._summary_page(" WHERE session_id = ?", (session_id,)))
+            return
+        after = 0
+        if latest is not None:
+            with self._db_lock:
+                first = self._db.execute("SELECT started_seq FROM sessions ORDER BY started_seq DESC LIMIT 1 OFFSET ?",
+                                         (latest - 1,)).fetchone()
+            after = 0 if first is None else first[0] - 1
+        while True:
+            page = self._summary_page(
+                " WHERE session_id IN (SELECT session_id FROM sessions WHERE started_seq > ? ORDER BY started_seq LIMIT ?)",
+                (after, SUMMARY_PAGE))
+            yield from (summary for _, summary in page)
+            if len(page) < SUMMARY_PAGE:
+                return
+            after = page[-1][0]
+
+    def _summary_page(self, where: str, params: tuple[object, ...]) -> list[tuple[int, dict[str, Any]]]:
+        """(started_seq, summary) of the sessions ``where`` selects, oldest first."""
         with self._db_lock:
             rows = self._db.execute(
-                "SELECT session_id, started_ts, patient, operator, device_serial, status, time_scale, ended_ts, billing "
+                "SELECT started_seq, session_id, started_ts, patient, operator, device_serial, status, time_scale, ended_ts, billing "
                 f"FROM sessions{where} ORDER BY started_seq", params).fetchall()
             lesions = self._db.execute(f"SELECT session_id, profile_id FROM lesions{where} ORDER BY seq", params).fetchall()
             cycles = dict(self._db.execute(f"SELECT session_id, count(*) FROM cycles{where} GROUP BY session_id", params).fetchall())
-        summaries: dict[str, dict[str, Any]] = {}
-        for sid, started, patient, operator, serial, status, scale, ended, billing in rows:
+        summaries: dict[str, tuple[int, dict[str, Any]]] = {}
+        for started_seq, sid, started, patient, operator, serial, status, scale, ended, billing in rows:
             shown = self.personal.text(stored_patient(patient) or patient, sid, "patient")
-            summaries[sid] = {"session_id": sid, "started": started, "patient": shown, "operator": operator, "device": serial,
-                              "status": status, "lesions": [], "cycles": cycles.get(sid, 0), "time_scale": scale,
-                              "billed": None if billing is None else json.loads(billing), **({"ended": ended} if ended else {})}
+            summaries[sid] = (started_seq, {
+                "session_id": sid, "started": started, "patient": shown, "operator": operator, "device": serial,
+                "status": status, "lesions": [], "cycles": cycles.get(sid, 0), "time_scale": scale,
+                "billed": None if billing is None else json.loads(billing),
+                **({"ended": ended} if ended else {})})
         for sid, profile_id in lesions:
             if sid in summaries:
-                summaries[sid]["lesions"].append(profile_id)
-        return summaries
+                summaries[sid][1]["lesions"].append(profile_id)
+        return list(summaries.values())
 
     def unfinished_session_ids(self) -> list[str]:
         with self._db_lock:

@@ -219,7 +219,7 @@ def test_a_plaintext_record_from_before_encryption_still_reads(tmp_path: Path) -
         (view,) = load_sessions(store)
         assert (view.patient, view.lesions[0].description, view.lesions[0].site_text) == ("P-OLD-1", "old description",
                                                                                          "cheek, old detail")
-        assert store.session_summaries()["S-OLD"]["patient"] == "P-OLD-1"
+        assert next(store.session_summaries("S-OLD"))["patient"] == "P-OLD-1"
         assert store.key_store_warning() is None
     with sqlite3.connect(db) as raw:
         assert raw.execute("SELECT patient FROM sessions").fetchone()[0] == "P-OLD-1"

@@ -16,6 +16,7 @@ from bench.clinic_day import clinic_day
 from controller.cli.main import main
 from controller.config import Config
 from controller.procedure.recovery import unfinished_sessions
+from controller.records import store as store_module
 from controller.records.history import load_sessions
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordStore, StoreUnavailable
@@ -41,7 +42,7 @@ def test_a_rebuild_from_the_log_reproduces_the_projections_written_with_each_app
 
 def test_the_projections_say_what_history_reads_from_the_log(day_store: Path) -> None:
     with RecordStore(day_store, writer=False) as store:
-        summaries = store.session_summaries()
+        summaries = {s["session_id"]: s for s in store.session_summaries()}
         views = load_sessions(store)
         assert list(summaries) == [v.session_id for v in views]
         for view in views:
@@ -51,6 +52,24 @@ def test_the_projections_say_what_history_reads_from_the_log(day_store: Path) ->
             assert line["lesions"] == [lesion.profile_id for lesion in view.lesions]
             assert line["cycles"] == len(view.cycles)
             assert line["device"] == (view.device or {}).get("serial")
+
+
+@pytest.mark.parametrize("page", [1, 4, 6])
+def test_records_list_reads_the_summaries_page_by_page_and_prints_them_as_one_json_array(
+        day_store: Path, page: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with RecordStore(day_store, writer=False) as store:
+        whole = list(store.session_summaries())  # the day's 6 sessions in one page
+        monkeypatch.setattr(store_module, "SUMMARY_PAGE", page)
+        assert len(whole) == 6 and list(store.session_summaries()) == whole
+        assert list(store.session_summaries(latest=4)) == whole[-4:]
+    assert main(["records", "list", "--db", str(day_store), "--json"]) == 0
+    assert capsys.readouterr().out == json.dumps(whole, ensure_ascii=False) + "\n"
+
+
+def test_records_list_of_an_empty_record_is_an_empty_json_array(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    RecordStore(tmp_path / "r.sqlite").close()
+    assert main(["records", "list", "--db", str(tmp_path / "r.sqlite"), "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
 
 
 def test_the_cartridge_seconds_equal_the_sum_of_the_logs_cartridge_events(day_store: Path) -> None:
@@ -82,8 +101,8 @@ def test_readers_never_scan_the_log(day_store: Path, mocker: MockerFixture) -> N
     with RecordStore(day_store, writer=False) as store:
         scan = mocker.spy(store, "events")
         CartridgeLedger(store, Config()).status()
-        store.session_summaries()
-        store.session_summaries(latest=2)
+        list(store.session_summaries())
+        list(store.session_summaries(latest=2))
         unfinished_sessions(store)
         assert all(call.args or call.kwargs for call in scan.call_args_list)  # only one session's events, by index
 
@@ -97,7 +116,7 @@ def test_unfinished_sessions_are_found_by_index_and_leave_it_when_ended(tmp_path
         append_as_older_givre(store, "session_ended", {"status": "completed"}, "S1")
         assert list(unfinished_sessions(store)) == ["S2"]
         assert store.open_session_of_device_session(7) == "S2"
-        assert store.session_summaries()["S2"]["status"] == "unresolved"
+        assert next(store.session_summaries("S2"))["status"] == "unresolved"
         append_as_older_givre(store, "session_ended", {"status": "aborted"}, "S2")
         assert unfinished_sessions(store) == {} and store.open_session_of_device_session(7) is None
 
@@ -115,10 +134,10 @@ def test_a_store_from_before_the_projections_is_indexed_by_its_first_writer(tmp_
     with pytest.raises(StoreUnavailable, match="givre records rebuild"):
         RecordStore(db, writer=False)
     with RecordStore(db) as store:
-        assert list(store.session_summaries()) == ["S1"]
+        assert [s["session_id"] for s in store.session_summaries()] == ["S1"]
         assert store.current_cartridge() is not None
     with RecordStore(db, writer=False) as reader:
-        assert list(reader.session_summaries()) == ["S1"]
+        assert [s["session_id"] for s in reader.session_summaries()] == ["S1"]
 
 
 def test_cartridge_status_reads_while_another_givre_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
