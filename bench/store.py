@@ -3,6 +3,7 @@ events (bench/aged_store.py: a real clinic day replayed day after day), then wha
 practice wait for on it, measured on the host:
 
 - ``run_start_ms``: `givre run` called -> the simulator receives its FREEZE (recovery, gates, ARM);
+  ``run_exit_code`` and ``run_watchdog_trips``: that run completed (0), with no watchdog trip;
 - ``arm_ms``: one lesion's ARM (the start gate, the cartridge read, the reservation);
 - ``ledger_status_ms``: the cartridge's status (every procedure screen refresh reads it);
 - ``records_show_ms`` / ``records_list_ms`` / ``export_day_ms`` / ``day_report_ms``: the commands,
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -84,7 +86,9 @@ def _figures(aged: AgedStore) -> dict[str, object]:
         figures["ledger_status_ms"] = round(statistics.median(_timed_ms(CartridgeLedger(store, Config()).status) for _ in range(20)), 3)
         figures["verify_full_s"] = round(_timed_ms(store.verify) / 1000, 2)
     figures["arm_ms"] = round(_arm_ms(aged.path), 1)
-    figures["run_start_ms"] = round(_run_start_ms(aged.path), 1)
+    run = _run(aged.path)
+    figures["run_start_ms"] = round(run.start_ms, 1)
+    figures["run_exit_code"], figures["run_watchdog_trips"] = run.exit_code, run.watchdog_trips
     with RecordStore(aged.path, writer=False) as store:
         figures["verify_incremental_ms"] = round(_timed_ms(store.verify_since_checkpoint), 1)
     with RecordStore(aged.path) as store:
@@ -141,12 +145,21 @@ def _arm_ms(db: Path) -> float:
     return elapsed
 
 
-def _run_start_ms(db: Path) -> float:
-    """`givre run` called -> the simulator reads its FREEZE (the simulator's clock is the host's)."""
+@dataclass(frozen=True, slots=True)
+class RunFigures:
+    start_ms: float  # `givre run` called -> the simulator reads its FREEZE (the simulator's clock is the host's); NaN if none came
+    exit_code: int  # 0: the lesion completed
+    watchdog_trips: int  # the device's own count over the run (the real 250 ms watchdog)
+
+
+def _run(db: Path) -> RunFigures:
+    """One whole `givre run` on the aged store against a fresh simulated device."""
     freeze_at: list[float] = []
     with SimulatedDevice() as device:
         port = device.serve_pty()
         device.on_host_frame = lambda at, msg_type: freeze_at.append(at) if msg_type == Freeze.MSG_TYPE and not freeze_at else None
         started = device.now()
-        _quietly(["run", "--port", port, "--profile", "solar-lentigo", "--site", "hand", "--patient", "P-BENCH", "--db", str(db), "--yes"])
-    return (freeze_at[0] - started) * 1000 if freeze_at else float("nan")
+        code = _quietly(["run", "--port", port, "--profile", "solar-lentigo", "--site", "hand", "--patient", "P-BENCH",
+                         "--db", str(db), "--yes"])
+        trips = device.firmware.watchdog_trips
+    return RunFigures((freeze_at[0] - started) * 1000 if freeze_at else float("nan"), code, trips)
