@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     billing        TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_ts);
+CREATE INDEX IF NOT EXISTS sessions_in_order ON sessions(started_seq);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions(session_id) WHERE ended_seq IS NULL;
 CREATE INDEX IF NOT EXISTS sessions_device_session ON sessions(device_session) WHERE device_session IS NOT NULL;
 CREATE TABLE IF NOT EXISTS lesions (
