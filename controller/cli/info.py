@@ -11,6 +11,7 @@ from controller.cli.options import add_db, add_json, add_port, open_store
 from controller.procedure.recovery import connect, recover
 from controller.records.store import StoreUnavailable
 from controller.records.text import printable
+from firmware_bridge.units import available_u32, date_of_day, fault_names
 
 HELP = "connect to a device and show its identity, counters and calibration"
 
@@ -43,8 +44,23 @@ def run(args: argparse.Namespace) -> int:
         for section, values in report.items():
             print(f"[{section}]")
             for key, value in values.items():
-                print(printable(f"  {key:24} {value}"))
+                print(printable(f"  {key:24} {readable(key, value)}"))
     return 0
+
+
+def readable(key: str, value: object) -> str:
+    """A wire value as a technician reads it (the JSON keeps the wire's): day numbers as dates, the
+    protocol's "not available" and "never" as words, fault flags by name, centi-degrees in degrees."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "-" if value == "NONE" else str(value)
+    if key.endswith("_day"):
+        day = date_of_day(value)
+        return day.isoformat() if day else "never"
+    if key == "fault_flags":
+        return fault_names(value) if value else "none"
+    if key.endswith("_cdeg"):
+        return f"{value / 100:+.2f} °C"
+    return "n/a" if available_u32(value) is None else str(value)
 
 
 def _plain(record: object) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from controller.records.text import printable
 from firmware_bridge.transport import list_ports
 
 HELP = "list serial ports with their USB description and serial number"
@@ -14,6 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for port in list_ports():
-        print(f"{port.device}\t{port.description}\tserial={port.serial_number or '-'}")
+    ports = list_ports()
+    if not ports:
+        print("no serial port found: plug the device in (USB), then run `givre ports` again")
+        return 1
+    width = max(len(port.device) for port in ports)
+    print(f"{'port':{width}}  {'USB serial':16}  description")
+    for port in ports:
+        print(printable(f"{port.device:{width}}  {port.serial_number or '-':16}  {port.description}"))
     return 0
