@@ -12,6 +12,7 @@ from controller.cli.options import add_db, add_json, add_port, open_store
 from controller.device import calibration
 from controller.procedure.recovery import connect_and_recover
 from controller.records.private_files import write_private
+from controller.records.text import printable
 from firmware_bridge.link import Link
 
 HELP = "technician calibration, one step: timer, valve, flow or thermocouple"
@@ -55,8 +56,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(certificate, sort_keys=True))
     else:
-        print(f"{result.step}: {'PASS' if result.passed else 'FAIL'}  {result.measurements}  (tolerance {result.tolerance})")
-        print(f"written to the device: {result.written or 'nothing'}; next due {certificate['next_due'] or '-'}")
+        print(f"{result.step}: {'PASS' if result.passed else 'FAIL'} (tolerance {result.tolerance})")
+        for label, text in calibration.described(result.measurements):
+            print(printable(f"  {label}: {text}"))
+        written = calibration.described(result.written)
+        print("written to the device: " + ("; ".join(f"{label} {text}" for label, text in written) or "nothing"))
+        print(f"next due {certificate['next_due'] or '-'}")
     return 0 if result.passed else 1
 
 

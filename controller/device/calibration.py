@@ -225,15 +225,46 @@ def certify(link: Link, store: RecordStore, technician: str, results: list[StepR
     return certificate
 
 
+UNITS = (("mg_per_s", " mg/s"), ("g_per_s", " g/s"), ("ppm", " ppm"), ("ms", " ms"), ("s", " s"), ("c", " °C"), ("kpa", " kPa"))
+NAMES = {"grams": ("mass sprayed", " g"), "g_per_s": ("flow", " g/s")}  # keys whose words are not their own
+
+def described(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Measured or written figures as a technician reads them: ("open latency", "20 ms"), lists
+    joined, never a Python dict."""
+    lines = []
+    for key, value in values.items():
+        label, unit = NAMES.get(key, (key, ""))
+        for suffix, shown in UNITS if key not in NAMES else ():
+            if key.endswith(f"_{suffix}"):
+                label, unit = key.removesuffix(f"_{suffix}"), shown
+                break
+        text = ", ".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+        lines.append((label.replace("_", " ").strip(), text if isinstance(value, str) else f"{text}{unit}"))
+    return lines
+
+
 def certificate_html(certificate: dict[str, Any]) -> str:
-    """A standalone page a technician can print or share."""
-    rows = "".join(
-        f"<tr><td>{html.escape(s['step'])}</td><td>{'PASS' if s['passed'] else 'FAIL'}</td>"
-        f"<td>{html.escape(str(s['measurements']))}</td><td>{html.escape(s['tolerance'])}</td><td>{html.escape(str(s['written']))}</td></tr>"
+    """A standalone page a technician can print or share: the device and who, then each step with
+    its result, tolerance, what was measured and what was written to the device."""
+    e = {k: html.escape(str(v)) for k, v in certificate.items() if k != "steps"}
+
+    def rows(values: dict[str, Any]) -> str:
+        return "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(text)}</td></tr>" for label, text in described(values)) \
+            or "<tr><td colspan=2>nothing</td></tr>"
+
+    steps = "".join(
+        f"<section><h2>{html.escape(s['step'])}: <span class={'pass' if s['passed'] else 'fail'}>{'PASS' if s['passed'] else 'FAIL'}"
+        f"</span></h2><p>tolerance {html.escape(s['tolerance'])}</p>"
+        f"<h3>measured</h3><table>{rows(s['measurements'])}</table>"
+        f"<h3>written to the device</h3><table>{rows(s['written'])}</table></section>"
         for s in certificate["steps"]
     )
-    e = {k: html.escape(str(v)) for k, v in certificate.items() if k != "steps"}
-    return (f"<!doctype html><meta charset='utf-8'><title>Calibration {e['device']}</title>"
-            f"<h1>Givre calibration certificate</h1><p>Device {e['device']}, firmware {e['firmware']}; technician {e['technician']}; "
-            f"date {e['date']}; result <b>{'PASS' if certificate['passed'] else 'FAIL'}</b>; next due {e['next_due']}</p>"
-            f"<table border=1><tr><th>step</th><th>result</th><th>measured</th><th>tolerance</th><th>written</th></tr>{rows}</table>")
+    style = ("body{font-family:sans-serif;max-width:42em;margin:2em auto}table{border-collapse:collapse;margin-bottom:1em}"
+             "th,td{border:1px solid #999;padding:.2em .6em;text-align:left}th{font-weight:normal;color:#444}"
+             ".pass{color:#070}.fail{color:#b00}")
+    return (f"<!doctype html><meta charset='utf-8'><title>Calibration {e['device']}</title><style>{style}</style>"
+            f"<h1>Givre calibration certificate</h1><table><tr><th>device</th><td>{e['device']}</td></tr>"
+            f"<tr><th>firmware</th><td>{e['firmware']}</td></tr><tr><th>technician</th><td>{e['technician']}</td></tr>"
+            f"<tr><th>date</th><td>{e['date']}</td></tr>"
+            f"<tr><th>result</th><td><b>{'PASS' if certificate['passed'] else 'FAIL'}</b></td></tr>"
+            f"<tr><th>next due</th><td>{e['next_due']}</td></tr></table>{steps}")

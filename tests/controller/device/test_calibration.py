@@ -99,7 +99,16 @@ def test_a_certificate_sets_the_due_date_and_is_recorded(tmp_path: Path) -> None
         assert certificate["passed"] and link.read_calibration().due_on_day > 0
         page = calibration.certificate_html(certificate)
         assert "SIM-CAL" in page and "tech-1" in page and "PASS" in page
+        assert "<th>mass sprayed</th><td>0.7 g</td>" in page and "<th>flow</th><td>70 mg/s</td>" in page
+        assert "{" not in page.split("</style>")[1]  # figures in words, never a Python dict
         assert [e.kind for e in store.events()] == ["calibration_certificate"]
+
+
+def test_figures_are_described_in_words_with_their_units() -> None:
+    assert calibration.described({"open_latency_ms": 20, "drift_ppm": -70.8, "per_freeze_error_ms": [0, 1], "grams": 0.7,
+                                  "g_per_s": 0.07, "resolution_ms": "one telemetry period (20 ms)"}) == [
+        ("open latency", "20 ms"), ("drift", "-70.8 ppm"), ("per freeze error", "0, 1 ms"), ("mass sprayed", "0.7 g"),
+        ("flow", "0.07 g/s"), ("resolution", "one telemetry period (20 ms)")]
 
 
 def test_calibrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
