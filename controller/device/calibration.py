@@ -18,7 +18,7 @@ from typing import Any
 from controller.errors import GivreError
 from controller.records.store import RecordStore
 from firmware_bridge.link import Link
-from firmware_bridge.messages import CalData, CalWrite, EventCode
+from firmware_bridge.messages import CalData, CalWrite, Cryogen, EventCode
 from firmware_bridge.session import DeviceEventReceived
 from firmware_bridge.units import celsius, day_number
 
@@ -157,7 +157,12 @@ def valve(link: Link, spray_ms: int = 300) -> StepResult:
 
 
 def flow(link: Link, mass_before_g: float, mass_after_g: float, valve_open_ms: int) -> StepResult:
-    """Grams per second from the technician's weighings around a timed spray."""
+    """Grams per second from the technician's weighings around a timed spray of an N2O cartridge (the
+    ledger turns it into the cartridge's seconds); a liquid-nitrogen device has no cartridge to weigh."""
+    identity = link.identity
+    if identity is not None and identity.cryogen is not Cryogen.N2O:
+        raise CalibrationError(f"--step flow: this device ({identity.serial}) runs on {identity.cryogen.name}, which has no cartridge; "
+                               "the flow step calibrates an N2O cartridge's flow: use it on an N2O device")
     if mass_before_g <= 0 or mass_after_g < 0:
         raise CalibrationError(f"masses must be positive grams (got before {mass_before_g}, after {mass_after_g})")
     if mass_after_g >= mass_before_g:

@@ -123,3 +123,11 @@ def test_calibrate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         code = main(["calibrate", "--port", port, "--step", "flow", "--mass-before", "22", "--mass-after", "22.5",
                      "--valve-open-ms", "10000", "--db", str(tmp_path / "c.sqlite")])
         assert code == 2 and "must be less than before" in capsys.readouterr().err
+
+
+def test_a_flow_calibration_is_refused_on_a_liquid_nitrogen_device() -> None:
+    with SimulatedDevice(kind="probe", cryogen="ln2") as device, Link.open(device.serve_pty(), watchdog_ms=2000) as link:
+        before = link.read_calibration()
+        with pytest.raises(calibration.CalibrationError, match="runs on LN2, which has no cartridge"):
+            calibration.flow(link, 23.0, 22.3, 10_000)
+        assert link.read_calibration() == before  # nothing written
