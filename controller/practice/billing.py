@@ -1,7 +1,8 @@
 """Billing proposal (CCAM): count a session's reimbursable lesions per zone and technique, find each
-group's code by its lesion-count band, and apply the association rule (at most two acts: the higher
-tariff at 100 %, association code 1; the second at 50 %, code 2). Unknown labels or tariffs stay
-marked unverified: the clinician confirms or changes the proposal, and that choice is recorded.
+group's code by its lesion-count band, and apply the association rule, which the table holds as data
+with its source (at most two acts: the higher tariff at 100 %, association code 1; the second at 50 %,
+code 2). A label is the official one or none; unknown labels, tariffs and pairs stay marked
+unverified: the clinician confirms or changes the proposal, and that choice is recorded.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ from controller.records.lesion import Zone
 from controller.records.store import RecordStore
 
 Technique = Literal["cryotherapy", "cryosurgery"]
-# Association codes and their rates (UNCAM decision 18/07/2005, art. III-3 B): 1 = 100 %, 2 = 50 %,
-# 3 = 75 % (the derogation for surgical acts on different limbs; never proposed, accepted if chosen).
-ASSOCIATION_RATES = {1: Decimal("1"), 2: Decimal("0.5"), 3: Decimal("0.75")}
-MAX_ACTS = 2
 
 
 class BillingError(GivreError):
@@ -41,9 +38,12 @@ class CcamCode(BaseModel):
     technique: Technique
     lesions_min: int = Field(ge=1)
     lesions_max: int = Field(ge=1)
-    label: str = Field(min_length=3)
-    verified: bool  # the label was read from a published source
+    label: str = ""  # the official label as published; empty when none was found
+    verified: bool  # the label was read from a published source (label_source)
+    label_source: str = ""
+    unverified: str = ""  # what is not known about this entry, in words
     tariff_eur: Decimal | None = Field(ge=0, le=10_000)  # None: unknown, never guessed
+    tariff_source: str = ""
     source: str = Field(min_length=3)
 
     @field_validator("tariff_eur", mode="before")
@@ -55,7 +55,19 @@ class CcamCode(BaseModel):
     def _band(self) -> CcamCode:
         if self.lesions_min > self.lesions_max:
             raise ValueError(f"{self.code}: lesions_min {self.lesions_min} > lesions_max {self.lesions_max}")
+        if self.verified and not self.label.strip():
+            raise ValueError(f"{self.code}: verified = true needs the published label")
         return self
+
+    @property
+    def display(self) -> str | None:
+        """The official label, or None: a coding's display never carries text that is not the label."""
+        return self.label if self.verified else None
+
+    @property
+    def text(self) -> str:
+        """For people: the official label, or what is not known about the code."""
+        return self.label if self.verified else f"label not verified ({self.unverified or self.source})"
 
     @property
     def fully_verified(self) -> bool:
@@ -84,12 +96,60 @@ class TariffRange(BaseModel):
         return f"{self.min_eur}-{self.max_eur} EUR per act ({self.source})"
 
 
+class AssociationCode(BaseModel):
+    """One association code (1 = 100 %, ...): its rate, and whether Givre may propose it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: int = Field(ge=1, le=9)
+    rate: Decimal = Field(gt=0, le=1)
+    meaning: str = Field(min_length=3)
+    proposed: bool  # False: accepted when the clinician chooses it, never proposed
+    unverified: str = ""
+    source: str = Field(min_length=3)
+
+
+class AssociationPair(BaseModel):
+    """Whether acts on these two zones may be billed together, as far as it is known."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    zones: tuple[Literal["face", "body", "any"], Literal["face", "body", "any"]]
+    allowed: Literal["yes", "no", "unverified"]
+    note: str = Field(min_length=3)
+    source: str = Field(min_length=3)
+
+
+class AssociationRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_acts: int = Field(ge=1)
+    source: str = Field(min_length=3)
+    unlisted_pairs: str = Field(min_length=3)
+    code: tuple[AssociationCode, ...] = Field(min_length=1)
+    pair: tuple[AssociationPair, ...] = ()
+
+    def rate(self, association_code: int | None) -> Decimal:
+        """A single act (None) is at code 1's rate."""
+        wanted = association_code or 1
+        return next(c.rate for c in self.code if c.code == wanted)
+
+    def pair_of(self, first: str, second: str) -> AssociationPair | None:
+        return next((p for p in self.pair if set(p.zones) == {first, second}), None)
+
+
 class CcamTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str = Field(min_length=1)
     tariff_range: dict[Technique, TariffRange] = Field(default_factory=dict)
+    association: AssociationRule | None = None  # None in a clinic table: the shipped rule applies (load_table)
     code: tuple[CcamCode, ...] = Field(min_length=1)
+
+    @property
+    def rule(self) -> AssociationRule:
+        assert self.association is not None, "load_table always sets the association rule"
+        return self.association
 
     @model_validator(mode="after")
     def _one_code_per_band(self) -> CcamTable:
@@ -113,11 +173,14 @@ class CcamTable(BaseModel):
 
 
 def load_table(path: Path | None = None) -> CcamTable:
-    """The shipped table, or the clinic's newer one (config `billing_table`)."""
+    """The shipped table, or the clinic's newer one (config `billing_table`); a clinic table without
+    its own [association] takes the shipped rule (the convention's, not a tariff)."""
+    with resources.as_file(resources.files("controller.practice").joinpath("ccam.toml")) as shipped:
+        table = read_toml(shipped, CcamTable, BillingError)
     if path is None:
-        with resources.as_file(resources.files("controller.practice").joinpath("ccam.toml")) as shipped:
-            return read_toml(shipped, CcamTable, BillingError)
-    return read_toml(path, CcamTable, BillingError)
+        return table
+    clinic = read_toml(path, CcamTable, BillingError)
+    return clinic if clinic.association is not None else clinic.model_copy(update={"association": table.association})
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,24 +269,37 @@ def propose(acts: Iterable[Act], table: CcamTable) -> Proposal:
             not_billed.append(f"{count} {technique} lesion(s), {zone}: no code in the table")
         else:
             found.append((match, count, lesion_ids))
+    rule = table.rule
     if any(c.tariff_eur is None for c, _, _ in found) and len(found) > 1:
         warnings.append("a tariff is unknown: the order of association (100 % / 50 %) must be confirmed by the clinician")
     found.sort(key=lambda item: item[0].tariff_eur if item[0].tariff_eur is not None else Decimal(-1), reverse=True)
     proposed = []
     for rank, (code, count, lesion_ids) in enumerate(found):
-        if rank >= MAX_ACTS:
-            not_billed.append(f"{code.code}: at most two acts per session (association rule)")
+        if rank >= rule.max_acts:
+            not_billed.append(f"{code.code}: at most {rule.max_acts} acts per session (association rule)")
             continue
         association = rank + 1 if len(found) > 1 else None
-        rate = ASSOCIATION_RATES[association or 1]
+        rate = rule.rate(association)
+        if rank == 1:
+            warnings.extend(_pair_warning(found[0][0], code, rule))
         if not code.verified:
-            warnings.append(f"{code.code}: label not verified ({code.source})")
+            warnings.append(f"{code.code}: {code.text}")
         if code.tariff_eur is None:
             known = table.tariff_range.get(code.technique)
             warnings.append(f"{code.code}: tariff unknown" + (f"; the sheet's range is {known.text()}" if known else ""))
-        proposed.append(ProposedAct(code.code, code.label, code.fully_verified, count, code.tariff_eur, association, rate,
+        proposed.append(ProposedAct(code.code, code.text, code.fully_verified, count, code.tariff_eur, association, rate,
                                     code.amount(rate), lesion_ids))
     return Proposal(tuple(proposed), tuple(not_billed), aesthetic, tuple(warnings), table.version)
+
+
+def _pair_warning(first: CcamCode, second: CcamCode, rule: AssociationRule) -> list[str]:
+    """What the table says of billing these two acts together, when it is not a plain yes."""
+    if first.zone == second.zone:
+        return []
+    pair = rule.pair_of(first.zone, second.zone)
+    if pair is None:
+        return [f"{first.code} with {second.code}: {rule.unlisted_pairs}"]
+    return [] if pair.allowed == "yes" else [f"{first.code} with {second.code}: {pair.allowed}: {pair.note}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,15 +310,18 @@ class ChosenAct:
 
 def parse_choice(items: Iterable[str], table: CcamTable) -> list[ChosenAct]:
     """The clinician's acts as 'CODE' or 'CODE:ASSOCIATION' (e.g. QZNP012:1 QANP007:2); none bills nothing."""
+    rule = table.rule
+    allowed = {c.code: c for c in rule.code}
     chosen: list[ChosenAct] = []
     for item in items:
         code, _, assoc = item.strip().upper().partition(":")
         table.get(code)
-        if assoc and (not assoc.isdigit() or int(assoc) not in ASSOCIATION_RATES):
-            raise BillingError(f"{item!r}: association code must be 1 (100 %), 2 (50 %) or 3 (75 %)")
+        if assoc and (not assoc.isdigit() or int(assoc) not in allowed):
+            codes = ", ".join(f"{c.code} ({float(c.rate) * 100:g} %)" for c in rule.code)
+            raise BillingError(f"{item!r}: association code must be one of {codes}")
         chosen.append(ChosenAct(code, int(assoc) if assoc else None))
-    if len(chosen) > MAX_ACTS:
-        raise BillingError(f"{len(chosen)} acts: at most {MAX_ACTS} acts per session (association rule)")
+    if len(chosen) > rule.max_acts:
+        raise BillingError(f"{len(chosen)} acts: at most {rule.max_acts} acts per session (association rule)")
     associations = [c.association_code for c in chosen]
     if len(chosen) > 1 and (None in associations or len(set(associations)) < len(associations)):
         raise BillingError("two acts need different association codes, e.g. QZNP012:1 QANP007:2")
@@ -259,9 +338,9 @@ def confirm(  # noqa: PLR0913 - each is a fact of the record; bundling them woul
     acts = []
     for c in chosen:
         entry = table.get(c.code)
-        rate = ASSOCIATION_RATES[c.association_code or 1]
+        rate = table.rule.rate(c.association_code)
         amount = entry.amount(rate)
-        acts.append({"code": c.code, "association_code": c.association_code, "rate": str(rate), "label": entry.label,
+        acts.append({"code": c.code, "association_code": c.association_code, "rate": str(rate), "label": entry.text,
                      "verified": entry.fully_verified, "tariff_eur": _plain(entry.tariff_eur), "amount_eur": _plain(amount)})
     changed = [(a["code"], a["association_code"]) for a in acts] != [(a.code, a.association_code) for a in proposal.acts]
     payload = {"proposed": proposal.as_record(), "chosen": acts, "changed": changed, "by": by,

@@ -32,6 +32,8 @@ from controller.records.lesion import FACE_REGIONS, Region
 UCUM = "http://unitsofmeasure.org"
 SECURITY = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+# Givre's own extension, on a CCAM coding whose official label is not verified (the coding then has no display).
+LABEL_UNVERIFIED = "urn:givre:fhir:extension:ccam-label-unverified"
 PhotoReader = Callable[[str], bytes | None]  # a stored photo's file name -> its image bytes, None if gone or erased
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:givre:fhir-export")
 PHOTO_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".heic": "image/heic", ".webp": "image/webp",
@@ -142,6 +144,17 @@ class BundleBuilder:
         return {lesion.lesion_id: code.code for lesion in session.lesions if lesion.completed and lesion.reimbursable
                 for code in chosen if code.fits(lesion.zone, lesion.technique)}
 
+    def _ccam_coding(self, code: str) -> dict[str, Any]:
+        """The CCAM act: `display` only with the official label; an unverified label is said in an
+        extension of its own, never as display text."""
+        entry = self.table.get(code)
+        coding: dict[str, Any] = {"system": self.terms.ccam_system, "code": code}
+        if entry.display is not None:
+            coding["display"] = entry.display
+        else:
+            coding["extension"] = [{"url": LABEL_UNVERIFIED, "valueString": entry.text}]
+        return coding
+
     def _body_site(self, lesion: LesionView) -> dict[str, Any]:
         region = lesion.site.get("region", "")
         key = region if region in self.terms.body_site else (
@@ -153,7 +166,7 @@ class BundleBuilder:
         procedure_code = self.terms.procedure[lesion.technique]
         coding = [{"system": self.terms.snomed_system, "code": procedure_code.code, "display": procedure_code.display}]
         if ccam is not None:
-            coding.append({"system": self.terms.ccam_system, "code": ccam, "display": self.table.get(ccam).label})
+            coding.append(self._ccam_coding(ccam))
         reason_code = self.terms.reason.get(lesion.profile_id)
         reason: dict[str, Any] = {"text": lesion.profile_name_en or lesion.profile_name_fr}
         if reason_code is not None:
