@@ -62,6 +62,7 @@ class Clinic:
     calibration_status: str = "unknown"
     selftest_on_connect: bool = True  # the UI runs run_selftest after each connect (the bench and some tests turn it off)
     selftest_lines: list[str] = field(default_factory=list)
+    last_operator: str = ""  # the UI fills it in for the next session: one GP treats patient after patient
     billing_table: CcamTable = field(default_factory=load_table)
     simulator_factory: SimulatorFactory | None = None  # offers the embedded simulator on the connect screen
     notices: list[str] = field(default_factory=list)  # warnings the UI shows once it opens (a store folder others can write)

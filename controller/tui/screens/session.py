@@ -15,15 +15,16 @@ from controller.records.lesion import SessionInfo
 from controller.records.pseudonym import PseudonymRefused, Role, check_pseudonym
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.lesion import LesionScreen
-from controller.tui.text import device_line
 from controller.tui.widgets.title_bar import TitleBar
 
 SELFTEST_REFRESH_S = 0.2
 
 
 class SessionScreen(GivreScreen):
-    """Operator and patient (pseudonymous ids), the device line, what recovery settled, the self-test's lines."""
+    """Operator and patient (pseudonymous ids), what recovery settled, the self-test's lines. The device
+    is named once, in the title bar; the operator of the last session is filled in (one GP, many patients)."""
 
+    AUTO_FOCUS = None  # on_mount picks the field: the operator, or the patient when the operator is filled in
     BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "start", "Start session", show=True, priority=True),
                                              Binding("ctrl+t", "selftest", "Self-test", show=True, priority=True)]
 
@@ -31,11 +32,10 @@ class SessionScreen(GivreScreen):
         clinic = self.app.clinic
         yield TitleBar()
         with VerticalScroll():
-            yield Static(device_line(clinic), id="device", markup=False)
             for line in clinic.recovered:
                 yield Static(f"! {line}", classes="warning", markup=False)
             yield Label("Operator (pseudonymous id)")
-            yield Input(placeholder="e.g. dr-07", id="operator")
+            yield Input(clinic.last_operator, placeholder="e.g. dr-07", id="operator")
             yield Label("Patient (pseudonymous id: never a name)")
             yield Input(placeholder="e.g. P-0042", id="patient")
             yield Static("", id="error", classes="error", markup=False)
@@ -44,7 +44,7 @@ class SessionScreen(GivreScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#operator", Input).focus()
+        self.query_one("#patient" if self.app.clinic.last_operator else "#operator", Input).focus()
         self.set_interval(SELFTEST_REFRESH_S, self._show_selftest)
 
     def _show_selftest(self) -> None:
@@ -76,6 +76,7 @@ class SessionScreen(GivreScreen):
         for warning in warnings:
             if warning is not None:
                 self.app.notify(warning, severity="warning", timeout=15, markup=False)
+        clinic.last_operator = info.operator
         clinic.treatment = Treatment(clinic.store, clinic.config, clinic.clock, info, clinic.link)
         clinic.treatment.start()
         self.app.push_screen(LesionScreen())

@@ -285,3 +285,20 @@ def test_the_calibration_screen_runs_a_step_and_shows_its_result(make_harness: C
             assert h.rig.link.read_calibration().flow_mg_per_s == 70
     asyncio.run(scenario())
     assert [e.kind for e in h.rig.store.events()].count("calibration_certificate") == 1
+
+
+def test_the_next_session_keeps_the_operator_and_names_the_device_once(harness: Harness) -> None:
+    async def scenario() -> None:
+        app = harness.app
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
+            device_mentions = [w for w in app.screen.query(Static) if "SIM" in str(w.render())]
+            assert len(device_mentions) == 1  # the title bar alone
+            await pilot.press(*"dr-a", "tab", *"P-0042", "enter")
+            await until(pilot, lambda: isinstance(app.screen, LesionScreen), what="lesion screen")
+            harness.clinic.treatment = None
+            await app.push_screen(SessionScreen())
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen) and app.screen.focused is not None, what="a new session")
+            assert app.screen.query_one("#operator", Input).value == "dr-a"
+            await until(pilot, lambda: app.screen.focused is app.screen.query_one("#patient", Input), what="the patient field focused")
+    asyncio.run(scenario())
