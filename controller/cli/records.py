@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--since", type=local_day, metavar="DATE", help="sessions started on or after this local day (YYYY-MM-DD)")
     export.add_argument("--out", type=Path, metavar="FILE", help="write here (0600, atomically) instead of standard output")
     export.add_argument("--bom", action="store_true", help="CSV: start with a UTF-8 byte-order mark (older spreadsheets)")
-    export.add_argument("--validate", action="store_true", help="FHIR: check each Bundle with fhir.resources (pip install 'givre[fhir]')")
+    export.add_argument("--validate", action="store_true",
+                        help="FHIR: check each Bundle against the official R4 JSON schema (pip install 'givre[fhir]')")
     add_config(export, ": its billing table names the CCAM acts")
     rebuild = actions.add_parser("rebuild", help="rebuild the record's indexes (projections) from its event log; says if they differed")
     bill = actions.add_parser("bill", help="a session's proposed CCAM acts; --accept or --code records the clinician's choice")

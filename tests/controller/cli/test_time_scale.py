@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir.resources.R4B.bundle import Bundle
 
 from controller.cli.main import main
+from controller.practice.fhir import validate_bundle
 from controller.records.store import RecordStore
 from firmware_bridge.clock import Clock
 from sim.device import SimulatedDevice
@@ -101,7 +101,7 @@ def test_a_scaled_embedded_run_says_its_time_scale_in_the_record_and_every_expor
     assert session["time_scale"] == 20
 
     bundle = json.loads(_cli(capsys, "records", "export", "--db", db, "--format", "fhir", "--session", sid, "--validate"))
-    Bundle.model_validate(bundle)
+    validate_bundle(bundle)
     resources = [e["resource"] for e in bundle["entry"]]
     timed = [r for r in resources if r["resourceType"] in ("Procedure", "Observation")]
     assert timed and all(any(n["text"].startswith("time_scale 20: recorded on virtual time") for n in r["note"]) for r in timed)
