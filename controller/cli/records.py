@@ -14,7 +14,7 @@ from controller.cli.options import UsageError, add_config, add_db, add_json, loc
 from controller.config import ConfigError, load_config
 from controller.errors import RecordError
 from controller.practice.billing import BillingError, acts_of, confirm, load_table, parse_choice, propose
-from controller.practice.export import FORMATS, ExportRefused, checked_sessions, to_csv, to_fhir, to_json
+from controller.practice.export import FORMATS, ExportRefused, FhirOptions, checked_sessions, to_csv, to_fhir, to_json
 from controller.practice.fhir import FhirError
 from controller.records.history import load_sessions, revealed
 from controller.records.private_files import write_private
@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--bom", action="store_true", help="CSV: start with a UTF-8 byte-order mark (older spreadsheets)")
     export.add_argument("--validate", action="store_true",
                         help="FHIR: check each Bundle against the official R4 JSON schema (pip install 'givre[fhir]')")
+    export.add_argument("--embed-photos", action="store_true",
+                        help="FHIR: each Media carries the image itself (base64), not only its reference")
+    export.add_argument("--fr-document", action="store_true",
+                        help="FHIR: each session as an FR Document Core-shaped document Bundle (Composition first, meta.profile)")
     add_config(export, ": its billing table names the CCAM acts")
     rebuild = actions.add_parser("rebuild", help="rebuild the record's indexes (projections) from its event log; says if they differed")
     bill = actions.add_parser("bill", help="a session's proposed CCAM acts; --accept or --code records the clinician's choice")
@@ -125,7 +129,9 @@ def _export(args: argparse.Namespace) -> int:
             text = to_json(sessions, store)
         else:
             table = load_table(load_config(args.config).billing_table)
-            text = to_fhir(sessions, table, store.read_photo, validate=args.validate, single=args.session is not None)
+            options = FhirOptions(validate=args.validate, single=args.session is not None, embed_photos=args.embed_photos,
+                                  fr_document=args.fr_document)
+            text = to_fhir(sessions, table, store.read_photo, options)
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from controller.errors import RecordError
 from controller.practice.billing import CcamTable
-from controller.practice.fhir import BundleBuilder, PhotoReader, validate_bundle
+from controller.practice.fhir import BundleBuilder, PhotoReader, fr_document, validate_bundle
 from controller.records.history import ChainBroken, SessionView, verified_sessions
 from controller.records.store import RecordStore
 
 CSV_COLUMNS = (
-    "session_id", "session_started", "patient", "operator", "device_serial", "time_scale", "lesion_id", "site", "zone", "profile",
+    "session_id", "session_started", "patient", "operator", "device_serial", "time_scale", "lesion_id", "site", "description",
+    "photo_file", "photo_sha256", "zone", "profile",
     "technique", "reimbursable", "lesion_status", "cycle", "freeze_ms_requested", "freeze_ms_effective", "freeze_ms_device",
     "measured_by", "certainty", "end_reason", "limited_by", "thaw_ms", "halo_to_off_ms", "min_tissue_c", "cartridge_id",
     "cartridge_seconds", "result_at",
@@ -62,7 +64,8 @@ def csv_rows(sessions: list[SessionView]) -> list[dict[str, Any]]:
                 rows.append({
                     "session_id": s.session_id, "session_started": s.started, "patient": s.patient, "operator": s.operator,
                     "device_serial": (s.device or {}).get("serial", ""), "time_scale": f"{s.time_scale:g}",
-                    "lesion_id": lesion.lesion_id, "site": lesion.site_text,
+                    "lesion_id": lesion.lesion_id, "site": lesion.site_text, "description": lesion.description,
+                    "photo_file": (lesion.photo or {}).get("file"), "photo_sha256": (lesion.photo or {}).get("sha256"),
                     "zone": lesion.zone, "profile": lesion.profile_id, "technique": lesion.technique,
                     "reimbursable": "yes" if lesion.reimbursable else "no", "lesion_status": lesion.status, "cycle": c.cycle,
                     "freeze_ms_requested": c.freeze_ms_requested, "freeze_ms_effective": c.freeze_ms_effective,
@@ -95,15 +98,26 @@ def csv_cell(value: object) -> object:
     return value
 
 
-def to_fhir(sessions: list[SessionView], table: CcamTable, photos: PhotoReader | None, validate: bool = False,
-            single: bool = False) -> str:
-    """single (--session): the Bundle as one JSON document. Otherwise one Bundle per line (NDJSON, as
-    FHIR bulk data), however many sessions there are, so scripts read one shape."""
-    builder = BundleBuilder(table, photos)
+@dataclass(frozen=True, slots=True)
+class FhirOptions:
+    """How the FHIR export is shaped (the CLI's options)."""
+
+    validate: bool = False  # each Bundle against the official R4 JSON schema
+    single: bool = False  # one Bundle as a JSON document (--session) instead of NDJSON
+    embed_photos: bool = False  # each Media carries its image (base64), read decrypted from the store
+    fr_document: bool = False  # an FR Document Core-shaped document Bundle (fhir.fr_document)
+
+
+def to_fhir(sessions: list[SessionView], table: CcamTable, photos: PhotoReader | None, options: FhirOptions = FhirOptions()) -> str:
+    """single: the Bundle as one JSON document. Otherwise one Bundle per line (NDJSON, as FHIR bulk
+    data), however many sessions there are, so scripts read one shape."""
+    builder = BundleBuilder(table, photos, embed_photos=options.embed_photos)
     bundles = [builder.bundle(s) for s in sessions]
-    if validate:
+    if options.fr_document:
+        bundles = [fr_document(b, s, builder.terms) for b, s in zip(bundles, sessions, strict=True)]
+    if options.validate:
         for bundle in bundles:
             validate_bundle(bundle)
-    if single:
+    if options.single:
         return json.dumps(bundles[0], ensure_ascii=False, indent=1) + "\n"
     return "".join(json.dumps(b, ensure_ascii=False, separators=(",", ":")) + "\n" for b in bundles)

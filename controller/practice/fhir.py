@@ -13,8 +13,10 @@ Procedure and each Observation; a real-time session's Bundle carries no such not
 from __future__ import annotations
 
 import base64
+import copy
 import gzip
 import hashlib
+import html
 import json
 import uuid
 from collections.abc import Callable
@@ -30,11 +32,13 @@ from controller.config import read_toml
 from controller.errors import GivreError
 from controller.practice.billing import CcamTable, acts_of, propose
 from controller.records.history import CycleView, LesionView, SessionView
-from controller.records.lesion import FACE_REGIONS, Region
+from controller.records.lesion import FACE_REGIONS
 
 UCUM = "http://unitsofmeasure.org"
 SECURITY = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+DATA_ABSENT_EXTENSION = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+XHTML = "http://www.w3.org/1999/xhtml"
 # Givre's own extension, on a CCAM coding whose official label is not verified (the coding then has no display).
 LABEL_UNVERIFIED = "urn:givre:fhir:extension:ccam-label-unverified"
 PhotoReader = Callable[[str], bytes | None]  # a stored photo's file name -> its image bytes, None if gone or erased
@@ -58,16 +62,35 @@ class Code(BaseModel):
     text: str | None = None
 
 
+class FrDocument(BaseModel):
+    """The URLs and codes the French document shape uses, each read where `source` says; `unverified`
+    lists what is not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle_profile: str
+    composition_profile: str
+    patient_profile: str
+    identity_reliability: str
+    identity_status_system: str
+    identity_status_code: str
+    identity_status_display: str
+    source: str = Field(min_length=3)
+    unverified: list[str]
+
+
 class Terminology(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     snomed_system: str
     ccam_system: str
     ccam_source: str
+    cid_4029: str
     uncertain: list[str]
     procedure: dict[str, Code]
     reason: dict[str, Code]
     body_site: dict[str, Code]
+    fr_document: FrDocument
 
 
 def load_terminology() -> Terminology:
@@ -86,10 +109,12 @@ def _seconds(ms: int) -> float:
 class BundleBuilder:
     """Builds one session's Bundle; the photos are read (RecordStore.read_photo: decrypted) to hash the files referenced."""
 
-    def __init__(self, table: CcamTable, photos: PhotoReader | None = None, terminology: Terminology | None = None) -> None:
+    def __init__(self, table: CcamTable, photos: PhotoReader | None = None, terminology: Terminology | None = None, *,
+                 embed_photos: bool = False) -> None:
         self.table = table
         self.photos = photos
         self.terms = terminology or load_terminology()
+        self.embed_photos = embed_photos  # the image itself in Media.content.data (base64), not only its reference
 
     def bundle(self, session: SessionView) -> dict[str, Any]:
         sid = session.session_id
@@ -160,8 +185,7 @@ class BundleBuilder:
 
     def _body_site(self, lesion: LesionView) -> dict[str, Any]:
         region = lesion.site.get("region", "")
-        key = region if region in self.terms.body_site else (
-            "face" if region in {r.value for r in FACE_REGIONS} and region != Region.EAR.value else "default")
+        key = region if region in self.terms.body_site else ("face" if region in {r.value for r in FACE_REGIONS} else "default")
         code = self.terms.body_site[key]
         return {"coding": [{"system": self.terms.snomed_system, "code": code.code, "display": code.display}], "text": lesion.site_text}
 
@@ -207,6 +231,10 @@ class BundleBuilder:
             ("freeze", f"Freeze time, cycle {cycle.cycle} (valve open, {who})",
              None if cycle.freeze_ms_device is None else _seconds(cycle.freeze_ms_device), "s"),
         ]
+        target_c = lesion.tissue_targets.get(cycle.cycle)
+        if target_c is not None and cycle.halo_to_off_ms is not None:  # the clinically meaningful figure beside the spray time
+            figures.append(("hold", f"Hold at the tissue target ({target_c:g} Cel), cycle {cycle.cycle} (from the tissue reaching "
+                                    f"the target to spray off, {who})", _seconds(cycle.halo_to_off_ms), "s"))
         if cycle.thaw_ms is not None:
             figures.append(("thaw", f"Thaw time after cycle {cycle.cycle}", _seconds(cycle.thaw_ms), "s"))
         if cycle.min_tissue_c is not None:
@@ -241,6 +269,8 @@ class BundleBuilder:
                 raise FhirError(f"photo {name}: no longer matches the SHA-256 recorded at capture; restore it from a backup")
             content["size"] = len(data)
             content["hash"] = base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")  # FHIR asks for SHA-1 here
+            if self.embed_photos:
+                content["data"] = base64.b64encode(data).decode("ascii")
         return {"resourceType": "Media", "status": "completed", "subject": self.patient, "partOf": [procedure],
                 "bodySite": body_site, "createdDateTime": lesion.recorded_at, "content": content,
                 "note": [{"text": f"SHA-256 at capture: {lesion.photo['sha256']}"}]}
@@ -312,3 +342,39 @@ def r4_schema() -> dict[str, Any]:
     with resources.files("controller.practice").joinpath("fhir-r4.schema.json.gz").open("rb") as packed:
         schema: dict[str, Any] = json.loads(gzip.decompress(packed.read()))
     return schema
+
+
+def fr_document(bundle: dict[str, Any], session: SessionView, terms: Terminology) -> dict[str, Any]:
+    """The session's collection Bundle reshaped as an FR Document Core document: type document, a
+    Composition first (one section per lesion), meta.profile on the Bundle, Composition and Patient,
+    the patient's identity status "not yet qualified" (a pseudonymous id is never an INS), and an RPPS
+    slot on the practitioner whose value is absent (data-absent-reason), never invented."""
+    fr = terms.fr_document
+    entries = copy.deepcopy(bundle["entry"])
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_type.setdefault(entry["resource"]["resourceType"], []).append(entry)
+    (patient,) = by_type["Patient"]
+    (practitioner,) = by_type["Practitioner"]
+    patient["resource"]["meta"]["profile"] = [fr.patient_profile]
+    patient["resource"]["extension"] = [{"url": fr.identity_reliability, "extension": [{"url": "identityStatus", "valueCoding": {
+        "system": fr.identity_status_system, "code": fr.identity_status_code, "display": fr.identity_status_display}}]}]
+    practitioner["resource"]["identifier"].append({
+        "type": {"text": "RPPS (identifiant national du professionnel de santé): not known to Givre"},
+        "_value": {"extension": [{"url": DATA_ABSENT_EXTENSION, "valueCode": "unknown"}]}})
+    sid = session.session_id
+    sections = []
+    for lesion in session.lesions:
+        procedure = _ref(sid, f"{lesion.lesion_id}/procedure")
+        parts = [e["fullUrl"] for e in entries if {"reference": procedure} in e["resource"].get("partOf", [])]
+        text = html.escape(f"{lesion.profile_name_fr}, {lesion.site_text}: {lesion.description}. {cycles_note(lesion)}")
+        narrative = {"status": "generated", "div": f'<div xmlns="{XHTML}">{text}</div>'}
+        sections.append({"title": f"lesion {lesion.lesion_id}", "text": narrative,
+                         "entry": [{"reference": url} for url in (procedure, *parts)]})
+    composition = {"resourceType": "Composition", "meta": {"profile": [fr.composition_profile]}, "status": "final",
+                   "type": {"text": "Compte rendu de cryothérapie (Givre)"}, "subject": {"reference": patient["fullUrl"]},
+                   "date": bundle["timestamp"], "author": [{"reference": practitioner["fullUrl"]}],
+                   "title": f"Cryothérapie: séance {sid}", "section": sections}
+    first = {"fullUrl": _ref(sid, "composition"), "resource": composition}
+    return {"resourceType": "Bundle", "meta": {"profile": [fr.bundle_profile]}, "identifier": bundle["identifier"], "type": "document",
+            "timestamp": bundle["timestamp"], "entry": [first, *entries]}

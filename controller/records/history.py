@@ -72,6 +72,7 @@ class LesionView:
     cycles: list[CycleView] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    tissue_targets: dict[int, float] = field(default_factory=dict)  # cycle -> the target (C) the tissue reached: its hold started
     # The host's monotonic clock (ms) at the same events: durations that a wall clock stepped back cannot reverse.
     recorded_mono_ms: float = 0.0
     first_freeze_mono_ms: float | None = None
@@ -160,7 +161,8 @@ def build_sessions(events: Iterable[StoredEvent]) -> dict[str, SessionView]:
 SessionEvent = schema.FreezeUnresolved | schema.AlarmRaised | schema.BillingConfirmed | schema.SessionEnded
 # The kinds history reads; every other kind only moves a session's last_seq.
 FOLDED = frozenset({"session_started", "lesion_recorded", "freeze_unresolved", "alarm_raised", "billing_confirmed", "session_ended",
-                    "freeze_requested", "freeze_result", "thaw_done", "lesion_ended", "start_refused", "freeze_refused", "fire_refused"})
+                    "freeze_requested", "freeze_result", "thaw_done", "lesion_ended", "start_refused", "freeze_refused", "fire_refused",
+                    "tissue_target_reached"})
 
 
 def _apply(session: SessionView, typed: schema.EventModel, event: StoredEvent) -> None:
@@ -212,6 +214,8 @@ def _apply_to_lesion(lesion: LesionView, typed: schema.LesionEvent, event: Store
         lesion.status, lesion.ended_at, lesion.ended_mono_ms = typed.status.lower(), event.ts_utc, event.mono_ms
     elif isinstance(typed, schema.StartRefused):
         lesion.refused.extend(typed.reasons)
+    elif isinstance(typed, schema.TissueTargetReached):
+        lesion.tissue_targets[typed.cycle] = typed.target_c
     elif isinstance(typed, schema.FreezeRefused | schema.FireRefused):
         lesion.refused.append(typed.reason)
 

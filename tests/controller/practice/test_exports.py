@@ -6,7 +6,9 @@ with device-timed freezes on a pty; every test reads that record through the com
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -167,7 +169,7 @@ def test_the_fhir_export_validates_and_carries_the_codes_with_their_systems(
     systems = [{c["system"]: c["code"] for c in p["code"]["coding"]} for p in procedures]
     assert all(s["http://snomed.info/sct"] == "26782000" for s in systems)
     assert [s.get("https://smt.esante.gouv.fr/terminologie-ccam") for s in systems] == ["QANP007", "QANP007", "QZNP004", None]
-    assert procedures[0]["bodySite"][0]["coding"][0]["code"] == "73897004"  # cheek: skin structure of face
+    assert procedures[0]["bodySite"][0]["coding"][0]["code"] == "36141000"  # cheek: skin of cheek (DICOM CID 4029)
     assert procedures[0]["reasonCode"][0]["coding"][0]["code"] == "201101007"  # actinic keratosis
     assert "coding" not in procedures[2]["reasonCode"][0]  # plantar wart: no sourced code, text only
     assert any("aesthetic act" in n["text"] for n in procedures[3]["note"])
@@ -184,6 +186,54 @@ def test_the_fhir_export_validates_and_carries_the_codes_with_their_systems(
     # The same record exports to the same Bundle (deterministic ids).
     assert _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id)[1] == \
         out_file.read_text(encoding="utf-8")
+
+
+def test_embed_photos_carries_the_image_whose_hashes_match_and_the_fr_document_validates(
+        recorded: Recorded, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id,
+                          "--validate", "--embed-photos")
+    assert code == 0, err
+    media = next(e["resource"] for e in json.loads(out)["entry"] if e["resource"]["resourceType"] == "Media")
+    image = base64.b64decode(media["content"]["data"])
+    with RecordStore(recorded.db, writer=False) as store:
+        assert image == store.read_photo(media["content"]["url"])  # decrypted from the store, not the file's ciphertext
+    assert base64.b64encode(hashlib.sha1(image).digest()).decode() == media["content"]["hash"]
+    assert media["note"][0]["text"] == f"SHA-256 at capture: {hashlib.sha256(image).hexdigest()}"
+    plain = json.loads(_run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id)[1])
+    assert "data" not in next(e["resource"] for e in plain["entry"] if e["resource"]["resourceType"] == "Media")["content"]  # on request
+    code, out, err = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "fhir", "--session", recorded.session_id,
+                          "--validate", "--fr-document")
+    assert code == 0, err
+    document = json.loads(out)
+    validate_bundle(document)
+    assert document["type"] == "document" and document["entry"][0]["resource"]["resourceType"] == "Composition"
+    assert document["meta"]["profile"] == ["https://interop.esante.gouv.fr/ig/fhir/document-core/StructureDefinition/fr-bundle-document"]
+    composition = document["entry"][0]["resource"]
+    assert composition["meta"]["profile"] == [
+        "https://interop.esante.gouv.fr/ig/fhir/document-core/StructureDefinition/fr-composition-document"]
+    assert len(composition["section"]) == len(LESIONS)
+    referenced = {r["reference"] for section in composition["section"] for r in section["entry"]} | {
+        composition["subject"]["reference"], composition["author"][0]["reference"]}
+    assert {e["fullUrl"] for e in document["entry"][1:] if e["resource"]["resourceType"] != "Device"} <= referenced
+    patient = next(e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Patient")
+    (status,) = patient["extension"][0]["extension"]
+    assert status["valueCoding"]["code"] == "VIDE"  # 'Identité non encore qualifiée': a pseudonymous id is not an INS
+    assert [i["value"] for i in patient["identifier"]] == ["P-0042"] and patient["meta"]["security"][0]["code"] == "PSEUDED"
+    practitioner = next(e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Practitioner")
+    rpps = practitioner["identifier"][1]
+    assert "value" not in rpps and rpps["_value"]["extension"][0]["valueCode"] == "unknown"  # the slot, never an invented number
+
+
+def test_csv_has_the_description_and_the_photo_reference_of_each_lesion(recorded: Recorded, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, "records", "export", "--db", str(recorded.db), "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {"description", "photo_file", "photo_sha256"} <= set(rows[0])
+    assert {r["lesion_id"]: r["description"] for r in rows} == {"L1": "lesion 1", "L2": "lesion 2", "L3": "lesion 3", "L4": "lesion 4"}
+    first = next(r for r in rows if r["lesion_id"] == "L1")
+    with RecordStore(recorded.db, writer=False) as store:
+        image = store.read_photo(first["photo_file"])
+    assert image is not None and hashlib.sha256(image).hexdigest() == first["photo_sha256"]
+    assert all(r["photo_file"] == r["photo_sha256"] == "" for r in rows if r["lesion_id"] != "L1")
 
 
 def test_csv_has_one_row_per_cycle_and_round_trips_the_device_measured_durations(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from controller.config import Config
 from controller.practice.billing import load_table
-from controller.practice.export import checked_sessions, csv_rows, to_csv, to_fhir
+from controller.practice.export import FhirOptions, checked_sessions, csv_rows, to_csv, to_fhir
 from controller.practice.report import build_report, report_text
 from controller.procedure.treatment import Treatment
 from controller.records.history import load_sessions, local_time
@@ -40,7 +40,7 @@ def test_a_record_without_the_field_reads_as_real_time_everywhere(tmp_path: Path
         assert view.time_scale == 1 and not view.scaled and view.as_dict()["time_scale"] == 1
         (row,) = csv.DictReader(io.StringIO(to_csv([view])))
         assert row["time_scale"] == "1" and [r["time_scale"] for r in csv_rows([view])] == ["1"]
-        fhir = to_fhir([view], load_table(None), store.read_photo, single=True)
+        fhir = to_fhir([view], load_table(None), store.read_photo, FhirOptions(single=True))
         assert "time_scale" not in fhir and "virtual time" not in fhir
         day = local_time(view.started).date()
         report = build_report(store, day, load_table(None))
