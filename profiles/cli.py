@@ -16,6 +16,7 @@ from profiles.library import (
     load_builtins,
     load_library,
 )
+from profiles.schema import TimingStart
 
 HELP = "lesion profiles: list, show, check"
 
@@ -65,6 +66,8 @@ def summary(loaded: LoadedProfile, full: bool = False) -> dict[str, object]:
         "freeze_s": {"min": p.freeze_s.min, "default": p.freeze_s.default, "max": p.freeze_s.max},
         "cycles": p.cycles,
         "timing_start": p.timing_start.value,
+        "timing_start_source": p.timing_start_source,
+        "caution": list(p.caution),
         "origin": loaded.origin,
         "overrides_builtin": loaded.overrides_builtin,
     }
@@ -88,6 +91,16 @@ def _list(library: Library, as_json: bool) -> int:
     return 0
 
 
+# What each convention makes of the two durations a cycle records: the spray (gas) and the clinical dose.
+TIMING_WORDS = {
+    TimingStart.SPRAY_START: "spray start: the seconds are the spray itself (gas time = clinical dose)",
+    TimingStart.HALO: "halo (T0, marked by the clinician): clinical dose = T0 -> spray off; the spray (gas) also "
+                      "covers spray on -> T0, under the whole-spray cap",
+    TimingStart.TISSUE_TARGET: "tissue target (T0, the thermocouple reading it): clinical dose = the hold, T0 -> spray off; "
+                               "the spray (gas) also covers the cooling to the target, under the whole-spray cap",
+}
+
+
 def describe(loaded: LoadedProfile, library: Library) -> str:
     p = loaded.profile
     lines = [
@@ -99,6 +112,8 @@ def describe(loaded: LoadedProfile, library: Library) -> str:
         f"  freeze        {p.freeze_s.min:g} / {p.freeze_s.default:g} / {p.freeze_s.max:g} s (min / default / max), "
         f"counted from {p.timing_start.value.replace('_', ' ')}",
         f"                source: {library.cite(p.freeze_s.source)}",
+        f"  timing start  {TIMING_WORDS[p.timing_start]}",
+        f"                source: {library.cite(p.timing_start_source) if p.timing_start_source else 'none given'}",
         f"  cycles        {p.cycles}; source: {library.cite(p.cycles_source)}",
     ]
     if p.thaw is not None:
@@ -114,6 +129,7 @@ def describe(loaded: LoadedProfile, library: Library) -> str:
             f"  margin        {p.halo.margin_mm_min:g}-{p.halo.margin_mm_max:g} mm of ice beyond the lesion",
             f"                source: {library.cite(p.halo.source)}",
         ]
+    lines += [f"  CAUTION       {item}" for item in p.caution]
     lines.append(f"  notes         {p.notes}")
     lines += [f"  uncertain     {item}" for item in p.uncertain]
     return "\n".join(lines)

@@ -167,6 +167,8 @@ def parse_profile(text: str, file: str, issues: list[ProfileIssue], references: 
 def _check_sources(profile: Profile, file: str, references: dict[str, Reference]) -> list[ProfileIssue]:
     """A source written as a key must name a known reference; a citation in full must have words."""
     cited = {"cycles_source": profile.cycles_source, "freeze_s.source": profile.freeze_s.source}
+    if profile.timing_start_source is not None:
+        cited["timing_start_source"] = profile.timing_start_source
     for table in ("thaw", "halo", "target"):
         part = getattr(profile, table)
         if part is not None:

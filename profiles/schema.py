@@ -97,6 +97,7 @@ class Profile(Strict):
     cryogen: Literal["any", "n2o", "ln2"] = "any"
     requires_tissue_thermocouple: bool = False
     timing_start: TimingStart = TimingStart.SPRAY_START
+    timing_start_source: SourceRef | None = None  # why the seconds count from there (a clinic may override by id)
     freeze_s: FreezeSeconds
     cycles: int = Field(ge=1, le=MAX_CYCLES)
     cycles_source: SourceRef
@@ -105,6 +106,7 @@ class Profile(Strict):
     target: Target | None = None
     notes: Text
     uncertain: tuple[Text, ...] = ()  # what the literature does not settle, said in the data
+    caution: tuple[Text, ...] = ()  # what the clinician must weigh before choosing it: shown wherever the profile is picked
 
     @field_validator("device_kinds")
     @classmethod
@@ -150,8 +152,9 @@ class Profile(Strict):
 class Reference(Strict):
     key: Slug
     citation: Text
-    kind: Literal["practice-sheet", "primary", "secondary", "manufacturer"]
+    kind: Literal["practice-sheet", "primary", "secondary", "manufacturer", "givre"]  # givre: our own rule, no source
     note: Text | None = None
+    excerpts: tuple[Text, ...] = ()  # verbatim from the source as held (tests/profiles/test_sources.py quotes them)
 
 
 class References(Strict):

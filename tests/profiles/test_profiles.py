@@ -16,36 +16,24 @@ from pydantic import ValidationError
 from controller.cli.main import main
 from profiles.library import InvalidProfiles, ProfileIssue, add_files, load_builtins, load_library
 from profiles.schema import HARD_MAX_FREEZE_S, MAX_CYCLES, Profile
+from tests.profiles.test_sources import SHEET_TIMES
 from tests.support.paths import REPO_ROOT
 
 BUILTIN_DIR = REPO_ROOT / "profiles" / "builtin"
 
-# The practice sheet, "Réalisation de l'acte", quoted line by line: (quote, profile id, min s, max s, cycles).
-PRACTICE_SHEET = [
-    ("Verrue plantaire : 2 cycle gel-dégel de 20 à 30 s", "plantar-wart", 20, 30, 2),
-    ("Verrue vulgaire : 10 s", "common-wart", 10, 10, 1),
-    ("Condylomes : 10 s", "condyloma", 10, 10, 1),
-    ("Kératose actinique : 5 à 10 s", "actinic-keratosis", 5, 10, 1),
-    ("Kératose séborrhéique mince : 10 s", "seborrheic-keratosis-thin", 10, 10, 1),
-    ("Kératose séborrhéique épaisse : 20 à 30 s", "seborrheic-keratosis-thick", 20, 30, 1),
-    ("Molluscum pendulum : 5 à 10 s", "skin-tag", 5, 10, 1),
-    ("Lentigo solaire : 5 s", "solar-lentigo", 5, 5, 1),
-    ("Molluscum contagiosum : 5 à 10 s", "molluscum-contagiosum", 5, 10, 1),
-]
-
-
-@pytest.mark.parametrize(("quote", "profile_id", "low", "high", "cycles"), PRACTICE_SHEET, ids=[row[1] for row in PRACTICE_SHEET])
-def test_builtin_profile_matches_the_practice_sheet(quote: str, profile_id: str, low: int, high: int, cycles: int) -> None:
+@pytest.mark.parametrize("row", SHEET_TIMES, ids=[row[0] for row in SHEET_TIMES])
+def test_builtin_profile_matches_the_practice_sheet(row: tuple[str, str, int, int, int, int]) -> None:
+    """The sheet's seconds are kept (each figure's quote: tests/profiles/test_sources.py)."""
+    profile_id, quote, low, default, high, cycles = row
     profile = load_builtins().get(profile_id).profile
-    assert (profile.freeze_s.min, profile.freeze_s.max, profile.cycles) == (low, high, cycles), quote
-    assert low <= profile.freeze_s.default <= high
+    assert (profile.freeze_s.min, profile.freeze_s.default, profile.freeze_s.max, profile.cycles) == (low, default, high, cycles), quote
     assert profile.freeze_s.source == "practice-sheet" and profile.timing_start.value == "spray_start"
     assert profile.indication.value == "cryotherapy" and profile.act_family == "cryotherapy"
 
 
 def test_every_builtin_cites_known_references_and_the_library_is_exactly_this() -> None:
     library = load_builtins()
-    sheet_ids = {row[1] for row in PRACTICE_SHEET}
+    sheet_ids = {row[0] for row in SHEET_TIMES}
     assert set(library.profiles) == sheet_ids | {"superficial-bcc"}
     for loaded in library.profiles.values():
         assert loaded.origin == "built-in"
@@ -176,13 +164,14 @@ def test_an_override_may_not_change_the_indication(tmp_path: Path) -> None:
 
 
 def test_a_clinic_override_replaces_the_builtin_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = base_profile()
+    data = base_profile(timing_start="halo", timing_start_source="flynn-2013")
     data["freeze_s"] = {"min": 20, "default": 25, "max": 30, "source": "practice-sheet"}
     path = write(tmp_path, "plantar.toml", toml_of(data))
     write(tmp_path, "extra.toml", toml_of(base_profile(id="clinic-wart", name_en="Clinic wart")))
     library = load_library(tmp_path)
     loaded = library.get("plantar-wart")
     assert loaded.origin == str(path) and loaded.overrides_builtin and loaded.profile.freeze_s.default == 25
+    assert loaded.profile.timing_start.value == "halo"  # the sources' convention, as a clinic override
     assert library.get("clinic-wart").origin.endswith("extra.toml") and not library.get("clinic-wart").overrides_builtin
 
     assert main(["profiles", "list", "--json", "--profiles", str(tmp_path)]) == 0
@@ -191,7 +180,8 @@ def test_a_clinic_override_replaces_the_builtin_and_says_so(tmp_path: Path, caps
     assert rows["common-wart"] == {
         "id": "common-wart", "name_fr": "Verrue vulgaire", "name_en": "Common wart", "indication": "cryotherapy",
         "act_family": "cryotherapy", "device_kinds": ["spray", "manual"], "freeze_s": {"min": 10.0, "default": 10.0, "max": 10.0},
-        "cycles": 1, "timing_start": "spray_start", "origin": "built-in", "overrides_builtin": False,
+        "cycles": 1, "timing_start": "spray_start", "timing_start_source": "givre", "caution": [],
+        "origin": "built-in", "overrides_builtin": False,
     }
     assert main(["profiles", "show", "plantar-wart", "--profiles", str(tmp_path)]) == 0
     assert f"origin        {path} (overrides the built-in profile)" in capsys.readouterr().out
