@@ -25,6 +25,7 @@ M = TypeVar("M", bound=BaseModel)
 # records/pseudonym.py (e-mail, social-security number, name with a birth date) apply whatever it says.
 PSEUDONYM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$"
 MAX_PHOTO_MB = 100  # the most a clinic may allow; the record store never takes a larger photo
+Zoning = dict[Literal["ear", "scalp", "neck"], Literal["face", "body"]]  # the regions no source places (Config.zoning)
 
 
 class CartridgeSpec(BaseModel):
@@ -50,9 +51,14 @@ class Config(BaseModel):
 
     clinic_max_freeze_s: float | None = Field(default=None, gt=0, le=HARD_MAX_FREEZE_S)
     calibration_overdue: Literal["warn", "block"] = "warn"
-    # The sheet says an opened cartridge keeps "plusieurs jours" refrigerated; 7 is Givre's default.
+    # The sheet says only that an opened cartridge keeps "plusieurs jours" refrigerated: 7 days is Givre's
+    # own figure, so past it a start is warned about (recorded with the arming), refused only with "block".
     cartridge_keeping_days: int = Field(default=7, ge=1, le=365)
+    cartridge_past_keeping: Literal["warn", "block"] = "warn"
     cartridges: dict[str, CartridgeSpec] = Field(default_factory=lambda: dict(SHEET_CARTRIDGES))
+    # The billing zone of the regions no source we hold places (Givre's own choice by default: ear = face,
+    # scalp and neck = body; records/lesion.py); a clinic may set each. Shown as unsourced, never a refusal.
+    zoning: Zoning = Field(default_factory=dict)
     halo_spray_cap_s: float = Field(default=HARD_MAX_FREEZE_S, gt=0, le=HARD_MAX_FREEZE_S)
     # A newer CCAM table replacing the shipped one (tariffs change); relative to the config file.
     billing_table: Path | None = None

@@ -187,6 +187,7 @@ def _cartridge(store: RecordStore, config: Config, today: date | None) -> Check:
     if status is None:
         return Check("cartridge", Verdict.WARN, "none registered", "givre cartridge load --size 23g")
     if status.past_keeping_time:
-        return Check("cartridge", Verdict.FAIL, f"opened {status.age_days} days ago (keeping time {status.keeping_days} days)",
+        verdict = Verdict.FAIL if config.cartridge_past_keeping == "block" else Verdict.WARN
+        return Check("cartridge", verdict, f"opened {status.age_days} days ago (keeping time {status.keeping_days} days)",
                      "Load a new cartridge")
     return Check("cartridge", Verdict.PASS, f"{status.size}, {status.remaining_s:.0f} s left, opened {status.age_days} day(s) ago")

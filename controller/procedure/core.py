@@ -658,17 +658,21 @@ class ProcedureCore:
         return Plan(cycles, dose, FreezeMode.HALO, self.setup.trigger, spray_cap)
 
     def _on_cartridge(self, inp: CartridgeChecked | CartridgeReserved | CartridgeRefused) -> None:
-        """A spray needs a registered cartridge within its keeping time with gas for every planned spray: reserve it."""
+        """A spray needs a registered cartridge with gas for every planned spray: reserve it. Past its keeping
+        time (Givre's own figure, config) it is a warning, or a refusal if the clinic's config says block."""
         plan = self._pending_plan
         if plan is None or self.state is not State.IDLE:
             return
         if isinstance(inp, CartridgeChecked):
             status = inp.status
             if status is not None and status.past_keeping_time:
-                self._pending_plan = None
-                self._refuse_start([f"the opened cartridge is {status.age_days} days old, past its keeping time of "
-                                    f"{status.keeping_days} days; load a new one"])
-                return
+                problem = (f"the opened cartridge is {status.age_days} days old, past its keeping time of "
+                           f"{status.keeping_days} days; load a new one")
+                if self.setup.config.cartridge_past_keeping == "block":
+                    self._pending_plan = None
+                    self._refuse_start([problem])
+                    return
+                self.warnings.append(problem)
             self._emit(Reserve(plan.cycles * plan.spray_cap_ms / 1000, self._flow()))
             return
         self._pending_plan = None
@@ -971,7 +975,7 @@ class ProcedureCore:
         cycle.valve_open_ms, cycle.end_reason, cycle.certainty = outcome.valve_open_ms, outcome.end_reason, outcome.certainty
         self._record("freeze_result", {**cycle.summary(), "txn": cycle.txn, "why": outcome.why, "host_elapsed_ms": None,
                                        "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None,
-                                       "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000})
+                                       "cartridge_seconds": (outcome.valve_open_ms or 0) / 1000 if self.cartridge else 0.0})
         self._go("reconciled")
 
     # ---- a freeze's end -----------------------------------------------------------------------------
@@ -998,7 +1002,8 @@ class ProcedureCore:
         self._record("freeze_result", {
             **cycle.summary(), "txn": cycle.txn, **({"why": why} if why else {}),
             "host_elapsed_ms": round(host_elapsed_ms),
-            "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None, "cartridge_seconds": seconds,
+            "cartridge_id": self.cartridge.cartridge_id if self.cartridge else None,
+            "cartridge_seconds": seconds if self.cartridge else 0.0,  # no cartridge (cotton-tip, probe): no gas counted
         })
         last = cycle.cycle >= (self.plan.cycles if self.plan else 1)
         undelivered = self.plan is not None and self.plan.mode is FreezeMode.HALO and halo_ms is None and reason is EndReason.CAP
@@ -1155,6 +1160,7 @@ class ProcedureCore:
             valve_sensed_open=bool(t.valve & VALVE_SENSED_OPEN) if t is not None else None, device_data_fresh=t is not None,
             cartridge_left_s=(self.cartridge.remaining_s - self.cartridge_seconds_used) if self.cartridge else None,
             status=self.status_text, warnings=tuple(self.warnings), alarms=tuple(a.line() for a in latched), refused=self.refused,
-            cycles=tuple(CycleLine(c.cycle, c.valve_open_ms, c.end_reason, str(c.certainty), c.measured_by, c.thaw_ms, c.implausible)
+            cycles=tuple(CycleLine(c.cycle, c.valve_open_ms, c.end_reason, str(c.certainty), c.measured_by, c.thaw_ms, c.implausible,
+                                    c.halo_to_off_ms)
                          for c in self.cycles),
         )

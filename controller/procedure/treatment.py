@@ -93,7 +93,7 @@ class Treatment:
             {"lesion_id": lesion_id, "profile": {"id": p.id, "name_fr": p.name_fr, "name_en": p.name_en, "family": p.family,
                                                  "origin": profile.origin, "overrides_builtin": profile.overrides_builtin,
                                                  "indication": p.indication.value},
-             "site": lesion.site.model_dump(mode="json"), "zone": lesion.site.zone.value, "size_mm": lesion.size_mm,
+             "site": lesion.site.model_dump(mode="json"), "zone": lesion.site.zone_for(self.config.zoning).value, "size_mm": lesion.size_mm,
              "description": lesion.description, "photo": photo, "reimbursable": lesion.reimbursable},
             self.session_id, patient_key=key,
         )

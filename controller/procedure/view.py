@@ -21,6 +21,7 @@ class CycleLine:
     measured_by: str  # "device" or "host"
     thaw_ms: int | None
     implausible: str | None  # why the device's figure is not believed
+    halo_to_off_ms: int | None = None  # halo- and target-timed cycles: the clinical dose, T0 -> spray off (valve_open_ms is the gas)
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,7 +204,8 @@ def _apply_to_lesion(lesion: LesionView, typed: schema.LesionEvent, event: Store
         cycle = CycleView(
             typed.cycle, typed.freeze_ms_requested, typed.freeze_ms_effective, typed.freeze_ms_device, typed.measured_by,
             typed.certainty, typed.end_reason, typed.limited_by, typed.halo_to_off_ms, typed.min_tissue_c, typed.cartridge_id,
-            typed.cartridge_seconds, event.ts_utc, recovered=typed.recovered)
+            # Gas only where a cartridge was charged: older records gave a cotton-tip cycle its timed seconds.
+            typed.cartridge_seconds if typed.cartridge_id is not None else 0.0, event.ts_utc, recovered=typed.recovered)
         lesion.cycles = [c for c in lesion.cycles if c.cycle != cycle.cycle] + [cycle]
     elif isinstance(typed, schema.ThawDone):
         for c in lesion.cycles:

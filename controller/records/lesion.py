@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
-from controller.config import PSEUDONYM_PATTERN
+from controller.config import PSEUDONYM_PATTERN, Zoning
 from controller.records.pseudonym import personal_data_kind
 
 
@@ -65,6 +65,9 @@ class Region(enum.StrEnum):
 
 
 FACE_REGIONS = frozenset({Region.FOREHEAD, Region.TEMPLE, Region.EYELID, Region.NOSE, Region.CHEEK, Region.EAR, Region.LIP, Region.CHIN})
+# Regions whose face/body side no source we hold gives: FACE_REGIONS' choice for them is Givre's own
+# (ear = face; scalp, neck = body), and a clinic's config (Config.zoning) may change it.
+UNSOURCED_ZONE_REGIONS = frozenset({Region.EAR, Region.SCALP, Region.NECK})
 
 
 class Site(BaseModel):
@@ -76,8 +79,18 @@ class Site(BaseModel):
 
     @property
     def zone(self) -> Zone:
-        """Face or rest of the body: the distinction the billing codes make (scalp counted as body)."""
+        """Face or rest of the body: the distinction the billing codes make (Givre's own choice for the ear, scalp, neck)."""
         return Zone.FACE if self.region in FACE_REGIONS else Zone.BODY
+
+    def zone_for(self, zoning: Zoning) -> Zone:
+        """The zone with the clinic's choice for the regions no source places (Config.zoning) applied."""
+        chosen = next((zone for region, zone in zoning.items() if region == self.region.value), None)
+        return Zone(chosen) if chosen is not None else self.zone
+
+    @property
+    def zone_unsourced(self) -> bool:
+        """No source we hold says on which side of the face/body line this region falls."""
+        return self.region in UNSOURCED_ZONE_REGIONS
 
     def describe(self) -> str:
         parts = [self.region.value, self.side or "", self.detail]

@@ -144,4 +144,4 @@ def profile_detail(clinic: Clinic, profile_id: str) -> str:
     return (f"{p.name_en}: {freeze_range(lp)} s {TIMES} {p.cycles}, default {p.freeze_s.default:g} s, from {p.timing_start.value}\n"
             f"thaw: {thaw}\nsource: {clinic.library.cite(p.freeze_s.source)}\nlimits: {chain} ⇒ {dose.effective_ms / 1000:g} s "
             f"({dose.limited_by})" + (f" ✗ below the minimum {dose.minimum_ms / 1000:g} s: arming is refused" if dose.below_minimum else "")
-            + f"\norigin: {origin}" + "".join(f"\n? {u}" for u in p.uncertain))
+            + f"\norigin: {origin}" + "".join(f"\n! CAUTION: {c}" for c in p.caution) + "".join(f"\n? {u}" for u in p.uncertain))

@@ -256,7 +256,9 @@ def checklist(clinic: Clinic) -> Checklist:
     """The checklist's facts, read once as the treatment screen opens (one ledger read, as the cartridge pop-up does)."""
     p = clinic.procedure
     assert p is not None and clinic.treatment is not None
-    head = (f"✓ patient {clinic.treatment.info.patient}, site {p.lesion.site.describe()} ({p.lesion.site.zone.value})",
+    site = p.lesion.site
+    zone = site.zone_for(clinic.config.zoning).value + (", an unsourced choice (config: zoning)" if site.zone_unsourced else "")
+    head = (f"✓ patient {clinic.treatment.info.patient}, site {site.describe()} ({zone})",
             f"✓ profile {p.profile.id}")
     cartridge = None
     if clinic.device_kind is DeviceKindName.SPRAY:

@@ -41,7 +41,7 @@ class SummaryScreen(GivreScreen):
         yield AlarmBar(id="alarms")
         yield Static("", id="verdict", markup=False)
         table: DataTable[str] = DataTable(id="cycles")
-        table.add_columns("cycle", "asked ms", "device ms", "thaw ms", "limited by", "ended", "measured by")
+        table.add_columns("cycle", "asked ms", "device ms", "thaw ms", "limited by", "ended", "measured by", "from T0 ms")
         yield table
         yield Static("", id="notes", markup=False)
         yield Static("", id="cartridge", markup=False)
@@ -67,7 +67,8 @@ class SummaryScreen(GivreScreen):
         asked = str(view.dose_ms) if view.dose_ms is not None else "-"
         for c in view.cycles:
             table.add_row(str(c.cycle), asked, device_ms_text(c), str(c.thaw_ms) if c.thaw_ms is not None else "-",
-                          view.limited_by or "-", c.end_reason or "-", measured_by_text(c))
+                          view.limited_by or "-", c.end_reason or "-", measured_by_text(c),
+                          str(c.halo_to_off_ms) if c.halo_to_off_ms is not None else "-")  # the clinical dose; device ms is the gas
         self.query_one("#notes", Static).update("\n".join(cycle_notes(view.cycles)) if view.cycles else "no freeze was fired")
         if not view.finished:
             self.query_one("#billing", Static).update("billing: once the lesion's record is closed...")

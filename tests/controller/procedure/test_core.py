@@ -115,9 +115,10 @@ def counters(freezes: int = 4, last_txn: int = 3, end: EndReason = EndReason.COM
 class Harness:
     """The core, fed as the driver feeds it, with a scripted device that answers each command at once."""
 
-    def __init__(self, profile_id: str = "common-wart", kind: DeviceKind | None = DeviceKind.SPRAY, **choice: Any) -> None:
+    def __init__(self, profile_id: str = "common-wart", kind: DeviceKind | None = DeviceKind.SPRAY, config: Config | None = None,
+                 **choice: Any) -> None:
         ident = identity(kind) if kind is not None else None
-        self.core = ProcedureCore(CoreSetup(LIBRARY.get(profile_id).profile, Config(), ident, CALIBRATED if ident else None,
+        self.core = ProcedureCore(CoreSetup(LIBRARY.get(profile_id).profile, config or Config(), ident, CALIBRATED if ident else None,
                                             date.today(), **choice))
         self.now = T0
         self.effects: list[Effect] = []
@@ -339,9 +340,16 @@ def test_a_spray_arms_only_with_a_reserved_cartridge_covering_every_spray() -> N
     assert h.kinds()[-2:] == ["armed", "state_changed"]
 
 
-def test_a_cartridge_past_its_keeping_time_refuses_arming_with_the_reason() -> None:
+def test_a_cartridge_past_its_keeping_time_warns_and_refuses_only_when_the_config_blocks() -> None:
+    """The keeping time is Givre's own figure (the sheet says "plusieurs jours"): a warning unless the clinic blocks."""
+    stale = dataclasses.replace(CARTRIDGE, age_days=10, past_keeping_time=True)
     h = Harness()
-    h.answers[CheckCartridge] = lambda _: CartridgeChecked(dataclasses.replace(CARTRIDGE, age_days=10, past_keeping_time=True))
+    h.answers[CheckCartridge] = lambda _: CartridgeChecked(stale)
+    h.arm()
+    assert h.state() is State.ARMED and not h.records("start_refused")
+    assert any("10 days old" in w for w in h.records("armed")[0]["warnings"])
+    h = Harness(config=Config(cartridge_past_keeping="block"))
+    h.answers[CheckCartridge] = lambda _: CartridgeChecked(stale)
     h.arm()  # the refusal comes with CartridgeChecked's output, which the driver executes first
     assert h.state() is State.IDLE and "10 days old" in h.core.refused[0] and isinstance(h.core.arm_result, StartRefused)
     assert h.records("start_refused") and not h.commands(Reserve)

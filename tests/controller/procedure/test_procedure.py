@@ -17,6 +17,7 @@ from controller.procedure.states import TRANSITIONS, State
 from controller.procedure.treatment import Treatment
 from controller.procedure.view import ProcedureView
 from controller.records.certainty import Certainty
+from controller.records.history import view_of
 from controller.records.ledger import CartridgeLedger
 from controller.records.lesion import Lesion, Region, SessionInfo, Site
 from controller.records.store import RecordStore
@@ -245,6 +246,23 @@ def test_manual_mode_is_a_host_timer_flagged_as_such(manual_treatment: Treatment
     assert cycle.measured_by == "host" and cycle.certainty is Certainty.HOST_MEASURED
     assert cycle.valve_open_ms is not None and 5000 <= cycle.valve_open_ms <= 5600
     assert manual_treatment.end() == "completed"
+    # A cotton-tip uses no gas: the record, the session's sum (day report, CSV) count none.
+    results = [e.payload for e in manual_treatment.store.events(manual_treatment.session_id) if e.kind == "freeze_result"]
+    assert [r["cartridge_seconds"] for r in results] == [0.0]
+    assert view_of(manual_treatment.store, manual_treatment.session_id).cartridge_seconds == 0
+
+
+def test_the_zone_of_an_unsourced_region_is_the_clinics_choice(tmp_path: Path) -> None:
+    """Ear = face, scalp and neck = body are Givre's own choice (no source): a clinic's config may change them."""
+    assert Site(region=Region.EAR).zone_unsourced and not Site(region=Region.CHEEK).zone_unsourced
+    with RecordStore(tmp_path / "z.sqlite", clock=Clock(20)) as store:
+        config = Config(zoning={"ear": "body", "neck": "face"})
+        treatment = Treatment(store, config, Clock(20), SessionInfo(operator="dr-a", patient="P-9"), None)
+        treatment.start()
+        for region in (Region.EAR, Region.NECK, Region.SCALP, Region.NOSE):
+            treatment.lesion(Lesion(profile_id="skin-tag", site=Site(region=region), description="tag"), load_builtins().get("skin-tag"))
+        zones = [e.payload["zone"] for e in store.events(treatment.session_id) if e.kind == "lesion_recorded"]
+    assert zones == ["body", "face", "body", "face"]
 
 
 def test_gating_cartridge_cover_and_keeping_time(make_rig: Callable[..., Rig]) -> None:
@@ -253,9 +271,11 @@ def test_gating_cartridge_cover_and_keeping_time(make_rig: Callable[..., Rig]) -
     with pytest.raises(StartRefused, match="no cartridge is registered"):
         procedure.arm()
     CartridgeLedger(rig.store, rig.config).load("8g", date.today() - timedelta(days=10))
+    rig.config = Config(cartridge_past_keeping="block")  # the default only warns (tests/controller/procedure/test_core.py)
     _, procedure = rig.procedure("common-wart")
     with pytest.raises(StartRefused, match="10 days old, past its keeping time of 7 days"):
         procedure.arm()
+    rig.config = Config()
     CartridgeLedger(rig.store, rig.config).load("8g", date.today())
     loaded = CartridgeLedger(rig.store, rig.config).status()
     assert loaded is not None
