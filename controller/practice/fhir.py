@@ -3,11 +3,14 @@
 Patient carries the pseudonymous id only (security label PSEUDED) and nothing else; Practitioner
 the operator's pseudonymous id; Device the serial, firmware and calibration; one Procedure per lesion
 (SNOMED CT + the CCAM act as a second coding, bodySite, performedPeriod, reason where a code is
-sourced, the cycles in a note); one Observation per measured figure in UCUM units; Media for the
-photo. Codes come from terminology.toml, each with its source; what has no sourced code goes out as
-text. Resource ids are UUIDv5 of the session and the item, so exporting twice gives the same Bundle.
-A session recorded on virtual time (time_scale != 1, a simulator's) says so in a note on each
-Procedure and each Observation; a real-time session's Bundle carries no such note.
+sourced, the cycles in a note); one Observation per measured figure in UCUM units (the hold at the
+tissue target beside the valve-open time); Media for the photo (the image itself on request). Codes
+come from terminology.toml, each with its source; what has no sourced code goes out as text, and a
+display is only an official label or a sourced display. Resource ids are UUIDv5 of the session and
+the item, so exporting twice gives the same Bundle. A session recorded on virtual time (time_scale
+!= 1, a simulator's) says so in a note on each Procedure and each Observation; a real-time session's
+Bundle carries no such note. fr_document reshapes a Bundle as an FR Document Core document;
+validate_bundle checks against the official R4 JSON schema.
 """
 
 from __future__ import annotations
