@@ -15,7 +15,7 @@ from pathlib import Path
 
 from controller.cli import run as run_cli
 from controller.cli import ui
-from controller.cli.options import UsageError, add_db, add_json, add_scale, check_scale
+from controller.cli.options import UsageError, add_db, add_json, add_profiles, add_scale, check_scale
 from controller.config import Config
 from controller.records.ledger import CartridgeLedger
 from controller.records.store import RecordStore
@@ -31,10 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="headless: the lesion profile (default: common-wart for a spray, superficial-bcc for a probe)")
     parser.add_argument("--freeze-s", type=float, help="headless: freeze per cycle, within the profile's range (default: its own)")
     parser.add_argument("--cycles", type=int, help=f"headless: fewer cycles than the profile plans (1..{MAX_CYCLES})")
+    parser.add_argument("--mark-halo-after", type=float, metavar="S",
+                        help="headless, halo-timed profiles: mark the halo S seconds into each freeze (the clinician's 'h')")
     add_scale(parser)
     parser.add_argument("--headless", action="store_true", help="no UI: run one lesion's protocol and print what happened")
     add_json(parser, "headless: print `givre run`'s JSON object")
     add_db(parser, default="a fresh one in a temporary folder")
+    add_profiles(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +86,8 @@ def run_headless(args: argparse.Namespace) -> int:
                 "--description", "demo lesion", "--db", str(db), "--scale", str(args.scale), "--yes"]
         argv += ["--freeze-s", str(args.freeze_s)] if args.freeze_s is not None else []
         argv += ["--cycles", str(args.cycles)] if args.cycles is not None else []
+        argv += ["--mark-halo-after", str(args.mark_halo_after)] if args.mark_halo_after is not None else []
+        argv += ["--profiles", str(args.profiles)] if args.profiles is not None else []
         argv += ["--json"] if args.json else []
         parser = argparse.ArgumentParser(prog="givre demo")
         run_cli.add_arguments(parser)

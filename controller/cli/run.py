@@ -48,6 +48,7 @@ from controller.records.text import printable
 from firmware_bridge.clock import Clock
 from firmware_bridge.link import Link
 from profiles.library import LoadedProfile, ProfileError, load_library
+from profiles.schema import TimingStart
 
 HELP = "one lesion's whole protocol, headless (scripts, CI)"
 INPUT_FLAGS = {"region": "--site", "side": "--side", "detail": "--site-detail", "size_mm": "--size-mm", "photo": "--photo",
@@ -133,6 +134,9 @@ def _plan(args: argparse.Namespace) -> Plan:
     warnings = [warning for flag, value, role in ids if (warning := check_pseudonym(flag, value, role, config.pseudonym_pattern))]
     library = load_library(args.profiles)
     loaded = library.get(args.profile)
+    if loaded.profile.timing_start is TimingStart.HALO and args.mark_halo_after is None:
+        raise UsageError(f"profile {loaded.profile.id} counts from the halo, which no one marks in a headless run",
+                         "Give --mark-halo-after S (a scripted mark: simulator or bench only), or treat it from the UI")
     try:
         site = Site(region=args.site, side=args.side, detail=args.site_detail)
         description = args.description if args.description is not None else f"{loaded.profile.name_fr} ({loaded.profile.name_en})"
@@ -192,6 +196,11 @@ def _treat(args: argparse.Namespace, plan: Plan, store: RecordStore, link: Link 
     return 0 if status == "completed" else 1
 
 
+def _from_t0(halo_to_off_ms: int | None) -> str:
+    """A halo- or target-timed cycle's clinical dose beside the spray (gas) time; nothing for a timed spray."""
+    return "" if halo_to_off_ms is None else f"of which {halo_to_off_ms} ms from T0 (clinical dose), "
+
+
 def _maybe_mark_halo(procedure: Procedure, after_s: float | None) -> None:
     """The headless stand-in for the clinician's halo key."""
     if after_s is None or procedure.profile.target is not None or procedure.halo_marked:
@@ -231,6 +240,7 @@ def _print_human(result: dict[str, Any]) -> None:
     lines += [f"  warning: {warning}" for warning in result["warnings"]]
     lines += [f"  cycle {c['cycle']}: requested {c['freeze_ms_requested']} ms (limited by {c['limited_by']}), "
               f"{'device' if c['measured_by'] == 'device' else 'host'} measured {c['freeze_ms_device']} ms, "
+              f"{_from_t0(c['halo_to_off_ms'])}"
               f"ended {c['end_reason']}, thaw {'-' if c['thaw_ms'] is None else c['thaw_ms']} ms" for c in result["cycles"]]
     lines += [f"  alarm {alarm['priority']}: {alarm['text']}" for alarm in result["alarms"]]
     billing = result["billing"]

@@ -16,6 +16,7 @@ from controller.cli.main import build_parser, main
 from controller.records.store import RecordStore
 from firmware_bridge.link import Link
 from sim.device import SimulatedDevice
+from tests.support.paths import REPO_ROOT
 
 GIVRE = [sys.executable, "-m", "controller.cli"]
 
@@ -76,6 +77,24 @@ def test_demo_runs_a_lesion_protocol_on_the_embedded_simulator_through_the_run_p
     assert "simulated spray device on /dev/" in out and ": COMPLETED (plantar-wart, device SIM-0001)" in out
     assert out.count("requested 20000 ms (limited by requested), device measured 20000 ms, ended COMPLETED") == 2
     assert "proposed billing: QZNP004" in out
+
+
+def test_a_headless_halo_timed_run_marks_the_halo_by_script_and_records_both_durations(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A clinic counting the lentigo from the halo (the sources' convention): the spray (gas) covers spray on -> T0 -> off,
+    the clinical dose T0 -> off is the profile's 5 s."""
+    sheet = (REPO_ROOT / "profiles" / "builtin" / "solar-lentigo.toml").read_text(encoding="utf-8")
+    halo = sheet.replace('timing_start = "spray_start"\ntiming_start_source = "givre"',
+                         'timing_start = "halo"\ntiming_start_source = "flynn-2013"')
+    (tmp_path / "solar-lentigo.toml").write_text(halo, encoding="utf-8")
+    argv = ["demo", "--headless", "--profile", "solar-lentigo", "--profiles", str(tmp_path), "--scale", "20", "--mark-halo-after", "2"]
+    assert main([*argv, "--json"]) == 0
+    (cycle,) = json.loads(capsys.readouterr().out)["cycles"]
+    assert cycle["halo_to_off_ms"] == 5000 and cycle["freeze_ms_device"] >= 6900
+    assert main(argv) == 0
+    assert "of which 5000 ms from T0 (clinical dose)" in capsys.readouterr().out
+    assert main(argv[:-2]) == 2  # no one would mark the halo: refused before anything freezes
+    assert "counts from the halo, which no one marks in a headless run" in capsys.readouterr().err
 
 
 def test_demo_headless_json_is_the_run_contract(capsys: pytest.CaptureFixture[str]) -> None:
