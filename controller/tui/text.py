@@ -29,13 +29,18 @@ def device_line(clinic: Clinic) -> str:
             f"{ident.cryogen.name} · cap {ident.max_freeze_ms / 1000:g} s · calibration {clinic.calibration_status} · {ident.port}")
 
 
-def device_ms_text(c: CycleLine) -> str:
+def seconds(ms: int | None) -> str:
+    """A duration as a clinician reads it across the room: seconds with one decimal, "-" when there is none."""
+    return "-" if ms is None else f"{ms / 1000:.1f} s"
+
+
+def spray_text(c: CycleLine) -> str:
     """A cycle's freeze as measured, in words: never a Python None, never a figure the record does not believe unmarked."""
     if c.valve_open_ms is None:
         if c.certainty == Certainty.UNRESOLVED:
             return "not known yet"  # the device could not be read: the cycle stays open until it can
         return "running" if c.end_reason is None and c.certainty != Certainty.UNKNOWN else "not measured"
-    return f"{c.valve_open_ms} NOT BELIEVED" if c.implausible else str(c.valve_open_ms)
+    return f"{seconds(c.valve_open_ms)} NOT BELIEVED" if c.implausible else seconds(c.valve_open_ms)
 
 
 def measured_by_text(c: CycleLine) -> str:

@@ -14,7 +14,7 @@ from controller.practice.billing import acts_of, propose
 from controller.records.history import SessionView, view_of
 from controller.tui.screens.base import GivreScreen
 from controller.tui.screens.billing import BillingScreen
-from controller.tui.text import PHASES, cycle_notes, device_ms_text, measured_by_text
+from controller.tui.text import PHASES, cycle_notes, measured_by_text, seconds, spray_text
 from controller.tui.widgets.alarm_bar import REFRESH_S, AlarmBar
 from controller.tui.widgets.title_bar import TitleBar
 
@@ -41,7 +41,7 @@ class SummaryScreen(GivreScreen):
         yield AlarmBar(id="alarms")
         yield Static("", id="verdict", markup=False)
         table: DataTable[str] = DataTable(id="cycles")
-        table.add_columns("cycle", "asked ms", "device ms", "thaw ms", "limited by", "ended", "measured by", "from T0 ms")
+        table.add_columns("cycle", "asked", "spray", "thaw", "limited by", "ended", "measured by", "from T0")
         yield table
         yield Static("", id="notes", markup=False)
         yield Static("", id="cartridge", markup=False)
@@ -64,11 +64,9 @@ class SummaryScreen(GivreScreen):
             f"{PHASES[view.state][0]}: {p.profile.name_fr} — session {clinic.treatment.session_id}, lesion {p.lesion_id}")
         table: DataTable[str] = self.query_one("#cycles", DataTable)
         table.clear()
-        asked = str(view.dose_ms) if view.dose_ms is not None else "-"
-        for c in view.cycles:
-            table.add_row(str(c.cycle), asked, device_ms_text(c), str(c.thaw_ms) if c.thaw_ms is not None else "-",
-                          view.limited_by or "-", c.end_reason or "-", measured_by_text(c),
-                          str(c.halo_to_off_ms) if c.halo_to_off_ms is not None else "-")  # the clinical dose; device ms is the gas
+        for c in view.cycles:  # "spray" is the gas the device measured; "from T0" the clinical dose (halo-timed profiles)
+            table.add_row(str(c.cycle), seconds(view.dose_ms), spray_text(c), seconds(c.thaw_ms), view.limited_by or "-",
+                          c.end_reason or "-", measured_by_text(c), seconds(c.halo_to_off_ms))
         self.query_one("#notes", Static).update("\n".join(cycle_notes(view.cycles)) if view.cycles else "no freeze was fired")
         if not view.finished:
             self.query_one("#billing", Static).update("billing: once the lesion's record is closed...")

@@ -254,7 +254,7 @@ def test_a_device_figure_not_believed_says_so_and_is_not_billed(make_stand: Call
                         what="summary")
             screen = app.screen
             row = [str(cell) for cell in screen.query_one("#cycles", DataTable).get_row_at(0)]
-            assert row[2] == "4294967294 NOT BELIEVED" and row[6] == "device"
+            assert row[2] == "4294967.3 s NOT BELIEVED" and row[6] == "device"
             notes = _rendered(app, "#notes")
             assert notes.startswith("! cycle 1: the device's 4294967294 ms is not believed (") and "not billed" in notes
             assert _rendered(app, "#verdict").startswith("FAULT")
