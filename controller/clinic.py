@@ -29,11 +29,14 @@ from profiles.schema import DeviceKindName
 
 
 class Simulator(Protocol):
-    """The embedded simulator as the clinic sees it (demo mode): where it serves, its faults, closing it."""
+    """The embedded simulator as the clinic sees it (demo mode): where it serves, its faults, a new
+    cartridge screwed on (the demo's loads go to the device as a clinician's hands would), closing it."""
 
     def serve_pty(self) -> str: ...
 
     def inject(self, fault: str) -> None: ...
+
+    def load_cartridge(self, size_g: int) -> None: ...
 
     def close(self) -> None: ...
 

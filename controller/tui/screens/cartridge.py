@@ -52,6 +52,11 @@ class CartridgeScreen(GivreModalScreen):
             self.query_one("#status", Static).update(f"✗ {exc}")
             return
         self._show()
+        if clinic.device is not None:  # the embedded simulator: its cartridge is the one just registered
+            try:
+                clinic.device.load_cartridge(round(clinic.config.cartridges[size].size_g))
+            except ValueError as exc:  # a clinic's own size the simulator does not make
+                self.app.notify(f"the simulator kept its cartridge: {exc}", severity="warning", markup=False)
 
     def _show(self) -> None:
         clinic = self.app.clinic

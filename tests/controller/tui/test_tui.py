@@ -20,6 +20,7 @@ from controller.records.store import RecordStore
 from controller.tui.app import GivreApp
 from controller.tui.screens.billing import BillingScreen
 from controller.tui.screens.calibration import CalibrationScreen
+from controller.tui.screens.cartridge import CartridgeScreen
 from controller.tui.screens.connect import ConnectScreen
 from controller.tui.screens.lesion import LesionScreen
 from controller.tui.screens.procedure import ProcedureScreen
@@ -302,3 +303,20 @@ def test_the_next_session_keeps_the_operator_and_names_the_device_once(harness: 
             assert app.screen.query_one("#operator", Input).value == "dr-a"
             await until(pilot, lambda: app.screen.focused is app.screen.query_one("#patient", Input), what="the patient field focused")
     asyncio.run(scenario())
+
+
+def test_a_cartridge_loaded_on_screen_is_screwed_onto_the_embedded_simulator(harness: Harness) -> None:
+    device = harness.rig.device
+    device.empty_cartridge()
+
+    async def scenario() -> None:
+        app = harness.app
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, SessionScreen), what="session screen")
+            screen = CartridgeScreen()
+            await app.push_screen(screen)
+            screen.query_one("#size", Select).value = "16g"
+            screen.action_load()
+            await until(pilot, lambda: "16g" in _rendered(app, "#status"), what="the new cartridge shown")
+    asyncio.run(scenario())
+    assert device.model.cartridge.size_g == 16 and device.model.cartridge.remaining_g == 16  # full: no more 'cartridge empty'
