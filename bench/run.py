@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from datetime import date
 from pathlib import Path
 
 from bench.clinic_day import clinic_day
+from bench.figures import percentiles, timed_ms
 from bench.load import busy_load
 from bench.loop import gaps_ms, heartbeat_gaps
 from bench.store import bench_event, measure_stores
@@ -68,33 +68,33 @@ def _measure(quick: bool) -> dict[str, object]:
     results: dict[str, object] = {"machine": _machine()}
     results["codec_frames_per_s"] = round(_codec_frames_per_s(0.2 if quick else 1.0))
     with _device_and_link() as (device, link):
-        results.update(_percentiles("roundtrip_ms", _roundtrips(link, n)))
-        results.update(_percentiles("stop_latency_ms", _stop_latencies(device, link, n // 2)))
+        results.update(percentiles("roundtrip_ms", _roundtrips(link, n)))
+        results.update(percentiles("stop_latency_ms", _stop_latencies(device, link, n // 2)))
         freezes = _freeze_errors(device, link, n // 4)
-        results.update(_percentiles("freeze_error_ms", freezes.device_measured))
-        results.update(_percentiles("freeze_true_error_ms", freezes.device_timed))
-        results.update(_percentiles("device_timed_error_ms", freezes.device_timed))
-        results.update(_percentiles("host_timed_error_ms", freezes.host_timed))
+        results.update(percentiles("freeze_error_ms", freezes.device_measured))
+        results.update(percentiles("freeze_true_error_ms", freezes.device_timed))
+        results.update(percentiles("device_timed_error_ms", freezes.device_timed))
+        results.update(percentiles("host_timed_error_ms", freezes.host_timed))
         results["valve_open_latency_ms"] = round(device.model.open_latency_s * 1000, 3)
         results["valve_close_latency_ms"] = round(device.model.close_latency_s * 1000, 3)
     watchdog = _watchdog_closes(5 if quick else 20)
-    results.update(_percentiles("watchdog_close_ms", watchdog))
+    results.update(percentiles("watchdog_close_ms", watchdog))
     results["watchdog_timeout_ms"] = WATCHDOG_MS
     results["conformance_s"] = _conformance_seconds()
     with tempfile.TemporaryDirectory() as scratch:
-        results.update(_percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
+        results.update(percentiles("record_event_ms", _record_appends(Path(scratch) / "bench.sqlite", n)))
         day = clinic_day(Path(scratch) / "day.sqlite", sessions=4 if quick else 40)
         results.update(_exports(Path(scratch) / "day.sqlite"))
     results["clinic_day_wall_s"] = day.wall_s
     loop = heartbeat_gaps(2 if quick else 8)
     tui = measure_tui(5 if quick else 50)
     results["tui_start_ms"] = round(tui.start_ms, 1)
-    results.update(_percentiles("tui_stop_ms", tui.key_to_text_ms))
-    results.update(_percentiles("stop_key_to_valve_closed_ms", tui.key_to_valve_closed_ms))
-    results.update(_percentiles("stop_key_to_valve_commanded_ms", tui.key_to_valve_commanded_ms))
+    results.update(percentiles("tui_stop_ms", tui.key_to_text_ms))
+    results.update(percentiles("stop_key_to_valve_closed_ms", tui.key_to_valve_closed_ms))
+    results.update(percentiles("stop_key_to_valve_commanded_ms", tui.key_to_valve_commanded_ms))
     tui_gaps = gaps_ms(tui.heartbeat_arrivals)
     results["heartbeat_gap_ms_max"] = _max(loop.gaps_ms + tui_gaps)  # the worst the device saw, either run
-    results["heartbeat_gap_ms_p99"] = _percentiles("gap", loop.gaps_ms + tui_gaps)["gap_p99"]
+    results["heartbeat_gap_ms_p99"] = percentiles("gap", loop.gaps_ms + tui_gaps)["gap_p99"]
     results["loop_heartbeat_gap_ms_max"] = _max(loop.gaps_ms)  # the clinic's loop alone, lesions with freezes
     results["tui_heartbeat_gap_ms_max"] = _max(tui_gaps)  # the same loop beside the UI, STOP keys mid-freeze
     # The same run's gaps as the host wrote them: the device-side figure above also holds the
@@ -116,16 +116,16 @@ def _exports(db: Path) -> dict[str, float]:
     table = load_table()
     with RecordStore(db, writer=False) as store:
         return {
-            "export_fhir_ms": round(_timed(lambda: to_fhir(checked_sessions(store), table, store.read_photo)), 1),
-            "export_csv_ms": round(_timed(lambda: to_csv(checked_sessions(store))), 1),
-            "day_report_ms": round(_timed(lambda: build_report(store, date.today(), table)), 1),
+            "export_fhir_ms": round(timed_ms(lambda: to_fhir(checked_sessions(store), table, store.read_photo)), 1),
+            "export_csv_ms": round(timed_ms(lambda: to_csv(checked_sessions(store))), 1),
+            "day_report_ms": round(timed_ms(lambda: build_report(store, date.today(), table)), 1),
         }
 
 
 def _record_appends(db: Path, n: int) -> list[float]:
     """Durable appends (WAL, synchronous=FULL): each returns only once the event is on disk."""
     with RecordStore(db) as store:
-        return [_timed(functools.partial(store.append, *bench_event(i), "S-bench")) for i in range(n)]
+        return [timed_ms(functools.partial(store.append, *bench_event(i), "S-bench")) for i in range(n)]
 
 
 def _machine() -> str:
@@ -134,15 +134,6 @@ def _machine() -> str:
 
 def _max(samples: list[float]) -> float | None:
     return round(max(samples), 3) if samples else None
-
-
-def _percentiles(prefix: str, samples: list[float]) -> dict[str, float | None]:
-    """p50 and p99; None when no sample could be taken (the incidents say why)."""
-    if not samples:
-        return {f"{prefix}_p50": None, f"{prefix}_p99": None}
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return {f"{prefix}_p50": round(statistics.median(ordered), 3), f"{prefix}_p99": round(p99, 3)}
 
 
 def _codec_frames_per_s(seconds: float) -> float:
@@ -165,14 +156,8 @@ def _device_and_link(watchdog_ms: int = 1000) -> Iterator[tuple[SimulatedDevice,
         yield device, link
 
 
-def _timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return (time.perf_counter() - start) * 1000
-
-
 def _roundtrips(link: Link, n: int) -> list[float]:
-    return [_timed(link.counters) for _ in range(n)]
+    return [timed_ms(link.counters) for _ in range(n)]
 
 
 def _stop_latencies(device: SimulatedDevice, link: Link, n: int) -> list[float]:
@@ -180,7 +165,7 @@ def _stop_latencies(device: SimulatedDevice, link: Link, n: int) -> list[float]:
     samples: list[float] = []
     for _ in range(n):
         link.freeze(30_000)
-        samples.append(_timed(link.stop))
+        samples.append(timed_ms(link.stop))
         if device.model.valve_commanded:
             raise RuntimeError("the simulator's valve is still commanded open after STOP was answered")
     return samples

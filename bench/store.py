@@ -25,14 +25,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench.aged_store import AgedStore, build_aged_store, template_day
+from bench.figures import p99, timed_ms
 from controller.cli.main import main
 from controller.config import Config
 from controller.procedure.recovery import connect
@@ -80,27 +79,21 @@ def _figures(aged: AgedStore) -> dict[str, object]:
         "cartridge_status": ["cartridge", "status", "--db", db],
     }
     for name, argv in readers.items():
-        figures[f"{name}_ms"] = round(_timed_ms(lambda argv=argv: _quietly(argv)), 1)  # type: ignore[misc]
+        figures[f"{name}_ms"] = round(timed_ms(lambda argv=argv: _quietly(argv)), 1)  # type: ignore[misc]
     figures["peak_rss_mb"] = {name: _peak_rss_mb(argv) for name, argv in readers.items()}
     with RecordStore(aged.path, writer=False) as store:
-        figures["ledger_status_ms"] = round(statistics.median(_timed_ms(CartridgeLedger(store, Config()).status) for _ in range(20)), 3)
-        figures["verify_full_s"] = round(_timed_ms(store.verify) / 1000, 2)
+        figures["ledger_status_ms"] = round(statistics.median(timed_ms(CartridgeLedger(store, Config()).status) for _ in range(20)), 3)
+        figures["verify_full_s"] = round(timed_ms(store.verify) / 1000, 2)
     figures["arm_ms"] = round(_arm_ms(aged.path), 1)
     run = _run(aged.path)
     figures["run_start_ms"] = round(run.start_ms, 1)
     figures["run_exit_code"], figures["run_watchdog_trips"] = run.exit_code, run.watchdog_trips
     with RecordStore(aged.path, writer=False) as store:
-        figures["verify_incremental_ms"] = round(_timed_ms(store.verify_since_checkpoint), 1)
+        figures["verify_incremental_ms"] = round(timed_ms(store.verify_since_checkpoint), 1)
     with RecordStore(aged.path) as store:
-        appends = sorted(_timed_ms(lambda i=i: store.append(*bench_event(i), None)) for i in range(APPENDS))  # type: ignore[misc]
-    figures["append_ms_p99"] = round(appends[min(len(appends) - 1, round(0.99 * (len(appends) - 1)))], 3)
+        appends = [timed_ms(lambda i=i: store.append(*bench_event(i), None)) for i in range(APPENDS)]  # type: ignore[misc]
+    figures["append_ms_p99"] = round(p99(appends), 3)
     return figures
-
-
-def _timed_ms(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return (time.perf_counter() - started) * 1000
 
 
 def _quietly(argv: list[str]) -> int:
@@ -138,7 +131,7 @@ def _arm_ms(db: Path) -> float:
         treatment.start()
         lesion = Lesion(profile_id="solar-lentigo", site=Site(region=Region.HAND), description="bench")
         procedure = treatment.lesion(lesion, library.get("solar-lentigo"), auto=False)
-        elapsed = _timed_ms(procedure.arm)
+        elapsed = timed_ms(procedure.arm)
         procedure.stop()  # armed, never fired: the lesion ends there
         procedure.run()
         treatment.end()
